@@ -1,0 +1,87 @@
+"""The ``metascope`` command line. Every capability of the app, headless.
+
+Each command group lives in its own module with a ``register(sub, groups)`` function that adds
+its sub-commands; a handler takes the parsed namespace and returns an exit status. Handlers turn
+the namespace into the engine's config objects at once: no namespaces inside the engine.
+
+Exit status: 0 success, 2 bad input (``error: ...`` on one line), 1 unexpected failure,
+130 cancelled (Ctrl+C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from engine import __version__
+from engine.errors import Cancelled, MetaScopeError
+
+# Modules that contribute commands. A module missing here is a packaging bug, not user error.
+COMMAND_MODULES = (
+    "engine.cli.slides",
+    "engine.cli.patches",
+    "engine.cli.mil",
+)
+
+
+class UsageError(MetaScopeError):
+    """Bad command-line usage."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="metascope",
+        description="MetaScope: metastasis prediction workbench. Without a command, opens the app.",
+    )
+    parser.add_argument("--version", action="version", version=f"MetaScope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    train = sub.add_parser("train", help="train a model (patches, mil)", description="Train a model.")
+    train_sub = train.add_subparsers(dest="train_kind", metavar="KIND", parser_class=_Parser)
+    train_sub.required = True
+    groups = {"train": train_sub}
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # command group not built into this bundle
+                continue
+            raise
+        module.register(sub, groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(args_list)
+        handler = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help()
+            return 2
+        return int(handler(args) or 0)
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0) if isinstance(exc.code, int) else 0
+    except MetaScopeError as exc:
+        msg = " ".join(str(exc).split())
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ncancelled", file=sys.stderr)
+        return 130
+    except Exception:  # unexpected: keep the traceback for a bug report
+        traceback.print_exc()
+        print("error: unexpected failure (see the traceback above); please report it", file=sys.stderr)
+        return 1

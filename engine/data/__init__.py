@@ -1,0 +1,1 @@
+"""Patch dataset formats, validation reports and splits."""

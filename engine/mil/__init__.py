@@ -1,0 +1,1 @@
+"""Slide-level prediction: feature extraction and attention MIL with clinical fusion."""

@@ -1,0 +1,207 @@
+"""The MetaScope model package: one ``.onnx`` file carrying a JSON metadata entry.
+
+The metadata lives in the ONNX ``metadata_props`` under the key :data:`METADATA_KEY`. For an
+ONNX model trained elsewhere, a sidecar JSON next to it (``model.onnx.json`` or ``model.json``)
+supplies the same fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine import __version__
+from engine.errors import ModelPackageError
+
+METADATA_KEY = "metascope"
+FORMAT_VERSION = 1
+
+TASKS = ("patch_classification", "feature_extractor", "mil_aggregator")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    """What a consumer needs to run a model without code changes.
+
+    Attributes:
+        name: display name.
+        task: one of :data:`TASKS`.
+        class_names: output classes in output order (empty for a feature extractor).
+        positive_class: index into ``class_names`` used for heatmaps (binary: usually 1).
+        input_size: square input side in pixels (patch models), e.g. 96.
+        input_mpp: microns per pixel the model was trained at, e.g. 0.972; ``None`` if unknown.
+        mean, std: per-channel normalisation applied after scaling pixels to [0, 1].
+        channel_order: ``"RGB"`` or ``"BGR"``.
+        input_layout: ``"NCHW"`` or ``"NHWC"``.
+        output: ``"logits"`` (softmax applied by the consumer) or ``"probabilities"``.
+        arch: architecture name in the registry (informational for consumers).
+        input_name, output_name: ONNX tensor names (first input/output when empty).
+        feature_dim: embedding size (feature extractors, MIL aggregators).
+        feature_extractor: for MIL aggregators, name + sha256 of the extractor it needs.
+        training_data: free-form summary (dataset, counts, mpp, ...).
+        metrics: validation metrics (auc, accuracy, ...).
+        extra: anything else (clinical feature spec for MIL, tile stride, ...).
+        metascope_version: version that wrote the package.
+        format_version: package format version.
+        created: ISO timestamp.
+    """
+
+    name: str
+    task: str
+    class_names: tuple[str, ...]
+    positive_class: int = 1
+    input_size: int = 96
+    input_mpp: float | None = None
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    channel_order: str = "RGB"
+    input_layout: str = "NCHW"
+    output: str = "logits"
+    arch: str = ""
+    input_name: str = ""
+    output_name: str = ""
+    feature_dim: int | None = None
+    feature_extractor: dict[str, Any] = field(default_factory=dict)
+    training_data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    metascope_version: str = __version__
+    format_version: int = FORMAT_VERSION
+    created: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ModelPackageError(f"unknown model task {self.task!r} (expected one of {', '.join(TASKS)})")
+        if self.task != "feature_extractor":
+            if len(self.class_names) < 2:
+                raise ModelPackageError("model metadata needs at least two class names")
+            if not 0 <= self.positive_class < len(self.class_names):
+                raise ModelPackageError(
+                    f"positive_class {self.positive_class} is not an index into {len(self.class_names)} classes"
+                )
+        if self.task != "mil_aggregator" and self.input_size < 8:
+            raise ModelPackageError(f"input_size {self.input_size} is too small")
+        if self.input_mpp is not None and not self.input_mpp > 0:
+            raise ModelPackageError(f"input_mpp must be positive, got {self.input_mpp}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ModelPackageError("mean and std need three values each, std > 0")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ModelPackageError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+        if self.input_layout not in ("NCHW", "NHWC"):
+            raise ModelPackageError(f"input_layout must be NCHW or NHWC, got {self.input_layout!r}")
+        if self.output not in ("logits", "probabilities"):
+            raise ModelPackageError(f"output must be logits or probabilities, got {self.output!r}")
+
+    @property
+    def positive_class_name(self) -> str:
+        return self.class_names[self.positive_class]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["class_names"] = list(self.class_names)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelMetadata:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        try:
+            kwargs["class_names"] = tuple(str(c) for c in kwargs.get("class_names", ()))
+            if "mean" in kwargs:
+                kwargs["mean"] = tuple(float(x) for x in kwargs["mean"])
+            if "std" in kwargs:
+                kwargs["std"] = tuple(float(x) for x in kwargs["std"])
+            if kwargs.get("input_mpp") is not None:
+                kwargs["input_mpp"] = float(kwargs["input_mpp"])
+            if "input_size" in kwargs:
+                kwargs["input_size"] = int(kwargs["input_size"])
+            if "positive_class" in kwargs:
+                kwargs["positive_class"] = int(kwargs["positive_class"])
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ModelPackageError(f"invalid model metadata: {exc}") from exc
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar_paths(onnx_path: str | os.PathLike[str]) -> list[Path]:
+    p = Path(onnx_path)
+    return [p.with_name(p.name + ".json"), p.with_suffix(".json")]
+
+
+def read_metadata(onnx_path: str | os.PathLike[str]) -> ModelMetadata:
+    """Read the metadata of a model package (embedded, else a sidecar JSON).
+
+    Raises:
+        ModelPackageError: missing file, not an ONNX model, or no MetaScope metadata.
+    """
+    import onnx  # lazy: heavy import
+
+    p = Path(onnx_path)
+    if not p.is_file():
+        raise ModelPackageError(f"model file not found: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise ModelPackageError(f"{p.name} is not an ONNX model ({type(exc).__name__})") from exc
+    if not model.graph.input:
+        raise ModelPackageError(f"{p.name} is not an ONNX model (no graph inputs)")
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    raw: dict[str, Any] | None = None
+    if METADATA_KEY in props:
+        try:
+            raw = json.loads(props[METADATA_KEY])
+        except json.JSONDecodeError as exc:
+            raise ModelPackageError(f"{p.name}: MetaScope metadata is not valid JSON") from exc
+    else:
+        for side in sidecar_paths(p):
+            if side.is_file():
+                try:
+                    raw = json.loads(side.read_text(encoding="utf-8"))
+                except (OSError, json.JSONDecodeError) as exc:
+                    raise ModelPackageError(f"sidecar {side.name} is not valid JSON") from exc
+                break
+    if raw is None:
+        raise ModelPackageError(
+            f"{p.name} is not a MetaScope model: no '{METADATA_KEY}' metadata and no sidecar JSON "
+            f"({sidecar_paths(p)[0].name})"
+        )
+    if not isinstance(raw, dict):
+        raise ModelPackageError(f"{p.name}: MetaScope metadata must be a JSON object")
+    return ModelMetadata.from_dict(raw)
+
+
+def write_metadata(onnx_path: str | os.PathLike[str], meta: ModelMetadata, out_path: str | os.PathLike[str] | None = None) -> Path:
+    """Embed ``meta`` into the ONNX file (atomically), replacing any earlier entry."""
+    import onnx
+
+    from engine.fileio import atomic_path
+
+    src = Path(onnx_path)
+    dst = Path(out_path) if out_path is not None else src
+    model = onnx.load(str(src))
+    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = meta.to_json()
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+    return dst
