@@ -23,6 +23,14 @@ pytest_plugins = [
 SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own MetaScope home (model library, cache, demo assets)."""
+    home = tmp_path_factory.mktemp("metascope-home")
+    monkeypatch.setenv("METASCOPE_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (real public data); tests using it are skipped when it is absent."""

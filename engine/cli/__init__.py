@@ -22,6 +22,7 @@ from engine.errors import Cancelled, MetaScopeError
 # Modules that contribute commands. A module missing here is a packaging bug, not user error.
 COMMAND_MODULES = (
     "engine.cli.slides",
+    "engine.cli.data",
     "engine.cli.patches",
     "engine.cli.mil",
 )
