@@ -1,0 +1,551 @@
+"""Training runs as seen from outside: list them, follow their events, start, stop and resume them.
+
+A training run is a folder written by ``metascope train patches --out RUN_DIR``: ``config.json``,
+``events.jsonl`` (one JSON object per line), ``state.json`` (status and pid of the training
+process) and checkpoints. The app is a client of that folder, like a user with a terminal:
+
+* :func:`spawn_training` starts the CLI in its own process (a GUI crash never kills a run), with
+  its output going to ``train.log`` and the exact command written to ``command.json``.
+* :class:`EventFollower` reads ``events.jsonl`` incrementally (only the bytes added since the
+  last read; a line still being written is kept for the next read).
+* :class:`RunHistory` folds events into what a progress view shows (loss curve, validation
+  metrics per epoch, ETA, throughput, device).
+* :func:`request_stop` asks the run to stop at its next step (a ``STOP`` file the trainer checks);
+  :func:`run_info` tells a live run from a crashed one (status ``running`` but the pid is gone).
+
+Nothing here imports Qt or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, OutputError
+from engine.fileio import atomic_write_json
+from engine.paths import runs_dir
+
+EVENTS_NAME = "events.jsonl"
+STATE_NAME = "state.json"
+CONFIG_NAME = "config.json"
+COMMAND_NAME = "command.json"
+LOG_NAME = "train.log"
+STOP_NAME = "STOP"
+
+#: Statuses a run can be in. ``starting``: spawned, the trainer has not written its state yet;
+#: ``crashed``: the state says running/starting but the process is gone.
+ACTIVE_STATES = ("starting", "running", "stopping")
+FINAL_STATES = ("finished", "failed", "cancelled", "crashed")
+
+
+# -- processes -------------------------------------------------------------------------------------
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id exists (and is not a zombie on Linux)."""
+    if not pid or pid <= 0:
+        return False
+    if sys.platform.startswith("win"):
+        return _win_pid_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.is_file():
+        try:
+            # field 3 is the state; "Z" (zombie) and "X" (dead) mean the run has ended
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        return state not in ("Z", "X")
+    return True
+
+
+def _win_pid_alive(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    process_query_limited_information = 0x1000
+    still_active = 259
+    handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
+    if not handle:
+        return False
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return False
+        return code.value == still_active
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def project_root() -> Path:
+    """Folder holding ``main.py`` when running from source."""
+    return Path(__file__).resolve().parent.parent
+
+
+def cli_command(args: Sequence[str]) -> list[str]:
+    """The argv that runs ``metascope ARGS`` with this interpreter (or this frozen bundle)."""
+    if getattr(sys, "frozen", False):
+        # a PyInstaller bundle's executable is the app itself; main() dispatches on the command
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "main", *args]
+
+
+def train_args(run_dir: str | os.PathLike[str], config: Mapping[str, Any] | None = None, resume: bool = False) -> list[str]:
+    """CLI arguments of ``metascope train patches`` for a run folder.
+
+    A new run passes its configuration as ``--config CONFIG.json`` (the wizard's ``TrainConfig``
+    written next to the run); a resumed run passes ``--resume`` and the trainer reads the
+    configuration it saved in the run folder.
+
+    Args:
+        run_dir: the run folder (created by the trainer).
+        config: ``TrainConfig.to_dict()`` for a new run; ``None`` with ``resume=True``.
+        resume: continue from the last checkpoint in ``run_dir``.
+    """
+    run = Path(run_dir)
+    if resume:
+        return ["train", "patches", "--out", str(run), "--resume"]
+    if config is None:
+        raise ConfigError("a new training run needs a configuration")
+    request = run.with_name(f".{run.name}.request.json")
+    atomic_write_json(request, dict(config))
+    return ["train", "patches", "--config", str(request), "--out", str(run)]
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnedRun:
+    """A training process started by :func:`spawn_training`."""
+
+    run_dir: Path
+    argv: tuple[str, ...]
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def spawn_training(run_dir: str | os.PathLike[str], args: Sequence[str]) -> SpawnedRun:
+    """Start ``metascope ARGS`` as a detached process that outlives the app.
+
+    The command is written to ``RUN_DIR/command.json`` (argv, working folder, start time, pid) and
+    the process's output is appended to ``RUN_DIR/train.log``.
+
+    Raises:
+        OutputError: the run folder cannot be written or the process cannot be started.
+    """
+    run = Path(run_dir)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create run folder {run}: {exc.strerror or exc}") from exc
+    argv = cli_command(args)
+    env = os.environ.copy()
+    if not getattr(sys, "frozen", False):
+        root = str(project_root())
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    kwargs: dict[str, Any] = {}
+    if sys.platform.startswith("win"):
+        # own process group (Ctrl+C in the app's console does not reach it), no console window
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW  # type: ignore[attr-defined]
+    else:
+        kwargs["start_new_session"] = True  # survives the app and its terminal closing
+    (run / STOP_NAME).unlink(missing_ok=True)
+    try:
+        with open(run / LOG_NAME, "ab") as log:
+            log.write(f"\n$ {' '.join(argv)}\n".encode())
+            log.flush()
+            process = subprocess.Popen(
+                argv, cwd=str(run), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **kwargs
+            )
+    except OSError as exc:
+        raise OutputError(f"cannot start training: {exc.strerror or exc}") from exc
+    atomic_write_json(
+        run / COMMAND_NAME,
+        {"argv": argv, "cwd": str(run), "pid": process.pid, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    )
+    return SpawnedRun(run, tuple(argv), process)
+
+
+def request_stop(run_dir: str | os.PathLike[str]) -> None:
+    """Ask a running trainer to stop at its next step, keeping its last checkpoint.
+
+    Writes ``RUN_DIR/STOP``; the trainer checks for it between steps, saves, records a
+    ``cancelled`` event and exits. Removed again by :func:`spawn_training` on resume.
+    """
+    run = Path(run_dir)
+    try:
+        (run / STOP_NAME).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot ask the run to stop ({run}): {exc.strerror or exc}") from exc
+
+
+def stop_requested(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether :func:`request_stop` was called for this run (checked by the trainer)."""
+    return (Path(run_dir) / STOP_NAME).exists()
+
+
+# -- run folders -----------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A run folder's state at one moment.
+
+    Attributes:
+        path: the run folder.
+        status: one of :data:`ACTIVE_STATES` or :data:`FINAL_STATES`, or ``"unknown"``.
+        pid: the training process id, if recorded.
+        alive: whether that process is running now.
+        config: the run's ``config.json`` (``TrainConfig.to_dict()``), empty if not written yet.
+        message: the last error or state message.
+        updated: modification time of the newest of state/events (seconds since the epoch).
+        has_checkpoint: a checkpoint exists, so the run can be resumed.
+    """
+
+    path: Path
+    status: str
+    pid: int | None
+    alive: bool
+    config: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    updated: float = 0.0
+    has_checkpoint: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATES
+
+    @property
+    def resumable(self) -> bool:
+        """Stopped or crashed runs with a checkpoint can continue where they left off."""
+        return self.status in ("cancelled", "crashed", "failed") and self.has_checkpoint
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    p = Path(path)
+    return p.is_dir() and any((p / n).is_file() for n in (STATE_NAME, EVENTS_NAME, COMMAND_NAME, CONFIG_NAME))
+
+
+def run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
+    """Read a run folder's state; a run whose process is gone without a final state is ``crashed``."""
+    run = Path(run_dir)
+    state = _read_json(run / STATE_NAME)
+    command = _read_json(run / COMMAND_NAME)
+    status = str(state.get("status", "")) or ("starting" if command else "unknown")
+    pid_raw = state.get("pid") or command.get("pid")
+    try:
+        pid = int(pid_raw) if pid_raw is not None else None
+    except (TypeError, ValueError):
+        pid = None
+    alive = pid_alive(pid)
+    if status == "stopping" and not alive:
+        status = "cancelled" if _last_event_kind(run) == "cancelled" else "crashed"
+    elif status in ("starting", "running") and not alive:
+        status = "crashed"
+    elif status == "running" and stop_requested(run):
+        status = "stopping"
+    message = str(state.get("message") or state.get("error") or "")
+    if status == "crashed" and not message:
+        message = _last_log_line(run) or "the training process ended unexpectedly"
+    mtimes = [p.stat().st_mtime for p in (run / STATE_NAME, run / EVENTS_NAME, run / COMMAND_NAME) if p.is_file()]
+    return RunInfo(
+        path=run,
+        status=status,
+        pid=pid,
+        alive=alive,
+        config=_read_json(run / CONFIG_NAME),
+        message=message,
+        updated=max(mtimes) if mtimes else 0.0,
+        has_checkpoint=any(run.glob("*.pt")) or any(run.glob("checkpoints/*.pt")),
+    )
+
+
+def list_runs(parent: str | os.PathLike[str] | None = None) -> list[RunInfo]:
+    """All run folders under ``parent`` (default :func:`engine.paths.runs_dir`), newest first."""
+    base = Path(parent) if parent is not None else runs_dir()
+    if not base.is_dir():
+        return []
+    runs = [run_info(p) for p in base.iterdir() if not p.name.startswith(".") and is_run_dir(p)]
+    return sorted(runs, key=lambda r: r.updated, reverse=True)
+
+
+def new_run_dir(name: str, parent: str | os.PathLike[str] | None = None) -> Path:
+    """A fresh, not yet existing run folder ``PARENT/YYYYmmdd-HHMMSS-NAME`` (not created)."""
+    base = Path(parent) if parent is not None else runs_dir()
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-.") or "run"
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
+    candidate = base / stem
+    n = 2
+    while candidate.exists() or candidate.with_name(f".{candidate.name}.request.json").exists():
+        candidate = base / f"{stem}-{n}"
+        n += 1
+    return candidate
+
+
+def _last_log_line(run: Path, max_bytes: int = 8192) -> str:
+    """The last ``error: ...`` line of the run's log (or its last non-empty line)."""
+    log = run / LOG_NAME
+    if not log.is_file():
+        return ""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - max_bytes))
+            lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else ""
+
+
+def log_tail(run_dir: str | os.PathLike[str], lines: int = 40) -> str:
+    """The last ``lines`` lines of the run's ``train.log`` (for showing why a run failed)."""
+    log = Path(run_dir) / LOG_NAME
+    if not log.is_file():
+        return ""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - 64 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _last_event_kind(run: Path) -> str:
+    events = run / EVENTS_NAME
+    if not events.is_file():
+        return ""
+    try:
+        with open(events, "rb") as fh:
+            fh.seek(max(0, events.stat().st_size - 4096))
+            tail = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(tail):
+        try:
+            return event_kind(json.loads(line))
+        except ValueError:
+            continue
+    return ""
+
+
+# -- events ----------------------------------------------------------------------------------------
+def event_kind(event: Mapping[str, Any]) -> str:
+    """The event's type name (``step``, ``epoch_ended``, ...)."""
+    return str(event.get("event") or event.get("type") or event.get("kind") or "")
+
+
+class EventFollower:
+    """Reads new lines of a run's ``events.jsonl`` each time :meth:`read_new` is called.
+
+    Only bytes appended since the last call are read, so following a long run costs nothing.
+    A line without its newline yet (the trainer is mid-write) waits for the next call; lines that
+    are not JSON objects are skipped. If the file shrinks (replaced), reading restarts at the
+    beginning and :attr:`restarted` is set so a view can clear what it drew.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        p = Path(path)
+        self.path = p / EVENTS_NAME if p.is_dir() or p.suffix != ".jsonl" else p
+        self._offset = 0
+        self._partial = b""
+        self.restarted = False
+        self.skipped_lines = 0
+
+    def read_new(self, max_bytes: int = 16 << 20) -> list[dict[str, Any]]:
+        """Events appended since the previous call (at most ``max_bytes`` read per call)."""
+        self.restarted = False
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return []
+        if size < self._offset:
+            self._offset, self._partial = 0, b""
+            self.restarted = True
+        if size == self._offset:
+            return []
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read(min(max_bytes, size - self._offset))
+        except OSError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        *lines, self._partial = data.split(b"\n")
+        out: list[dict[str, Any]] = []
+        for raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                self.skipped_lines += 1
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+            else:
+                self.skipped_lines += 1
+        return out
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f else None  # drop NaN
+
+
+@dataclass(slots=True)
+class RunHistory:
+    """What a progress view shows, folded from a run's events (see :meth:`apply`).
+
+    Attributes:
+        loss_points: ``(x, loss)`` of training steps, ``x`` in epochs (fractional).
+        val_points: metric name -> ``(epoch, value)`` from ``epoch_ended`` events.
+        train_epoch_loss: ``(epoch, mean train loss)`` per finished epoch.
+        epoch: current epoch, 1-based (0 before the first).
+        epochs: total epochs planned.
+        step, steps: step within the epoch and steps per epoch.
+        throughput: samples per second of the latest step.
+        eta_s: seconds left, estimated by the trainer.
+        device: device the trainer reports (``cpu``, ``cuda:0``, ...).
+        gpu_memory_mb: peak GPU memory (MiB), when on a GPU.
+        status: ``running``/``finished``/``failed``/``cancelled`` as far as events tell.
+        message: the last error or status text.
+        best: the best epoch's event (``epoch`` and its metrics).
+        checkpoints: number of checkpoints written.
+    """
+
+    loss_points: list[tuple[float, float]] = field(default_factory=list)
+    val_points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    train_epoch_loss: list[tuple[float, float]] = field(default_factory=list)
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps: int = 0
+    throughput: float | None = None
+    eta_s: float | None = None
+    device: str = ""
+    gpu_memory_mb: float | None = None
+    status: str = ""
+    message: str = ""
+    best: dict[str, Any] = field(default_factory=dict)
+    checkpoints: int = 0
+    events: int = 0
+
+    def clear(self) -> None:
+        fresh = RunHistory()
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            setattr(self, name, getattr(fresh, name))
+
+    @property
+    def fraction(self) -> float | None:
+        """Overall progress in [0, 1] (epochs and steps), ``None`` before the plan is known."""
+        if not self.epochs:
+            return None
+        done = max(0, self.epoch - 1) + (self.step / self.steps if self.steps else 0.0)
+        if self.status == "finished":
+            return 1.0
+        return min(1.0, done / self.epochs)
+
+    def apply_all(self, events: Iterable[Mapping[str, Any]]) -> None:
+        for e in events:
+            self.apply(e)
+
+    def apply(self, e: Mapping[str, Any]) -> None:
+        """Fold one event into the history (unknown event types are counted and ignored)."""
+        self.events += 1
+        kind = event_kind(e)
+        if kind == "run_started":
+            self.status = "running"
+            self.epochs = int(_num(e.get("epochs")) or self.epochs)
+            self.steps = int(_num(e.get("steps_per_epoch")) or self.steps)
+            self.device = str(e.get("device") or self.device)
+            if e.get("resumed") or _num(e.get("start_epoch")):
+                # a resumed run restarts the epoch it was in: drop that epoch's partial points
+                start = _num(e.get("start_epoch")) or 0.0
+                self.loss_points = [p for p in self.loss_points if p[0] <= start]
+        elif kind == "epoch_started":
+            self.status = "running"
+            self.epoch = int(_num(e.get("epoch")) or self.epoch + 1)
+            self.epochs = int(_num(e.get("epochs")) or self.epochs)
+            self.steps = int(_num(e.get("steps")) or _num(e.get("steps_per_epoch")) or self.steps)
+            self.step = 0
+        elif kind == "step":
+            self._apply_step(e)
+        elif kind == "epoch_ended":
+            self._apply_epoch_end(e)
+        elif kind == "checkpoint":
+            self.checkpoints += 1
+        elif kind == "best":
+            self.best = dict(e)
+        elif kind in ("cancelled", "finished", "failed"):
+            self.status = kind
+            self.message = str(e.get("message") or e.get("error") or self.message)
+            if kind == "finished":
+                self.eta_s = 0.0
+
+    def _apply_step(self, e: Mapping[str, Any]) -> None:
+        self.status = "running"
+        self.step = int(_num(e.get("step")) or self.step + 1)
+        self.steps = int(_num(e.get("steps")) or self.steps)
+        epoch = int(_num(e.get("epoch")) or self.epoch or 1)
+        self.epoch = epoch
+        loss = _num(e.get("loss"))
+        if loss is not None:
+            x = (epoch - 1) + (self.step / self.steps if self.steps else 0.0)
+            self.loss_points.append((x, loss))
+        self.throughput = _num(e.get("throughput")) or _num(e.get("samples_per_s")) or self.throughput
+        eta = _num(e.get("eta_s"))
+        self.eta_s = eta if eta is not None else self.eta_s
+        mem = _num(e.get("gpu_memory_mb")) or _num(e.get("gpu_mem_mb"))
+        self.gpu_memory_mb = mem if mem is not None else self.gpu_memory_mb
+        self.device = str(e.get("device") or self.device)
+
+    def _apply_epoch_end(self, e: Mapping[str, Any]) -> None:
+        epoch = float(_num(e.get("epoch")) or self.epoch)
+        self.step = self.steps or self.step
+        metrics = e.get("metrics") if isinstance(e.get("metrics"), Mapping) else {}
+        flat: dict[str, Any] = {**{k: v for k, v in e.items() if k not in ("metrics",)}, **dict(metrics)}
+        train_loss = _num(flat.get("train_loss"))
+        if train_loss is not None:
+            self.train_epoch_loss.append((epoch, train_loss))
+        for key, value in flat.items():
+            if not (key.startswith("val_") or key in ("auc", "accuracy", "val")):
+                continue
+            v = _num(value)
+            if v is not None:
+                name = key[4:] if key.startswith("val_") else key
+                self.val_points.setdefault(name, []).append((epoch, v))
+        eta = _num(e.get("eta_s"))
+        self.eta_s = eta if eta is not None else self.eta_s

@@ -1,0 +1,119 @@
+"""Training runs seen from outside: incremental event reading, state, crash detection, spawning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.runs import (
+    EventFollower,
+    RunHistory,
+    list_runs,
+    log_tail,
+    new_run_dir,
+    pid_alive,
+    request_stop,
+    run_info,
+    spawn_training,
+    stop_requested,
+)
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def test_follower_reads_only_new_complete_lines(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    follower = EventFollower(tmp_path)
+    assert follower.read_new() == []  # no file yet
+    _append(events, json.dumps({"event": "run_started", "epochs": 2}) + "\n" + '{"event": "st')
+    assert [e["event"] for e in follower.read_new()] == ["run_started"]
+    assert follower.read_new() == []  # the half-written line waits
+    _append(events, 'ep", "loss": 0.7}\nnot json\n')
+    got = follower.read_new()
+    assert got == [{"event": "step", "loss": 0.7}]
+    assert follower.skipped_lines == 1
+    # replaced by a shorter file: start again and say so
+    events.write_text(json.dumps({"event": "run_started"}) + "\n")
+    assert [e["event"] for e in follower.read_new()] == ["run_started"]
+    assert follower.restarted
+
+
+def test_history_folds_events_into_curves_and_progress() -> None:
+    h = RunHistory()
+    h.apply_all(
+        [
+            {"event": "run_started", "epochs": 2, "steps_per_epoch": 4, "device": "cpu"},
+            {"event": "epoch_started", "epoch": 1, "epochs": 2, "steps": 4},
+            {"event": "step", "epoch": 1, "step": 2, "steps": 4, "loss": 0.69, "throughput": 120.0, "eta_s": 30},
+            {"event": "step", "epoch": 1, "step": 4, "steps": 4, "loss": 0.5, "throughput": 130.0, "eta_s": 20},
+            {"event": "epoch_ended", "epoch": 1, "train_loss": 0.6, "val_loss": 0.55, "val_auc": 0.8},
+            {"event": "checkpoint", "epoch": 1},
+            {"event": "best", "epoch": 1, "val_auc": 0.8},
+            {"event": "epoch_started", "epoch": 2, "epochs": 2, "steps": 4},
+            {"event": "step", "epoch": 2, "step": 2, "steps": 4, "loss": 0.4, "eta_s": 10},
+        ]
+    )
+    assert h.loss_points == [(0.5, 0.69), (1.0, 0.5), (1.5, 0.4)]
+    assert h.val_points["auc"] == [(1.0, 0.8)]
+    assert h.val_points["loss"] == [(1.0, 0.55)]
+    assert h.train_epoch_loss == [(1.0, 0.6)]
+    assert (h.epoch, h.step, h.steps, h.epochs) == (2, 2, 4, 2)
+    assert h.fraction == 0.75
+    assert h.throughput == 130.0 and h.eta_s == 10 and h.device == "cpu"
+    assert h.best["epoch"] == 1 and h.checkpoints == 1
+    h.apply({"event": "finished"})
+    assert h.status == "finished" and h.fraction == 1.0
+
+
+def test_run_state_live_crashed_and_stop_request(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (run / "state.json").write_text(json.dumps({"status": "running", "pid": sleeper.pid}))
+        info = run_info(run)
+        assert info.status == "running" and info.alive and info.active
+        request_stop(run)
+        assert stop_requested(run)
+        assert run_info(run).status == "stopping"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not pid_alive(sleeper.pid)
+    (run / "checkpoint.pt").write_bytes(b"x")
+    (run / "train.log").write_text("epoch 1\nerror: out of memory\n")
+    info = run_info(run)
+    assert info.status == "crashed" and not info.alive
+    assert info.resumable and info.message == "error: out of memory"
+    assert "out of memory" in log_tail(run)
+
+
+def test_list_runs_newest_first(tmp_path: Path) -> None:
+    for i, status in enumerate(("finished", "cancelled")):
+        d = tmp_path / f"r{i}"
+        d.mkdir()
+        (d / "state.json").write_text(json.dumps({"status": status}))
+        os.utime(d / "state.json", (time.time() + i, time.time() + i))
+    (tmp_path / "not-a-run").mkdir()
+    runs = list_runs(tmp_path)
+    assert [r.name for r in runs] == ["r1", "r0"]
+    assert [r.status for r in runs] == ["cancelled", "finished"]
+    assert not runs[0].resumable  # no checkpoint
+    fresh = new_run_dir("cnn 3-conv", parent=tmp_path)
+    assert not fresh.exists() and fresh.name.endswith("-cnn-3-conv")
+
+
+def test_spawn_runs_cli_detached_and_records_command(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    spawned = spawn_training(run, ["--version"])
+    assert spawned.process.wait(timeout=60) == 0
+    command = json.loads((run / "command.json").read_text())
+    assert command["argv"][-1] == "--version" and command["pid"] == spawned.pid
+    assert "MetaScope" in (run / "train.log").read_text()
