@@ -26,6 +26,8 @@ class SlideInfo:
         objective_power: scanner objective magnification, or ``None``.
         associated_images: names of label/macro/thumbnail images (not read unless asked).
         properties: raw backend properties (strings).
+        mpp_from_user: True when ``mpp`` was supplied by the user (``--mpp``) rather than read
+            from the file.
     """
 
     path: str
@@ -36,6 +38,7 @@ class SlideInfo:
     objective_power: float | None = None
     associated_images: tuple[str, ...] = ()
     properties: dict[str, str] = field(default_factory=dict)
+    mpp_from_user: bool = False
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -81,6 +84,7 @@ class SlideInfo:
             "level_dimensions": [list(d) for d in self.level_dimensions],
             "level_downsamples": list(self.level_downsamples),
             "mpp": list(self.mpp) if self.mpp is not None else None,
+            "mpp_source": None if self.mpp is None else ("user" if self.mpp_from_user else "file"),
             "objective_power": self.objective_power,
             "associated_images": list(self.associated_images),
         }

@@ -1,0 +1,165 @@
+"""``open_slide``: one entry point that picks the reader backend for a file."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import struct
+from pathlib import Path
+
+from engine.errors import ConfigError, SlideOpenError
+from engine.slides.base import SlideReader
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", ".svslide", ".dcm")
+# A caller-supplied resolution outside this range is a typo (e.g. 50 for 0.5), not a microscope.
+MPP_RANGE = (0.01, 100.0)
+# Side of the regions read to prove the pixel data can be decoded.
+PROBE_PX = 16
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def validate_mpp(mpp: float | None) -> float | None:
+    """Check a user-supplied microns-per-pixel value.
+
+    Raises:
+        ConfigError: not a finite number within 0.01-100 um/px.
+    """
+    if mpp is None:
+        return None
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"mpp must be a number of microns per pixel, got {mpp!r}") from exc
+    if not math.isfinite(value) or not MPP_RANGE[0] <= value <= MPP_RANGE[1]:
+        raise ConfigError(
+            f"mpp must be between {MPP_RANGE[0]} and {MPP_RANGE[1]} microns per pixel, got {mpp!r} "
+            "(a 20x scan is about 0.5, a 40x scan about 0.25)"
+        )
+    return value
+
+
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None, *, probe: bool = True) -> SlideReader:
+    """Open a whole-slide image or a plain image.
+
+    OpenSlide handles every format it recognises (SVS, NDPI, MRXS, SCN, BIF, VMS, tiled TIFF,
+    DICOM); other files are tried as plain images (PNG, JPEG, BMP, non-pyramidal TIFF).
+
+    Args:
+        path: the slide file.
+        mpp: microns per level-0 pixel supplied by the user. It fills in a missing resolution
+            and overrides the file's one; ``info.mpp_from_user`` then tells them apart.
+        probe: read a few small regions at open time so that a truncated or damaged file is
+            reported here rather than halfway through a heatmap.
+
+    Returns:
+        An open :class:`SlideReader` (use it as a context manager).
+
+    Raises:
+        SlideOpenError: the file is missing, a folder, unreadable, not a slide or image, or damaged.
+        ConfigError: ``mpp`` is not a plausible resolution.
+    """
+    user_mpp = validate_mpp(mpp)
+    p = Path(os.fspath(path)).expanduser()
+    if not p.exists():
+        raise SlideOpenError(f"{p}: no such file")
+    if p.is_dir():
+        raise SlideOpenError(
+            f"{p}: is a folder, not a slide file (for MRXS open the .mrxs file, for DICOM one of its .dcm files)"
+        )
+    if not os.access(p, os.R_OK):
+        raise SlideOpenError(f"{p}: permission denied")
+    size = p.stat().st_size
+    if size == 0:
+        raise SlideOpenError(f"{p}: the file is empty")
+
+    with open(p, "rb") as fh:
+        magic = fh.read(4)
+    is_tiff = magic in _TIFF_MAGIC
+    if is_tiff:
+        _check_tiff_complete(p, size)
+
+    from engine.slides.openslide_reader import OpenSlideReader, detect_vendor
+
+    reader: SlideReader
+    vendor = detect_vendor(p)
+    if vendor is not None:
+        reader = OpenSlideReader(p)
+    elif is_tiff or _looks_like_image(p):
+        from engine.slides.image_reader import ImageReader
+
+        reader = ImageReader(p)
+    else:
+        raise SlideOpenError(
+            f"{p}: not a slide or image MetaScope can read "
+            "(supported: SVS, NDPI, MRXS, SCN, BIF, VMS, tiled TIFF, DICOM, PNG, JPEG, TIFF)"
+        )
+
+    if user_mpp is not None:
+        reader.info = dataclasses.replace(reader.info, mpp=(user_mpp, user_mpp), mpp_from_user=True)
+    if probe:
+        try:
+            probe_read(reader)
+        except SlideOpenError:
+            reader.close()
+            raise
+    return reader
+
+
+def probe_read(reader: SlideReader) -> None:
+    """Decode a few small regions (centre of level 0, last corner of every level).
+
+    Writers store a level's tiles in row order and the levels one after the other, so the
+    bottom-right corners are the last data in the file: a truncated file fails here.
+
+    Raises:
+        SlideOpenError: a region cannot be decoded.
+    """
+    info = reader.info
+    w0, h0 = info.dimensions
+    s = PROBE_PX
+    reader.read_region((max(0, w0 // 2 - s // 2), max(0, h0 // 2 - s // 2)), 0, (s, s))
+    for level, ((lw, lh), ds) in enumerate(zip(info.level_dimensions, info.level_downsamples, strict=True)):
+        x = max(0, lw - s)
+        y = max(0, lh - s)
+        reader.read_region((int(x * ds), int(y * ds)), level, (min(s, lw), min(s, lh)))
+
+
+def _looks_like_image(p: Path) -> bool:
+    if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
+        return True
+    if p.suffix.lower() in SLIDE_SUFFIXES:
+        return False
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as img:
+            return img.format is not None
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+
+
+def _check_tiff_complete(p: Path, size: int) -> None:
+    """Raise when a TIFF's image data points past the end of the file (a truncated copy).
+
+    Reads only the tag directories, not the pixels. Files tifffile cannot parse are left to the
+    backends to judge (they report their own errors).
+    """
+    import numpy as np
+    import tifffile
+
+    end = 0
+    try:
+        with tifffile.TiffFile(p) as tf:
+            for page in tf.pages:
+                offsets = np.asarray(getattr(page, "dataoffsets", ()) or (), dtype=np.int64)
+                counts = np.asarray(getattr(page, "databytecounts", ()) or (), dtype=np.int64)
+                if offsets.size and offsets.size == counts.size:
+                    end = max(end, int((offsets + counts).max()))
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, struct.error):
+        return
+    if end > size:
+        raise SlideOpenError(
+            f"{p}: the slide is truncated (image data extends to byte {end:,} but the file has {size:,} bytes)"
+        )

@@ -1,0 +1,164 @@
+"""OpenSlide backend: SVS, NDPI, MRXS, SCN, BIF, VMS, generic tiled TIFF, DICOM (OpenSlide 4).
+
+``openslide`` is imported lazily so that importing :mod:`engine.slides` stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from engine.errors import SlideOpenError
+from engine.slides.base import SlideInfo, SlideReader
+from engine.slides.resample import striped_thumbnail
+
+# Decoded-tile cache per open slide. OpenSlide's default (32 MiB) is smaller than one row of
+# 256 px JPEG tiles across a 40,000 px slide, so a row-major tile scan would decode every source
+# tile twice; 128 MiB holds two such rows.
+DEFAULT_CACHE_BYTES = 128 * 1024 * 1024
+
+
+def _openslide() -> Any:
+    try:
+        import openslide
+    except ImportError as exc:  # pragma: no cover - openslide-bin is a hard dependency
+        raise SlideOpenError(f"the OpenSlide library is not available: {exc}") from exc
+    return openslide
+
+
+def detect_vendor(path: str | os.PathLike[str]) -> str | None:
+    """OpenSlide's vendor name for ``path`` (``"aperio"``, ``"generic-tiff"``, ...) or ``None``."""
+    openslide = _openslide()
+    try:
+        return openslide.OpenSlide.detect_format(os.fspath(path))
+    except (openslide.OpenSlideError, OSError):
+        return None
+
+
+def _positive_float(value: str | None) -> float | None:
+    """``float(value)`` when it is a finite positive number, else ``None`` (never a guess)."""
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(f) or f <= 0:
+        return None
+    return f
+
+
+def rgba_to_rgb_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite a straight-alpha RGBA ``uint8`` array ``(H, W, 4)`` over white -> ``(H, W, 3)``.
+
+    OpenSlide returns transparent pixels outside the scanned area; on a slide those are glass,
+    which is white.
+    """
+    alpha = rgba[..., 3]
+    rgb = rgba[..., :3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha.astype(np.uint16)[..., None]
+    # rgb*a/255 + 255*(255-a)/255, rounded, in integer arithmetic
+    out = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+class OpenSlideReader(SlideReader):
+    """A slide opened with OpenSlide. Safe for concurrent ``read_region`` calls.
+
+    Args:
+        path: slide file (for MRXS the ``.mrxs`` file, for DICOM one ``.dcm`` file of the series).
+        cache_bytes: size of the decoded-tile cache.
+
+    Raises:
+        SlideOpenError: OpenSlide cannot open the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        openslide = _openslide()
+        self._path = os.fspath(path)
+        self._openslide = openslide
+        try:
+            self._slide = openslide.OpenSlide(self._path)
+        except openslide.OpenSlideUnsupportedFormatError as exc:
+            raise SlideOpenError(f"{self._path}: not a slide format OpenSlide can read") from exc
+        except (openslide.OpenSlideError, OSError) as exc:
+            raise SlideOpenError(f"{self._path}: cannot open slide ({_one_line(exc)})") from exc
+        try:
+            self._slide.set_cache(openslide.OpenSlideCache(cache_bytes))
+        except (AttributeError, openslide.OpenSlideError):
+            # older OpenSlide without cache control: the default cache still works
+            pass
+        self.info = self._read_info()
+
+    def _read_info(self) -> SlideInfo:
+        s = self._slide
+        props = {str(k): str(v) for k, v in s.properties.items()}
+        mpp_x = _positive_float(props.get("openslide.mpp-x"))
+        mpp_y = _positive_float(props.get("openslide.mpp-y"))
+        if mpp_x is not None and mpp_y is None:
+            mpp_y = mpp_x
+        if mpp_y is not None and mpp_x is None:
+            mpp_x = mpp_y
+        mpp = (mpp_x, mpp_y) if mpp_x is not None and mpp_y is not None else None
+        return SlideInfo(
+            path=self._path,
+            vendor=props.get("openslide.vendor") or "openslide",
+            level_dimensions=tuple((int(w), int(h)) for w, h in s.level_dimensions),
+            level_downsamples=tuple(float(d) for d in s.level_downsamples),
+            mpp=mpp,
+            objective_power=_positive_float(props.get("openslide.objective-power")),
+            # names only: listing them does not decode the (possibly identifying) images
+            associated_images=tuple(sorted(str(n) for n in s.associated_images)),
+            properties=props,
+        )
+
+    def read_region(self, level0_xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """See :meth:`SlideReader.read_region`.
+
+        Raises:
+            SlideOpenError: the slide data cannot be decoded (damaged or truncated file).
+            ValueError: ``level`` does not exist or ``size`` is not positive.
+        """
+        if not 0 <= level < self.info.level_count:
+            raise ValueError(f"level {level} out of range (slide has {self.info.level_count})")
+        w, h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0:
+            raise ValueError(f"region size must be positive, got {size}")
+        try:
+            img = self._slide.read_region((int(level0_xy[0]), int(level0_xy[1])), int(level), (w, h))
+        except self._openslide.OpenSlideError as exc:
+            raise SlideOpenError(f"{self._path}: the slide is damaged or truncated ({_one_line(exc)})") from exc
+        return rgba_to_rgb_white(np.asarray(img))
+
+    def thumbnail(self, max_size: int) -> np.ndarray:
+        """See :meth:`SlideReader.thumbnail`; reads huge single-level slides in strips."""
+        return striped_thumbnail(self, max_size)
+
+    def associated_image(self, name: str) -> np.ndarray:
+        """Decode one associated image (label, macro, thumbnail) as RGB ``(H, W, 3)``.
+
+        Only called on an explicit user request: labels can carry patient identifiers.
+
+        Raises:
+            KeyError: the slide has no associated image of that name.
+            SlideOpenError: the image cannot be decoded.
+        """
+        if name not in self.info.associated_images:
+            raise KeyError(name)
+        try:
+            img = self._slide.associated_images[name]
+        except self._openslide.OpenSlideError as exc:
+            raise SlideOpenError(f"{self._path}: cannot read associated image {name!r} ({_one_line(exc)})") from exc
+        return rgba_to_rgb_white(np.asarray(img.convert("RGBA")))
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,304 @@
+"""Tiling at a model's resolution: pick the pyramid level, lay a grid, keep tiles with tissue.
+
+Planning yields coordinates only (no pixels are read); :func:`read_tile` reads one tile for the
+pipeline. Plan arrays hold a few numbers per tissue tile, so memory stays small on any slide.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ConfigError, MissingMppError, NoTissueError
+from engine.slides.base import SlideReader
+from engine.slides.tissue import TissueMask
+
+MAX_TILE_PX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class TilingConfig:
+    """How to cut a slide into model inputs.
+
+    Attributes:
+        tile_size_px: model input side in pixels (e.g. 96).
+        target_mpp: microns per pixel the model expects (e.g. 0.97).
+        stride_px: step between tiles in model pixels; ``None`` means ``tile_size_px`` (no overlap).
+        min_tissue_fraction: tiles with less tissue (0-1, by area of the tile) are skipped.
+        max_tiles: optional cap; the tiles with the most tissue are kept.
+    """
+
+    tile_size_px: int
+    target_mpp: float
+    stride_px: int | None = None
+    min_tissue_fraction: float = 0.25
+    max_tiles: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tile_size_px, bool) or not isinstance(self.tile_size_px, (int, np.integer)):
+            raise ConfigError(f"tile_size_px must be an integer, got {self.tile_size_px!r}")
+        if not 8 <= int(self.tile_size_px) <= MAX_TILE_PX:
+            raise ConfigError(f"tile_size_px must be between 8 and {MAX_TILE_PX}, got {self.tile_size_px}")
+        object.__setattr__(self, "tile_size_px", int(self.tile_size_px))
+        try:
+            mpp = float(self.target_mpp)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"target_mpp must be a number, got {self.target_mpp!r}") from exc
+        if not math.isfinite(mpp) or mpp <= 0:
+            raise ConfigError(f"target_mpp must be a positive number of microns per pixel, got {self.target_mpp!r}")
+        object.__setattr__(self, "target_mpp", mpp)
+        stride = self.tile_size_px if self.stride_px is None else self.stride_px
+        if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or int(stride) < 1:
+            raise ConfigError(f"stride_px must be a positive integer, got {self.stride_px!r}")
+        object.__setattr__(self, "stride_px", int(stride))
+        frac = float(self.min_tissue_fraction)
+        if not 0.0 <= frac <= 1.0:
+            raise ConfigError(f"min_tissue_fraction must be within 0-1, got {self.min_tissue_fraction!r}")
+        object.__setattr__(self, "min_tissue_fraction", frac)
+        if self.max_tiles is not None:
+            if isinstance(self.max_tiles, bool) or not isinstance(self.max_tiles, (int, np.integer)) or self.max_tiles < 1:
+                raise ConfigError(f"max_tiles must be a positive integer or None, got {self.max_tiles!r}")
+            object.__setattr__(self, "max_tiles", int(self.max_tiles))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TilingConfig:
+        """Build from :meth:`to_dict` output.
+
+        Raises:
+            ConfigError: unknown keys or invalid values.
+        """
+        known = {"tile_size_px", "target_mpp", "stride_px", "min_tissue_fraction", "max_tiles"}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown tiling setting(s): {', '.join(sorted(unknown))}")
+        if "tile_size_px" not in d or "target_mpp" not in d:
+            raise ConfigError("tiling settings need tile_size_px and target_mpp")
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TilePlan:
+    """Where to read the tiles of one slide.
+
+    Tile ``i`` covers level-0 pixels ``[x, x + tile_size_level0) x [y, y + tile_size_level0)``
+    with ``(x, y) = level0_xy[i]``; it sits in heatmap cell ``grid_rc[i] = (row, col)`` where
+    ``x = origin_level0[0] + col * stride_level0`` (likewise y with row).
+
+    Attributes:
+        config: the tiling settings.
+        slide_dimensions: level-0 ``(width, height)``.
+        mpp: slide microns per level-0 pixel actually used.
+        downsample: level-0 pixels per model pixel (``target_mpp / mpp``).
+        level: pyramid level read.
+        level_downsample: that level's downsample.
+        read_size: side in pixels of the region read at ``level`` for one tile.
+        tile_size_level0: tile side in level-0 pixels.
+        stride_level0: grid step in level-0 pixels.
+        origin_level0: level-0 ``(x, y)`` of grid cell (0, 0).
+        grid_shape: ``(rows, cols)`` of the full grid (the heatmap shape).
+        level0_xy: ``int64`` ``(N, 2)`` top-left ``(x, y)`` of each selected tile, row-major order.
+        grid_rc: ``int32`` ``(N, 2)`` ``(row, col)`` of each selected tile.
+        tissue_fraction: ``float32`` ``(N,)`` tissue fraction of each selected tile (1 without a mask).
+        tissue_cells: grid cells with enough tissue before ``max_tiles`` was applied.
+    """
+
+    config: TilingConfig
+    slide_dimensions: tuple[int, int]
+    mpp: float
+    downsample: float
+    level: int
+    level_downsample: float
+    read_size: int
+    tile_size_level0: int
+    stride_level0: int
+    origin_level0: tuple[int, int]
+    grid_shape: tuple[int, int]
+    level0_xy: np.ndarray
+    grid_rc: np.ndarray
+    tissue_fraction: np.ndarray
+    tissue_cells: int = 0
+    mpp_from_user: bool = field(default=False)
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.level0_xy.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_tiles
+
+    @property
+    def effective_mpp(self) -> float:
+        """Microns per model pixel after rounding the tile footprint to whole level-0 pixels."""
+        return self.mpp * self.tile_size_level0 / self.config.tile_size_px
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (no per-tile arrays)."""
+        return {
+            "tile_size_px": self.config.tile_size_px,
+            "stride_px": self.config.stride_px,
+            "target_mpp": self.config.target_mpp,
+            "mpp": self.mpp,
+            "mpp_source": "user" if self.mpp_from_user else "file",
+            "effective_mpp": self.effective_mpp,
+            "downsample": self.downsample,
+            "level": self.level,
+            "level_downsample": self.level_downsample,
+            "read_size": self.read_size,
+            "tile_size_level0": self.tile_size_level0,
+            "stride_level0": self.stride_level0,
+            "origin_level0": list(self.origin_level0),
+            "grid_shape": list(self.grid_shape),
+            "n_tiles": self.n_tiles,
+            "tissue_cells": self.tissue_cells,
+            "min_tissue_fraction": self.config.min_tissue_fraction,
+            "slide_dimensions": list(self.slide_dimensions),
+        }
+
+
+def _grid_count(extent: int, tile: int, stride: int) -> int:
+    """Number of grid positions so the tiles cover ``extent`` (the last may overhang)."""
+    return max(1, math.ceil(max(extent - tile, 0) / stride) + 1)
+
+
+def plan_tiles(
+    reader: SlideReader,
+    cfg: TilingConfig,
+    tissue: TissueMask | None,
+    mpp: float | None = None,
+) -> TilePlan:
+    """Plan the tiles of a slide at ``cfg.target_mpp``.
+
+    Args:
+        reader: the slide.
+        cfg: tiling settings.
+        tissue: tissue mask from :func:`engine.slides.tissue.detect_tissue`; ``None`` keeps every
+            grid cell (whole-image analysis, e.g. of a patch or a photo).
+        mpp: slide microns per level-0 pixel; overrides the slide's own value when given.
+
+    Returns:
+        The :class:`TilePlan`.
+
+    Raises:
+        MissingMppError: neither the slide nor the caller gives a resolution.
+        NoTissueError: the mask is empty or no tile reaches ``cfg.min_tissue_fraction``.
+    """
+    info = reader.info
+    if mpp is not None:
+        if not (math.isfinite(float(mpp)) and float(mpp) > 0):
+            raise ConfigError(f"mpp must be a positive number, got {mpp!r}")
+        slide_mpp = float(mpp)
+        # the caller's value counts as the user's unless it is just the file's own value
+        from_user = info.mpp is None or info.mpp_from_user or abs(info.mpp_or(None) - slide_mpp) > 1e-9
+    else:
+        if info.mpp is None:
+            raise MissingMppError(
+                f"{info.name}: the slide does not record its resolution (microns per pixel); supply one with --mpp"
+            )
+        slide_mpp = info.mpp_or(None)
+        from_user = info.mpp_from_user
+
+    downsample = cfg.target_mpp / slide_mpp
+    level = info.best_level_for_downsample(max(downsample, 1.0))
+    level_ds = float(info.level_downsamples[level])
+    tile0 = max(1, round(cfg.tile_size_px * downsample))
+    stride0 = max(1, round(cfg.stride_px * downsample))
+    read_size = max(1, round(tile0 / level_ds))
+    w0, h0 = info.dimensions
+    origin = (0, 0)
+    rows = _grid_count(h0, tile0, stride0)
+    cols = _grid_count(w0, tile0, stride0)
+
+    if tissue is not None and tissue.is_empty:
+        raise NoTissueError(f"{info.name}: no tissue found on the slide")
+
+    # one row of the grid at a time keeps the temporaries small on a 200,000 px slide
+    xs_all = origin[0] + np.arange(cols, dtype=np.int64) * stride0
+    chunks_xy: list[np.ndarray] = []
+    chunks_rc: list[np.ndarray] = []
+    chunks_frac: list[np.ndarray] = []
+    rows_per_chunk = max(1, 1_000_000 // cols)
+    for r0 in range(0, rows, rows_per_chunk):
+        r1 = min(rows, r0 + rows_per_chunk)
+        rr, cc = np.meshgrid(np.arange(r0, r1, dtype=np.int64), np.arange(cols, dtype=np.int64), indexing="ij")
+        rr = rr.ravel()
+        cc = cc.ravel()
+        x = xs_all[cc]
+        y = origin[1] + rr * stride0
+        if tissue is None:
+            frac = np.ones(x.shape, dtype=np.float32)
+            keep = np.ones(x.shape, dtype=bool)
+        else:
+            frac = tissue.fraction_in_rects(x, y, x + tile0, y + tile0)
+            # a tile needs some tissue even when the threshold is 0
+            keep = (frac >= cfg.min_tissue_fraction) & (frac > 0)
+        if keep.any():
+            chunks_xy.append(np.stack([x[keep], y[keep]], axis=1))
+            chunks_rc.append(np.stack([rr[keep], cc[keep]], axis=1).astype(np.int32))
+            chunks_frac.append(frac[keep])
+
+    if not chunks_xy:
+        raise NoTissueError(
+            f"{info.name}: no tile has at least {cfg.min_tissue_fraction:.0%} tissue "
+            f"({cfg.tile_size_px} px tiles at {cfg.target_mpp:g} um/px)"
+        )
+    level0_xy = np.concatenate(chunks_xy).astype(np.int64)
+    grid_rc = np.concatenate(chunks_rc)
+    fracs = np.concatenate(chunks_frac).astype(np.float32)
+    tissue_cells = int(level0_xy.shape[0])
+    if cfg.max_tiles is not None and tissue_cells > cfg.max_tiles:
+        # keep the tiles with most tissue, stable for ties, then restore row-major order
+        order = np.argsort(-fracs, kind="stable")[: cfg.max_tiles]
+        order.sort()
+        level0_xy, grid_rc, fracs = level0_xy[order], grid_rc[order], fracs[order]
+
+    return TilePlan(
+        config=cfg,
+        slide_dimensions=(int(w0), int(h0)),
+        mpp=slide_mpp,
+        downsample=float(downsample),
+        level=int(level),
+        level_downsample=level_ds,
+        read_size=int(read_size),
+        tile_size_level0=int(tile0),
+        stride_level0=int(stride0),
+        origin_level0=origin,
+        grid_shape=(int(rows), int(cols)),
+        level0_xy=level0_xy,
+        grid_rc=grid_rc,
+        tissue_fraction=fracs,
+        tissue_cells=tissue_cells,
+        mpp_from_user=from_user,
+    )
+
+
+def read_tile(reader: SlideReader, plan: TilePlan, level0_xy: tuple[int, int] | np.ndarray) -> np.ndarray:
+    """Read one tile of ``plan`` at the model's resolution.
+
+    Reads ``plan.read_size`` pixels at ``plan.level`` and resizes once (antialiased bilinear)
+    to ``plan.config.tile_size_px``.
+
+    Args:
+        reader: the slide the plan was made for.
+        plan: the tile plan.
+        level0_xy: top-left ``(x, y)`` of the tile in level-0 pixels (a row of ``plan.level0_xy``).
+
+    Returns:
+        ``uint8`` RGB array ``(tile_size_px, tile_size_px, 3)``.
+
+    Raises:
+        SlideOpenError: the slide data cannot be decoded.
+    """
+    rs = plan.read_size
+    region = reader.read_region((int(level0_xy[0]), int(level0_xy[1])), plan.level, (rs, rs))
+    size = plan.config.tile_size_px
+    if rs == size:
+        return region
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(region).resize((size, size), Image.BILINEAR))

@@ -1,0 +1,234 @@
+"""Tissue detection on a slide thumbnail: Otsu on HSV saturation, then morphology.
+
+The mask lives at thumbnail scale (at most ``max_size`` px on its longer side), so its memory
+does not depend on the slide size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.slides.base import SlideReader
+
+# Saturation threshold bounds (0-1). The floor keeps scanner noise on blank glass from being
+# split into "tissue"; the ceiling keeps pale stroma when the slide is mostly dense tissue and
+# Otsu would split the tissue itself.
+SAT_THRESHOLD_MIN = 0.05
+SAT_THRESHOLD_MAX = 0.15
+# Pixels this bright on every channel are glass, this dark on every channel are pen, dirt or
+# the slide edge.
+WHITE_MIN = 225
+BLACK_MAX = 40
+# A pixel whose red is below both green and blue by this much is blue/green marker ink: H&E
+# (pink eosin, purple hematoxylin) always has green as its weakest channel.
+PEN_MARGIN = 15
+# Objects smaller than this area are specks (dust, debris); holes smaller than this are filled.
+MIN_OBJECT_UM2 = 20_000.0  # ~140 x 140 um
+MAX_HOLE_UM2 = 60_000.0
+# Used when the slide has no mpp: the same areas expressed in mask pixels at max_size 2048.
+MIN_OBJECT_FRACTION = 2e-5
+MAX_HOLE_FRACTION = 6e-5
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TissueMask:
+    """Where the tissue is, at thumbnail scale.
+
+    Attributes:
+        mask: ``bool`` array ``(H, W)``; True on tissue.
+        downsample: level-0 pixels per mask pixel (same in x and y).
+        tissue_fraction: fraction of mask pixels that are tissue (0-1).
+        method: how the mask was made, e.g. ``"otsu-saturation(t=0.083)"``.
+    """
+
+    mask: np.ndarray
+    downsample: float
+    tissue_fraction: float
+    method: str
+
+    def __post_init__(self) -> None:
+        if self.mask.ndim != 2 or self.mask.dtype != bool:
+            raise ValueError("TissueMask.mask must be a 2-D bool array")
+        if not self.downsample > 0:
+            raise ValueError("TissueMask.downsample must be positive")
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no tissue was found."""
+        return not bool(self.mask.any())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the mask."""
+        return (int(self.mask.shape[0]), int(self.mask.shape[1]))
+
+    def area_mm2(self, mpp: float) -> float:
+        """Tissue area in mm^2 for a slide of ``mpp`` microns per level-0 pixel."""
+        px_um = self.downsample * mpp
+        return float(self.mask.sum()) * px_um * px_um / 1e6
+
+    def fraction_in_rects(self, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
+        """Area-weighted tissue fraction of level-0 rectangles ``[x0, x1) x [y0, y1)``.
+
+        Exact for a mask that is constant on each mask pixel, including rectangles smaller than
+        a mask pixel: the summed-area table of such a mask is bilinear within each pixel, so it is
+        interpolated bilinearly at fractional coordinates.
+
+        Args:
+            x0, y0, x1, y1: arrays of the same shape ``(N,)`` in level-0 pixels.
+
+        Returns:
+            ``float32`` array ``(N,)`` in 0-1 (area outside the mask counts as no tissue).
+        """
+        sat = self._summed_area_table()
+        ds = self.downsample
+        h, w = self.shape
+
+        def at(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+            u = np.clip(np.asarray(xs, dtype=np.float64) / ds, 0.0, w)
+            v = np.clip(np.asarray(ys, dtype=np.float64) / ds, 0.0, h)
+            iu = np.minimum(u.astype(np.int64), w - 1)
+            iv = np.minimum(v.astype(np.int64), h - 1)
+            fu = u - iu
+            fv = v - iv
+            s00 = sat[iv, iu]
+            s01 = sat[iv, iu + 1]
+            s10 = sat[iv + 1, iu]
+            s11 = sat[iv + 1, iu + 1]
+            return (s00 * (1 - fu) + s01 * fu) * (1 - fv) + (s10 * (1 - fu) + s11 * fu) * fv
+
+        area = (np.asarray(x1, dtype=np.float64) - x0) * (np.asarray(y1, dtype=np.float64) - y0) / (ds * ds)
+        inside = at(x1, y1) - at(x0, y1) - at(x1, y0) + at(x0, y0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frac = np.where(area > 0, inside / area, 0.0)
+        return np.clip(frac, 0.0, 1.0).astype(np.float32)
+
+    def _summed_area_table(self) -> np.ndarray:
+        h, w = self.shape
+        sat = np.zeros((h + 1, w + 1), dtype=np.float64)
+        np.cumsum(np.cumsum(self.mask, axis=0, dtype=np.float64), axis=1, out=sat[1:, 1:])
+        return sat
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` in 0-1 (maximises between-class variance)."""
+    if values.size == 0:
+        return 1.0
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
+    mean1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def tissue_from_rgb(
+    rgb: np.ndarray,
+    downsample: float,
+    mpp: float | None = None,
+) -> TissueMask:
+    """Tissue mask of an RGB thumbnail.
+
+    Args:
+        rgb: ``uint8`` ``(H, W, 3)`` thumbnail.
+        downsample: level-0 pixels per thumbnail pixel.
+        mpp: level-0 microns per pixel, used to express the speck/hole sizes physically; when
+            ``None`` they are a fraction of the thumbnail area.
+
+    Returns:
+        The :class:`TissueMask` (empty when there is no tissue).
+    """
+    from scipy import ndimage
+
+    img = rgb.astype(np.int16)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    mx = img.max(axis=2)
+    mn = img.min(axis=2)
+    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1), 0).astype(np.float32)
+    # smooth out JPEG noise and single nuclei before thresholding
+    sat = ndimage.uniform_filter(sat, size=3)
+
+    background = (mn >= WHITE_MIN) | (mx <= BLACK_MAX)
+    pen = (r + PEN_MARGIN < g) & (r + PEN_MARGIN < b)
+    candidates = ~background & ~pen
+    if not candidates.any():
+        return TissueMask(np.zeros(rgb.shape[:2], dtype=bool), downsample, 0.0, "otsu-saturation(empty)")
+    t = otsu_threshold(sat[candidates])
+    t = float(min(max(t, SAT_THRESHOLD_MIN), SAT_THRESHOLD_MAX))
+    mask = candidates & (sat > t)
+
+    npx = mask.size
+    if mpp is not None:
+        px_um2 = (downsample * mpp) ** 2
+        min_obj = MIN_OBJECT_UM2 / px_um2
+        max_hole = MAX_HOLE_UM2 / px_um2
+    else:
+        min_obj = MIN_OBJECT_FRACTION * npx
+        max_hole = MAX_HOLE_FRACTION * npx
+
+    # close small gaps between tissue fragments, then fill small holes (nuclei-free lumens
+    # and fat inside tissue) and drop specks
+    mask = ndimage.binary_closing(mask, structure=np.ones((3, 3), bool), iterations=1, border_value=0)
+    mask = _fill_small_holes(mask, max_hole)
+    mask = _remove_small_objects(mask, min_obj)
+    frac = float(mask.mean()) if npx else 0.0
+    return TissueMask(mask, float(downsample), frac, f"otsu-saturation(t={t:.3f})")
+
+
+def detect_tissue(reader: SlideReader, max_size: int = 2048, *, target_mpp: float | None = None) -> TissueMask:
+    """Detect tissue on a thumbnail of ``reader``.
+
+    Args:
+        reader: the slide.
+        max_size: longer side of the thumbnail the mask is computed on (bounds memory and time).
+        target_mpp: optional mask resolution in microns per pixel; the thumbnail is made no
+            finer than that (and never larger than ``max_size``). Needs the slide's mpp.
+
+    Returns:
+        A :class:`TissueMask`; ``mask.is_empty`` on a blank slide (no exception).
+    """
+    w0, h0 = reader.info.dimensions
+    slide_mpp = reader.info.mpp_or(0.0) if reader.info.mpp is not None else None
+    size = int(max_size)
+    if target_mpp is not None and slide_mpp:
+        wanted_ds = max(target_mpp / slide_mpp, 1.0)
+        size = min(size, max(1, round(max(w0, h0) / wanted_ds)))
+    thumb = reader.thumbnail(max(size, 1))
+    th, tw = thumb.shape[:2]
+    downsample = max(w0 / tw, h0 / th)
+    return tissue_from_rgb(thumb, downsample, slide_mpp)
+
+
+def _remove_small_objects(mask: np.ndarray, min_size: float) -> np.ndarray:
+    from scipy import ndimage
+
+    if min_size <= 1 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    return keep[labels]
+
+
+def _fill_small_holes(mask: np.ndarray, max_size: float) -> np.ndarray:
+    from scipy import ndimage
+
+    if max_size <= 0 or not mask.any():
+        return mask
+    holes = ndimage.binary_fill_holes(mask) & ~mask
+    if not holes.any():
+        return mask
+    labels, n = ndimage.label(holes)
+    sizes = np.bincount(labels.ravel())
+    small = sizes <= max_size
+    small[0] = False
+    return mask | small[labels]
