@@ -4,8 +4,10 @@ A training run is a folder written by ``metascope train patches --out RUN_DIR``:
 ``events.jsonl`` (one JSON object per line), ``state.json`` (status and pid of the training
 process) and checkpoints. The app is a client of that folder, like a user with a terminal:
 
-* :func:`spawn_training` starts the CLI in its own process (a GUI crash never kills a run), with
-  its output going to ``train.log`` and the exact command written to ``command.json``.
+* :func:`spawn_training` starts the CLI in its own process (a GUI crash never kills a run). The
+  trainer refuses a non-empty folder for a new run, so what the app adds (the exact command in
+  ``command.json``, the process output in ``train.log``, the requested configuration) lives in a
+  sibling folder ``RUN_DIR.launch/`` (see :func:`launch_dir`).
 * :class:`EventFollower` reads ``events.jsonl`` incrementally (only the bytes added since the
   last read; a line still being written is kept for the next read).
 * :class:`RunHistory` folds events into what a progress view shows (loss curve, validation
@@ -38,6 +40,8 @@ CONFIG_NAME = "config.json"
 COMMAND_NAME = "command.json"
 LOG_NAME = "train.log"
 STOP_NAME = "STOP"
+REQUEST_NAME = "request.json"
+LAUNCH_SUFFIX = ".launch"
 
 #: Statuses a run can be in. ``starting``: spawned, the trainer has not written its state yet;
 #: ``crashed``: the state says running/starting but the process is gone.
@@ -94,6 +98,12 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def launch_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """``RUN_DIR.launch/``: the app's files about a run (command, process output, request)."""
+    run = Path(run_dir)
+    return run.with_name(run.name + LAUNCH_SUFFIX)
+
+
 def cli_command(args: Sequence[str]) -> list[str]:
     """The argv that runs ``metascope ARGS`` with this interpreter (or this frozen bundle)."""
     if getattr(sys, "frozen", False):
@@ -102,7 +112,9 @@ def cli_command(args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "main", *args]
 
 
-def train_args(run_dir: str | os.PathLike[str], config: Mapping[str, Any] | None = None, resume: bool = False) -> list[str]:
+def train_args(
+    run_dir: str | os.PathLike[str], config: Mapping[str, Any] | None = None, resume: bool = False
+) -> list[str]:
     """CLI arguments of ``metascope train patches`` for a run folder.
 
     A new run passes its configuration as ``--config CONFIG.json`` (the wizard's ``TrainConfig``
@@ -119,7 +131,7 @@ def train_args(run_dir: str | os.PathLike[str], config: Mapping[str, Any] | None
         return ["train", "patches", "--out", str(run), "--resume"]
     if config is None:
         raise ConfigError("a new training run needs a configuration")
-    request = run.with_name(f".{run.name}.request.json")
+    request = launch_dir(run) / REQUEST_NAME
     atomic_write_json(request, dict(config))
     return ["train", "patches", "--config", str(request), "--out", str(run)]
 
@@ -140,17 +152,19 @@ class SpawnedRun:
 def spawn_training(run_dir: str | os.PathLike[str], args: Sequence[str]) -> SpawnedRun:
     """Start ``metascope ARGS`` as a detached process that outlives the app.
 
-    The command is written to ``RUN_DIR/command.json`` (argv, working folder, start time, pid) and
-    the process's output is appended to ``RUN_DIR/train.log``.
+    The command is written to ``RUN_DIR.launch/command.json`` (argv, working folder, start time,
+    pid) and the process's output is appended to ``RUN_DIR.launch/train.log``. The trainer creates
+    ``RUN_DIR`` itself.
 
     Raises:
-        OutputError: the run folder cannot be written or the process cannot be started.
+        OutputError: the folder cannot be written or the process cannot be started.
     """
     run = Path(run_dir)
+    launch = launch_dir(run)
     try:
-        run.mkdir(parents=True, exist_ok=True)
+        launch.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create run folder {run}: {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot create folder {launch}: {exc.strerror or exc}") from exc
     argv = cli_command(args)
     env = os.environ.copy()
     if not getattr(sys, "frozen", False):
@@ -165,32 +179,39 @@ def spawn_training(run_dir: str | os.PathLike[str], args: Sequence[str]) -> Spaw
         kwargs["start_new_session"] = True  # survives the app and its terminal closing
     (run / STOP_NAME).unlink(missing_ok=True)
     try:
-        with open(run / LOG_NAME, "ab") as log:
+        with open(launch / LOG_NAME, "ab") as log:
             log.write(f"\n$ {' '.join(argv)}\n".encode())
             log.flush()
             process = subprocess.Popen(
-                argv, cwd=str(run), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **kwargs
+                argv, cwd=str(launch), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **kwargs
             )
     except OSError as exc:
         raise OutputError(f"cannot start training: {exc.strerror or exc}") from exc
     atomic_write_json(
-        run / COMMAND_NAME,
-        {"argv": argv, "cwd": str(run), "pid": process.pid, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        launch / COMMAND_NAME,
+        {"argv": argv, "cwd": str(launch), "pid": process.pid, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )
     return SpawnedRun(run, tuple(argv), process)
 
 
-def request_stop(run_dir: str | os.PathLike[str]) -> None:
+def request_stop(run_dir: str | os.PathLike[str]) -> bool:
     """Ask a running trainer to stop at its next step, keeping its last checkpoint.
 
     Writes ``RUN_DIR/STOP``; the trainer checks for it between steps, saves, records a
     ``cancelled`` event and exits. Removed again by :func:`spawn_training` on resume.
+
+    Returns:
+        ``False`` when the trainer has not created its run folder yet (nothing to keep: the
+        caller may terminate the process instead).
     """
     run = Path(run_dir)
+    if not run.is_dir():
+        return False
     try:
         (run / STOP_NAME).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n", encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot ask the run to stop ({run}): {exc.strerror or exc}") from exc
+    return True
 
 
 def stop_requested(run_dir: str | os.PathLike[str]) -> bool:
@@ -247,14 +268,18 @@ class RunInfo:
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
-    return p.is_dir() and any((p / n).is_file() for n in (STATE_NAME, EVENTS_NAME, COMMAND_NAME, CONFIG_NAME))
+    if p.name.endswith(LAUNCH_SUFFIX):
+        return False
+    return (p.is_dir() and any((p / n).is_file() for n in (STATE_NAME, EVENTS_NAME, CONFIG_NAME))) or (
+        launch_dir(p) / COMMAND_NAME
+    ).is_file()
 
 
 def run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
     """Read a run folder's state; a run whose process is gone without a final state is ``crashed``."""
     run = Path(run_dir)
     state = _read_json(run / STATE_NAME)
-    command = _read_json(run / COMMAND_NAME)
+    command = _read_json(launch_dir(run) / COMMAND_NAME)
     status = str(state.get("status", "")) or ("starting" if command else "unknown")
     pid_raw = state.get("pid") or command.get("pid")
     try:
@@ -271,7 +296,8 @@ def run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
     message = str(state.get("message") or state.get("error") or "")
     if status == "crashed" and not message:
         message = _last_log_line(run) or "the training process ended unexpectedly"
-    mtimes = [p.stat().st_mtime for p in (run / STATE_NAME, run / EVENTS_NAME, run / COMMAND_NAME) if p.is_file()]
+    files = (run / STATE_NAME, run / EVENTS_NAME, launch_dir(run) / COMMAND_NAME)
+    mtimes = [p.stat().st_mtime for p in files if p.is_file()]
     return RunInfo(
         path=run,
         status=status,
@@ -289,7 +315,10 @@ def list_runs(parent: str | os.PathLike[str] | None = None) -> list[RunInfo]:
     base = Path(parent) if parent is not None else runs_dir()
     if not base.is_dir():
         return []
-    runs = [run_info(p) for p in base.iterdir() if not p.name.startswith(".") and is_run_dir(p)]
+    names = {p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    # a run whose trainer has not created its folder yet only has its launch folder
+    names |= {n[: -len(LAUNCH_SUFFIX)] for n in names if n.endswith(LAUNCH_SUFFIX)}
+    runs = [run_info(base / n) for n in sorted(names) if is_run_dir(base / n)]
     return sorted(runs, key=lambda r: r.updated, reverse=True)
 
 
@@ -300,7 +329,7 @@ def new_run_dir(name: str, parent: str | os.PathLike[str] | None = None) -> Path
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
     candidate = base / stem
     n = 2
-    while candidate.exists() or candidate.with_name(f".{candidate.name}.request.json").exists():
+    while candidate.exists() or launch_dir(candidate).exists():
         candidate = base / f"{stem}-{n}"
         n += 1
     return candidate
@@ -308,7 +337,7 @@ def new_run_dir(name: str, parent: str | os.PathLike[str] | None = None) -> Path
 
 def _last_log_line(run: Path, max_bytes: int = 8192) -> str:
     """The last ``error: ...`` line of the run's log (or its last non-empty line)."""
-    log = run / LOG_NAME
+    log = launch_dir(run) / LOG_NAME
     if not log.is_file():
         return ""
     try:
@@ -325,7 +354,7 @@ def _last_log_line(run: Path, max_bytes: int = 8192) -> str:
 
 def log_tail(run_dir: str | os.PathLike[str], lines: int = 40) -> str:
     """The last ``lines`` lines of the run's ``train.log`` (for showing why a run failed)."""
-    log = Path(run_dir) / LOG_NAME
+    log = launch_dir(run_dir) / LOG_NAME
     if not log.is_file():
         return ""
     try:

@@ -259,7 +259,13 @@ class ModelsView(QWidget):
     # -- slots -------------------------------------------------------------------------------------
     def _on_table_selection_changed(self) -> None:
         entry = self.selected_entry()
-        for b in (self.export_button, self.rename_button, self.delete_button, self.verify_button, self.copy_hash_button):
+        for b in (
+            self.export_button,
+            self.rename_button,
+            self.delete_button,
+            self.verify_button,
+            self.copy_hash_button,
+        ):
             b.setEnabled(entry is not None)
         if entry is None:
             self.card.setHtml(

@@ -86,7 +86,9 @@ class PlotCanvas(QWidget):
         self.figure.savefig(str(path), dpi=dpi, facecolor=self.figure.get_facecolor())
 
 
-def bar_chart(canvas: PlotCanvas, labels: Sequence[str], values: Sequence[float], *, title: str = "", ylabel: str = "") -> None:
+def bar_chart(
+    canvas: PlotCanvas, labels: Sequence[str], values: Sequence[float], *, title: str = "", ylabel: str = ""
+) -> None:
     """One bar per label with its value written above (class-balance charts)."""
     (ax,) = canvas.reset()
     colours = [SERIES_COLOURS[i % len(SERIES_COLOURS)] for i in range(len(labels))]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from engine.runs import (
     EventFollower,
+    launch_dir,
     RunHistory,
     list_runs,
     log_tail,
@@ -88,7 +89,8 @@ def test_run_state_live_crashed_and_stop_request(tmp_path: Path) -> None:
         sleeper.wait()
     assert not pid_alive(sleeper.pid)
     (run / "checkpoint.pt").write_bytes(b"x")
-    (run / "train.log").write_text("epoch 1\nerror: out of memory\n")
+    launch_dir(run).mkdir()
+    (launch_dir(run) / "train.log").write_text("epoch 1\nerror: out of memory\n")
     info = run_info(run)
     assert info.status == "crashed" and not info.alive
     assert info.resumable and info.message == "error: out of memory"
@@ -114,6 +116,10 @@ def test_spawn_runs_cli_detached_and_records_command(tmp_path: Path) -> None:
     run = tmp_path / "run"
     spawned = spawn_training(run, ["--version"])
     assert spawned.process.wait(timeout=60) == 0
-    command = json.loads((run / "command.json").read_text())
+    command = json.loads((launch_dir(run) / "command.json").read_text())
     assert command["argv"][-1] == "--version" and command["pid"] == spawned.pid
-    assert "MetaScope" in (run / "train.log").read_text()
+    assert "MetaScope" in (launch_dir(run) / "train.log").read_text()
+    # the trainer refuses a non-empty folder for a new run: the app's files live beside it
+    assert not run.exists()
+    info = run_info(run)
+    assert info.status == "crashed" and [r.name for r in list_runs(tmp_path)] == ["run"]
