@@ -454,30 +454,48 @@ def _num(value: Any) -> float | None:
     return f if f == f else None  # drop NaN
 
 
+#: Validation metrics of ``epoch_ended`` events, as (event key, display name).
+VAL_METRICS = (
+    ("val_auc", "auc"),
+    ("val_loss", "loss"),
+    ("accuracy", "accuracy"),
+    ("sensitivity", "sensitivity"),
+    ("specificity", "specificity"),
+    ("f1", "f1"),
+)
+
+
 @dataclass(slots=True)
 class RunHistory:
     """What a progress view shows, folded from a run's events (see :meth:`apply`).
 
     Attributes:
-        loss_points: ``(x, loss)`` of training steps, ``x`` in epochs (fractional).
-        val_points: metric name -> ``(epoch, value)`` from ``epoch_ended`` events.
-        train_epoch_loss: ``(epoch, mean train loss)`` per finished epoch.
+        loss_points: ``(x, loss)`` of logged training steps, ``x`` in epochs (fractional).
+        val_points: metric name (``auc``, ``loss``, ``accuracy``, ...) -> ``(epoch, value)``.
+        train_epoch_loss: ``(epoch, mean training loss)`` per finished epoch.
+        confusion_matrix: the last epoch's validation confusion matrix (rows: true class).
+        class_names: the dataset's classes.
         epoch: current epoch, 1-based (0 before the first).
         epochs: total epochs planned.
         step, steps: step within the epoch and steps per epoch.
-        throughput: samples per second of the latest step.
+        throughput: training patches per second of the latest logged steps.
         eta_s: seconds left, estimated by the trainer.
         device: device the trainer reports (``cpu``, ``cuda:0``, ...).
-        gpu_memory_mb: peak GPU memory (MiB), when on a GPU.
-        status: ``running``/``finished``/``failed``/``cancelled`` as far as events tell.
+        gpu_memory_mb: peak GPU memory (MiB), when the trainer reports it.
+        n_train, n_val: patches in the two splits.
+        status: ``running``/``finished``/``failed``/``cancelled`` as far as events tell;
+            ``result`` is the finished run's outcome (``finished`` or ``early_stopped``).
         message: the last error or status text.
-        best: the best epoch's event (``epoch`` and its metrics).
+        best: the best epoch's metrics (``epoch``, ``val_auc``, ...).
         checkpoints: number of checkpoints written.
+        data_check: the validation report the trainer wrote (``data_checked`` event).
     """
 
     loss_points: list[tuple[float, float]] = field(default_factory=list)
     val_points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     train_epoch_loss: list[tuple[float, float]] = field(default_factory=list)
+    confusion_matrix: list[list[int]] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
     epoch: int = 0
     epochs: int = 0
     step: int = 0
@@ -486,10 +504,14 @@ class RunHistory:
     eta_s: float | None = None
     device: str = ""
     gpu_memory_mb: float | None = None
+    n_train: int = 0
+    n_val: int = 0
     status: str = ""
+    result: str = ""
     message: str = ""
     best: dict[str, Any] = field(default_factory=dict)
     checkpoints: int = 0
+    data_check: dict[str, Any] = field(default_factory=dict)
     events: int = 0
 
     def clear(self) -> None:
@@ -500,11 +522,11 @@ class RunHistory:
     @property
     def fraction(self) -> float | None:
         """Overall progress in [0, 1] (epochs and steps), ``None`` before the plan is known."""
+        if self.status == "finished":
+            return 1.0
         if not self.epochs:
             return None
         done = max(0, self.epoch - 1) + (self.step / self.steps if self.steps else 0.0)
-        if self.status == "finished":
-            return 1.0
         return min(1.0, done / self.epochs)
 
     def apply_all(self, events: Iterable[Mapping[str, Any]]) -> None:
@@ -515,20 +537,14 @@ class RunHistory:
         """Fold one event into the history (unknown event types are counted and ignored)."""
         self.events += 1
         kind = event_kind(e)
-        if kind == "run_started":
-            self.status = "running"
-            self.epochs = int(_num(e.get("epochs")) or self.epochs)
-            self.steps = int(_num(e.get("steps_per_epoch")) or self.steps)
-            self.device = str(e.get("device") or self.device)
-            if e.get("resumed") or _num(e.get("start_epoch")):
-                # a resumed run restarts the epoch it was in: drop that epoch's partial points
-                start = _num(e.get("start_epoch")) or 0.0
-                self.loss_points = [p for p in self.loss_points if p[0] <= start]
+        if kind in ("run_started", "resumed"):
+            self._apply_start(e, resumed=kind == "resumed")
+        elif kind == "data_checked":
+            self.data_check = dict(e)
         elif kind == "epoch_started":
             self.status = "running"
             self.epoch = int(_num(e.get("epoch")) or self.epoch + 1)
             self.epochs = int(_num(e.get("epochs")) or self.epochs)
-            self.steps = int(_num(e.get("steps")) or _num(e.get("steps_per_epoch")) or self.steps)
             self.step = 0
         elif kind == "step":
             self._apply_step(e)
@@ -537,44 +553,111 @@ class RunHistory:
         elif kind == "checkpoint":
             self.checkpoints += 1
         elif kind == "best":
-            self.best = dict(e)
+            self.best = {**self.best, **dict(e)}
+        elif kind == "early_stop":
+            self.message = (
+                f"stopped early: no better validation AUC for {e.get('patience')} epochs "
+                f"(best epoch {e.get('best_epoch')})"
+            )
         elif kind in ("cancelled", "finished", "failed"):
             self.status = kind
             self.message = str(e.get("message") or e.get("error") or self.message)
             if kind == "finished":
                 self.eta_s = 0.0
+                self.result = str(e.get("status") or "finished")
+                if isinstance(e.get("best"), Mapping) and e["best"]:
+                    self.best = dict(e["best"])
+
+    def _apply_start(self, e: Mapping[str, Any], resumed: bool) -> None:
+        self.status = "running"
+        self.message = ""
+        self.epochs = int(_num(e.get("epochs")) or self.epochs)
+        self.steps = int(_num(e.get("steps_per_epoch")) or self.steps)
+        self.device = str(e.get("device") or self.device)
+        self.n_train = int(_num(e.get("n_train")) or self.n_train)
+        self.n_val = int(_num(e.get("n_val")) or self.n_val)
+        if isinstance(e.get("class_names"), list):
+            self.class_names = [str(c) for c in e["class_names"]]
+        if resumed:
+            # the interrupted epoch restarts: drop what was logged after the last checkpoint
+            start = float(_num(e.get("from_epoch")) or 0.0)
+            self.epoch = int(start)
+            self.step = 0
+            self.loss_points = [p for p in self.loss_points if p[0] <= start]
+            self.train_epoch_loss = [p for p in self.train_epoch_loss if p[0] <= start]
+            self.val_points = {k: [p for p in v if p[0] <= start] for k, v in self.val_points.items()}
 
     def _apply_step(self, e: Mapping[str, Any]) -> None:
         self.status = "running"
         self.step = int(_num(e.get("step")) or self.step + 1)
         self.steps = int(_num(e.get("steps")) or self.steps)
-        epoch = int(_num(e.get("epoch")) or self.epoch or 1)
-        self.epoch = epoch
+        self.epoch = int(_num(e.get("epoch")) or self.epoch or 1)
         loss = _num(e.get("loss"))
         if loss is not None:
-            x = (epoch - 1) + (self.step / self.steps if self.steps else 0.0)
+            x = (self.epoch - 1) + (self.step / self.steps if self.steps else 0.0)
             self.loss_points.append((x, loss))
-        self.throughput = _num(e.get("throughput")) or _num(e.get("samples_per_s")) or self.throughput
+        rate = _num(e.get("patches_per_s"))
+        self.throughput = rate if rate is not None else self.throughput
         eta = _num(e.get("eta_s"))
         self.eta_s = eta if eta is not None else self.eta_s
-        mem = _num(e.get("gpu_memory_mb")) or _num(e.get("gpu_mem_mb"))
+        mem = _num(e.get("gpu_mem_mb"))
         self.gpu_memory_mb = mem if mem is not None else self.gpu_memory_mb
-        self.device = str(e.get("device") or self.device)
 
     def _apply_epoch_end(self, e: Mapping[str, Any]) -> None:
         epoch = float(_num(e.get("epoch")) or self.epoch)
         self.step = self.steps or self.step
-        metrics = e.get("metrics") if isinstance(e.get("metrics"), Mapping) else {}
-        flat: dict[str, Any] = {**{k: v for k, v in e.items() if k not in ("metrics",)}, **dict(metrics)}
-        train_loss = _num(flat.get("train_loss"))
+        train_loss = _num(e.get("train_loss"))
         if train_loss is not None:
             self.train_epoch_loss.append((epoch, train_loss))
-        for key, value in flat.items():
-            if not (key.startswith("val_") or key in ("auc", "accuracy", "val")):
-                continue
-            v = _num(value)
+        for key, name in VAL_METRICS:
+            v = _num(e.get(key))
             if v is not None:
-                name = key[4:] if key.startswith("val_") else key
                 self.val_points.setdefault(name, []).append((epoch, v))
-        eta = _num(e.get("eta_s"))
-        self.eta_s = eta if eta is not None else self.eta_s
+        cm = e.get("confusion_matrix")
+        if isinstance(cm, list):
+            self.confusion_matrix = [[int(x) for x in row] for row in cm if isinstance(row, list)]
+
+    def latest(self, metric: str) -> float | None:
+        """The last value of a validation metric (``auc``, ``loss``, ...)."""
+        pts = self.val_points.get(metric)
+        return pts[-1][1] if pts else None
+
+
+class StopFileWatcher:
+    """Sets a :class:`~engine.jobs.CancelToken` when ``RUN_DIR/STOP`` appears (see :func:`request_stop`).
+
+    The trainer checks its token every step, so a run started by the app stops at its next step,
+    keeps its last checkpoint and records ``cancelled``. Use around ``train(...)`` in the CLI::
+
+        with StopFileWatcher(run_dir, cancel):
+            train(cfg, run_dir, cancel=cancel)
+
+    A STOP file left from an earlier request is removed on entry (a resumed run must not stop at
+    once). Polls every ``interval_s`` seconds on a daemon thread.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], cancel: Any, interval_s: float = 0.5) -> None:
+        import threading
+
+        self.path = Path(run_dir) / STOP_NAME
+        self.cancel = cancel
+        self.interval_s = interval_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="metascope-stop-file", daemon=True)
+
+    def _poll(self) -> None:
+        while not self._done.wait(self.interval_s):
+            if self.path.exists():
+                self.cancel.cancel()
+                return
+
+    def __enter__(self) -> StopFileWatcher:
+        self.path.unlink(missing_ok=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=2.0)
+        # the request is served: a later resume must not see it
+        self.path.unlink(missing_ok=True)

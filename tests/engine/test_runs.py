@@ -11,8 +11,9 @@ from pathlib import Path
 
 from engine.runs import (
     EventFollower,
-    launch_dir,
     RunHistory,
+    StopFileWatcher,
+    launch_dir,
     list_runs,
     log_tail,
     new_run_dir,
@@ -46,31 +47,68 @@ def test_follower_reads_only_new_complete_lines(tmp_path: Path) -> None:
     assert follower.restarted
 
 
-def test_history_folds_events_into_curves_and_progress() -> None:
+def test_history_folds_trainer_events_into_curves_and_progress() -> None:
     h = RunHistory()
     h.apply_all(
         [
-            {"event": "run_started", "epochs": 2, "steps_per_epoch": 4, "device": "cpu"},
-            {"event": "epoch_started", "epoch": 1, "epochs": 2, "steps": 4},
-            {"event": "step", "epoch": 1, "step": 2, "steps": 4, "loss": 0.69, "throughput": 120.0, "eta_s": 30},
-            {"event": "step", "epoch": 1, "step": 4, "steps": 4, "loss": 0.5, "throughput": 130.0, "eta_s": 20},
-            {"event": "epoch_ended", "epoch": 1, "train_loss": 0.6, "val_loss": 0.55, "val_auc": 0.8},
-            {"event": "checkpoint", "epoch": 1},
+            {
+                "event": "run_started",
+                "epochs": 2,
+                "steps_per_epoch": 4,
+                "device": "cpu",
+                "n_train": 19,
+                "n_val": 5,
+                "class_names": ["normal", "tumor"],
+            },
+            {"event": "epoch_started", "epoch": 1, "epochs": 2},
+            {"event": "step", "epoch": 1, "step": 2, "steps": 4, "loss": 0.69, "patches_per_s": 120.0, "eta_s": 30},
+            {"event": "step", "epoch": 1, "step": 4, "steps": 4, "loss": 0.5, "patches_per_s": 130.0, "eta_s": 20},
+            {
+                "event": "epoch_ended",
+                "epoch": 1,
+                "train_loss": 0.6,
+                "val_loss": 0.55,
+                "val_auc": 0.8,
+                "accuracy": 0.7,
+                "confusion_matrix": [[2, 1], [0, 2]],
+            },
             {"event": "best", "epoch": 1, "val_auc": 0.8},
-            {"event": "epoch_started", "epoch": 2, "epochs": 2, "steps": 4},
+            {"event": "checkpoint", "epoch": 1},
+            {"event": "epoch_started", "epoch": 2, "epochs": 2},
             {"event": "step", "epoch": 2, "step": 2, "steps": 4, "loss": 0.4, "eta_s": 10},
         ]
     )
     assert h.loss_points == [(0.5, 0.69), (1.0, 0.5), (1.5, 0.4)]
-    assert h.val_points["auc"] == [(1.0, 0.8)]
-    assert h.val_points["loss"] == [(1.0, 0.55)]
+    assert h.val_points["auc"] == [(1.0, 0.8)] and h.val_points["loss"] == [(1.0, 0.55)]
+    assert h.latest("accuracy") == 0.7 and h.confusion_matrix == [[2, 1], [0, 2]]
     assert h.train_epoch_loss == [(1.0, 0.6)]
     assert (h.epoch, h.step, h.steps, h.epochs) == (2, 2, 4, 2)
     assert h.fraction == 0.75
     assert h.throughput == 130.0 and h.eta_s == 10 and h.device == "cpu"
-    assert h.best["epoch"] == 1 and h.checkpoints == 1
-    h.apply({"event": "finished"})
-    assert h.status == "finished" and h.fraction == 1.0
+    assert h.best["epoch"] == 1 and h.checkpoints == 1 and (h.n_train, h.n_val) == (19, 5)
+    # killed in epoch 2, resumed from the epoch-1 checkpoint: epoch 2's partial curve is dropped
+    h.apply({"event": "resumed", "epochs": 2, "steps_per_epoch": 4, "from_epoch": 1, "device": "cpu"})
+    assert h.loss_points == [(0.5, 0.69), (1.0, 0.5)] and h.status == "running"
+    h.apply({"event": "finished", "status": "finished", "best": {"epoch": 2, "val_auc": 0.9}})
+    assert h.status == "finished" and h.fraction == 1.0 and h.best["val_auc"] == 0.9
+
+
+def test_stop_file_watcher_sets_the_cancel_token(tmp_path: Path) -> None:
+    from engine.jobs import CancelToken
+
+    (tmp_path / "STOP").write_text("old request")
+    token = CancelToken()
+    with StopFileWatcher(tmp_path, token, interval_s=0.02):
+        assert not (tmp_path / "STOP").exists()  # a stale request does not stop a resumed run
+        time.sleep(0.1)
+        assert not token.cancelled
+        assert request_stop(tmp_path)
+        deadline = time.monotonic() + 5
+        while not token.cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert token.cancelled
+    assert not (tmp_path / "STOP").exists()
+    assert not request_stop(tmp_path / "not-created-yet")
 
 
 def test_run_state_live_crashed_and_stop_request(tmp_path: Path) -> None:
