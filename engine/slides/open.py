@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import struct
@@ -150,6 +151,10 @@ def _check_tiff_complete(p: Path, size: int) -> None:
     import tifffile
 
     end = 0
+    # tifffile logs a warning for a cut-off directory chain; the error below says it in one line
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         with tifffile.TiffFile(p) as tf:
             for page in tf.pages:
@@ -159,6 +164,8 @@ def _check_tiff_complete(p: Path, size: int) -> None:
                     end = max(end, int((offsets + counts).max()))
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, struct.error):
         return
+    finally:
+        log.setLevel(level)
     if end > size:
         raise SlideOpenError(
             f"{p}: the slide is truncated (image data extends to byte {end:,} but the file has {size:,} bytes)"
