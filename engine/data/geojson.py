@@ -1,0 +1,205 @@
+"""QuPath GeoJSON annotations: parsing and rasterising class masks.
+
+QuPath exports a FeatureCollection (or a plain list of features); each annotation has a
+Polygon or MultiPolygon geometry in level-0 pixels and ``properties.classification.name``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import DatasetError
+
+Ring = np.ndarray  # float64 (K, 2) level-0 (x, y)
+# Rasterised class masks are capped at this many pixels each (memory stays bounded on huge slides)
+MAX_MASK_PIXELS = 16_000_000
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Annotation:
+    """One annotated region.
+
+    Attributes:
+        class_name: QuPath classification name.
+        polygons: per polygon its rings, exterior first then holes, each ``float64`` ``(K, 2)``
+            of level-0 ``(x, y)``.
+    """
+
+    class_name: str
+    polygons: tuple[tuple[Ring, ...], ...]
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(x0, y0, x1, y1)`` in level-0 pixels."""
+        pts = np.concatenate([p[0] for p in self.polygons])
+        return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
+
+
+def _class_name(props: dict[str, Any]) -> str | None:
+    cls = props.get("classification")
+    if isinstance(cls, str):
+        return cls.strip() or None
+    if isinstance(cls, dict):
+        if isinstance(cls.get("name"), str) and cls["name"].strip():
+            return cls["name"].strip()
+        names = cls.get("names")
+        if isinstance(names, list) and names:
+            return ": ".join(str(n) for n in names)
+    for key in ("class_name", "label"):
+        if isinstance(props.get(key), str) and props[key].strip():
+            return props[key].strip()
+    return None
+
+
+def _rings(coords: Any) -> tuple[Ring, ...]:
+    rings = []
+    for ring in coords:
+        arr = np.asarray(ring, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] < 2:
+            raise ValueError("a polygon ring must be a list of [x, y] points")
+        if len(arr) >= 3:
+            rings.append(arr[:, :2])
+    return tuple(rings)
+
+
+def _geometries(geom: dict[str, Any]) -> Iterator[tuple[Ring, ...]]:
+    kind = geom.get("type")
+    if kind == "Polygon":
+        rings = _rings(geom.get("coordinates") or [])
+        if rings:
+            yield rings
+    elif kind == "MultiPolygon":
+        for poly in geom.get("coordinates") or []:
+            rings = _rings(poly)
+            if rings:
+                yield rings
+    elif kind == "GeometryCollection":
+        for g in geom.get("geometries") or []:
+            yield from _geometries(g)
+
+
+def read_annotations(path: Path) -> tuple[list[Annotation], list[str]]:
+    """Read the classified polygon annotations of a QuPath GeoJSON export.
+
+    Detections (cells), unclassified objects and non-polygon geometries are skipped and counted
+    in the returned warnings.
+
+    Returns:
+        ``(annotations, warnings)``.
+
+    Raises:
+        DatasetError: the file is missing, not JSON, or not GeoJSON features.
+    """
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"annotation file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"cannot read annotations {path}: {exc}") from None
+    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
+        features = doc.get("features") or []
+    elif isinstance(doc, dict) and doc.get("type") == "Feature":
+        features = [doc]
+    elif isinstance(doc, list):
+        features = doc
+    else:
+        raise DatasetError(f"{path}: not GeoJSON (expected a FeatureCollection or a list of features)")
+    out: list[Annotation] = []
+    skipped = {"detections": 0, "unclassified": 0, "not polygons": 0}
+    for feat in features:
+        if not isinstance(feat, dict):
+            raise DatasetError(f"{path}: a feature is not a JSON object")
+        props = feat.get("properties") or {}
+        if str(props.get("objectType", "annotation")).lower() in ("detection", "cell", "tile"):
+            skipped["detections"] += 1
+            continue
+        name = _class_name(props)
+        if name is None:
+            skipped["unclassified"] += 1
+            continue
+        try:
+            polys = tuple(_geometries(feat.get("geometry") or {}))
+        except ValueError as exc:
+            raise DatasetError(f"{path}: bad polygon coordinates ({exc})") from None
+        if not polys:
+            skipped["not polygons"] += 1
+            continue
+        out.append(Annotation(name, polys))
+    warnings = [f"{path.name}: {n} {what} skipped" for what, n in skipped.items() if n]
+    return out, warnings
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ClassMask:
+    """One class's annotated area, rasterised over a level-0 window.
+
+    Attributes:
+        mask: ``bool`` ``(H, W)``.
+        origin: level-0 ``(x, y)`` of mask pixel ``(0, 0)``.
+        downsample: level-0 pixels per mask pixel.
+    """
+
+    mask: np.ndarray
+    origin: tuple[float, float]
+    downsample: float
+
+    def fraction_in_rects(self, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
+        """Covered fraction (0-1) of level-0 rectangles, ``float32`` ``(N,)``."""
+        from engine.slides.tissue import TissueMask
+
+        tm = TissueMask(self.mask, self.downsample, 0.0, "annotation")
+        ox, oy = self.origin
+        return tm.fraction_in_rects(
+            np.asarray(x0, np.float64) - ox, np.asarray(y0, np.float64) - oy,
+            np.asarray(x1, np.float64) - ox, np.asarray(y1, np.float64) - oy,
+        )
+
+
+def rasterise(annotations: list[Annotation], class_names: list[str], resolution: float) -> dict[str, ClassMask]:
+    """Rasterise annotations per class over their common bounding box.
+
+    Args:
+        annotations: the slide's annotations.
+        class_names: classes to rasterise (others are ignored).
+        resolution: wanted level-0 pixels per mask pixel (coarsened if the mask would exceed
+            ``MAX_MASK_PIXELS``).
+
+    Returns:
+        ``{class name: ClassMask}`` for classes with annotations. Holes are cut out; where a
+        class has several polygons, their union counts.
+    """
+    from PIL import Image, ImageDraw
+
+    wanted = [a for a in annotations if a.class_name in class_names]
+    if not wanted:
+        return {}
+    b = np.array([a.bounds for a in wanted])
+    x0, y0 = float(np.floor(b[:, 0].min())), float(np.floor(b[:, 1].min()))
+    x1, y1 = float(np.ceil(b[:, 2].max())), float(np.ceil(b[:, 3].max()))
+    ds = max(float(resolution), 1e-6)
+    area = (x1 - x0 + 1) * (y1 - y0 + 1)
+    if area / (ds * ds) > MAX_MASK_PIXELS:
+        ds = float(np.sqrt(area / MAX_MASK_PIXELS))
+    w = int(np.ceil((x1 - x0) / ds)) + 1
+    h = int(np.ceil((y1 - y0) / ds)) + 1
+    out: dict[str, ClassMask] = {}
+    for name in class_names:
+        polys = [p for a in wanted if a.class_name == name for p in a.polygons]
+        if not polys:
+            continue
+        union = np.zeros((h, w), bool)
+        for rings in polys:
+            img = Image.new("L", (w, h), 0)
+            draw = ImageDraw.Draw(img)
+            for j, ring in enumerate(rings):
+                pts = [((x - x0) / ds, (y - y0) / ds) for x, y in ring]
+                draw.polygon(pts, fill=0 if j else 1)
+            union |= np.asarray(img, dtype=bool)
+        out[name] = ClassMask(union, (x0, y0), ds)
+    return out
