@@ -1,0 +1,527 @@
+"""The streaming tile pipeline, and the heatmap built on it.
+
+The pipeline: tile reads on a small thread pool overlapped with batched inference.
+
+Generic over the model: it yields raw model outputs per batch, so the heatmap (patch classifiers)
+and MIL feature extraction (feature extractors) share it.
+
+Design, for throughput on few cores:
+
+- A read job handles a whole batch (read + resample + preprocess into one float32 array), so
+  Python overhead is per batch, not per tile, and the numpy work runs off the inference thread.
+- At most ``read_workers + 1`` batches are in flight: memory is bounded by the batch size, never
+  by the slide size.
+- Inference runs on the calling thread; onnxruntime and the tile decoders release the GIL, so
+  reading the next batches overlaps inference of the current one on the same cores.
+- Batches come back in plan order, so results are deterministic.
+- ``cancel`` is checked per tile inside the read jobs and per batch here; on cancel (or any
+  error, or the consumer closing the generator) queued jobs are dropped and the pool is shut down
+  before control returns.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from engine.errors import Cancelled, ConfigError, ModelPackageError, NoTissueError
+from engine.infer.preprocess import Preprocessor, to_probabilities
+from engine.infer.session import DEVICES, ModelSession, load_model
+from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
+from engine.slides.tiling import TilePlan, TilingConfig, plan_tiles
+from engine.slides.tiling import read_tile as default_read_tile
+from engine.slides.tissue import detect_tissue
+
+if TYPE_CHECKING:
+    from engine.slides.base import SlideInfo, SlideReader
+
+
+class _Plan(Protocol):
+    level0_xy: np.ndarray
+
+
+TileReadFn = Callable[[Any, Any, np.ndarray], np.ndarray]
+
+
+def iter_tile_outputs(
+    reader: SlideReader,
+    plan: _Plan,
+    session: ModelSession,
+    batch_size: int = 64,
+    read_workers: int = 2,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    indices: np.ndarray | None = None,
+    stage: str = "inference",
+    read_tile: TileReadFn | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Run ``session`` over the tiles of ``plan``, batch by batch.
+
+    Args:
+        reader: open slide (``read_region`` must be thread-safe, as the interface requires).
+        plan: a :class:`engine.slides.tiling.TilePlan` (anything with ``level0_xy`` ``(N, 2)``).
+        session: loaded model; its metadata drives preprocessing.
+        batch_size: tiles per inference call.
+        read_workers: threads reading and preprocessing tiles (>= 1).
+        progress: receives ``ProgressEvent(stage, tiles_done, tiles_total)`` after each batch.
+        cancel: checked per tile (read jobs) and per batch.
+        indices: subset of plan rows to process, in this order (default: all).
+        stage: stage name in progress events.
+        read_tile: ``fn(reader, plan, level0_xy) -> uint8 (S, S, 3)``; default
+            :func:`engine.slides.tiling.read_tile`.
+
+    Yields:
+        ``(idx, outputs)``: ``idx`` int64 ``(B,)`` rows of the plan, ``outputs`` the raw model
+        output ``(B, C)`` for those tiles.
+
+    Raises:
+        Cancelled: ``cancel`` was set (the pool is already shut down when this propagates).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if read_workers < 1:
+        raise ValueError("read_workers must be >= 1")
+    read = read_tile or default_read_tile
+    xy = np.asarray(plan.level0_xy, dtype=np.int64).reshape(-1, 2)
+    order = np.arange(len(xy), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+    total = int(order.size)
+    preprocess = Preprocessor(session.metadata)
+    stop = threading.Event()
+
+    def load(idx: np.ndarray) -> np.ndarray | None:
+        tiles: np.ndarray | None = None
+        for j, i in enumerate(idx):
+            if stop.is_set() or (cancel is not None and cancel.cancelled):
+                return None
+            tile = read(reader, plan, xy[i])
+            if tiles is None:
+                tiles = np.empty((len(idx), *tile.shape), dtype=np.uint8)
+            tiles[j] = tile
+        return preprocess(tiles) if tiles is not None else None
+
+    starts = iter(range(0, total, batch_size))
+    pool = ThreadPoolExecutor(max_workers=read_workers, thread_name_prefix="metascope-tiles")
+    pending: deque[tuple[np.ndarray, Future[np.ndarray | None]]] = deque()
+
+    def submit_next() -> None:
+        start = next(starts, None)
+        if start is not None:
+            idx = order[start : start + batch_size]
+            pending.append((idx, pool.submit(load, idx)))
+
+    done = 0
+    t0 = time.perf_counter()
+    try:
+        for _ in range(read_workers + 1):
+            submit_next()
+        report(progress, ProgressEvent(stage, 0, total, "reading tiles"))
+        while pending:
+            check_cancel(cancel)
+            idx, fut = pending.popleft()
+            batch = fut.result()
+            check_cancel(cancel)
+            if batch is None:  # only when stopped; keep the contract explicit
+                raise Cancelled("cancelled by user")
+            submit_next()
+            outputs = session.run(batch)
+            done += len(idx)
+            elapsed = time.perf_counter() - t0
+            rate = done / elapsed if elapsed > 0 else 0.0
+            report(
+                progress,
+                ProgressEvent(
+                    stage,
+                    done,
+                    total,
+                    f"{rate:.0f} tiles/s",
+                    MappingProxyType({"tiles_per_s": rate, "eta_s": (total - done) / rate if rate else None}),
+                ),
+            )
+            yield idx, outputs
+    finally:
+        stop.set()
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------ heatmap
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceConfig:
+    """Settings of one heatmap run.
+
+    Attributes:
+        batch_size: tiles per inference call.
+        read_workers: threads reading tiles while inference runs.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        min_tissue_fraction: tiles with less tissue (0-1 of the tile area) are not analysed.
+        stride_factor: grid step as a fraction of the tile side (1 = adjacent tiles, 0.5 = half
+            overlap); within 0.1-4.
+        threshold: positive-class probability at which a tile counts as positive (summary,
+            GeoJSON export).
+        mpp: microns per level-0 pixel to use instead of (or in the absence of) the slide's own.
+        max_tiles: analyse at most this many tiles (those with most tissue); ``None`` = all.
+        top_k: number of highest-scoring tiles listed in the summary.
+    """
+
+    batch_size: int = 64
+    read_workers: int = 2
+    device: str = "auto"
+    min_tissue_fraction: float = 0.25
+    stride_factor: float = 1.0
+    threshold: float = 0.5
+    mpp: float | None = None
+    max_tiles: int | None = None
+    top_k: int = 10
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("batch_size", 1, 4096), ("read_workers", 1, 64), ("top_k", 0, 10_000)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+                raise ConfigError(f"{name} must be an integer within {lo}-{hi}, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        for name, lo, hi in (("min_tissue_fraction", 0.0, 1.0), ("stride_factor", 0.1, 4.0), ("threshold", 0.0, 1.0)):
+            v = _as_float(name, getattr(self, name))
+            if not lo <= v <= hi:
+                raise ConfigError(f"{name} must be within {lo:g}-{hi:g}, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, v)
+        if self.mpp is not None:
+            v = _as_float("mpp", self.mpp)
+            if not v > 0:
+                raise ConfigError(f"mpp must be a positive number of microns per pixel, got {self.mpp!r}")
+            object.__setattr__(self, "mpp", v)
+        if self.max_tiles is not None:
+            v = self.max_tiles
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"max_tiles must be a positive integer or None, got {v!r}")
+            object.__setattr__(self, "max_tiles", int(v))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InferenceConfig:
+        """Build from :meth:`to_dict` output.
+
+        Raises:
+            ConfigError: unknown keys or invalid values.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown inference setting(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def _as_float(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from exc
+    if not math.isfinite(v):
+        raise ConfigError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+@dataclass(slots=True, eq=False)
+class HeatmapResult:
+    """A computed (or reloaded) heatmap with everything needed to paint and export it.
+
+    Tile ``i`` covers level-0 ``[x, x + tile_size_level0) x [y, y + tile_size_level0)`` with
+    ``(x, y) = level0_xy[i]`` and sits in grid cell ``grid_rc[i]``; cell ``(r, c)`` starts at
+    ``origin_level0 + (c, r) * stride_level0``.
+
+    Attributes:
+        grid: float32 ``(rows, cols)`` positive-class probability, NaN where not analysed.
+        probabilities: float32 ``(N, C)`` all class probabilities per analysed tile.
+        level0_xy: int64 ``(N, 2)`` tile top-left corners in level-0 pixels.
+        grid_rc: int32 ``(N, 2)`` ``(row, col)`` of each tile.
+        class_names: class names in column order of ``probabilities``.
+        positive_class: column shown in ``grid``.
+        tile_size_level0: tile side in level-0 pixels.
+        stride_level0: grid step in level-0 pixels.
+        origin_level0: level-0 ``(x, y)`` of cell ``(0, 0)``.
+        mpp: slide microns per level-0 pixel actually used.
+        mpp_source: ``"file"`` or ``"user"``.
+        slide: slide description (path, name, dimensions, vendor, levels, ...).
+        model: model identity (name, path, sha256, provider, input size and mpp).
+        summary: slide-level summary (see :func:`summarize`).
+        timing: seconds per stage and tiles per second.
+        config: the :class:`InferenceConfig` as a dict.
+        plan: the :class:`~engine.slides.tiling.TilePlan` (``None`` for a reloaded result).
+    """
+
+    grid: np.ndarray
+    probabilities: np.ndarray
+    level0_xy: np.ndarray
+    grid_rc: np.ndarray
+    class_names: tuple[str, ...]
+    positive_class: int
+    tile_size_level0: int
+    stride_level0: int
+    origin_level0: tuple[int, int]
+    mpp: float
+    mpp_source: str
+    slide: dict[str, Any]
+    model: dict[str, Any]
+    summary: dict[str, Any]
+    timing: dict[str, float]
+    config: dict[str, Any]
+    plan: TilePlan | None = None
+
+    @property
+    def positive_probabilities(self) -> np.ndarray:
+        """float32 ``(N,)`` positive-class probability per tile."""
+        return self.probabilities[:, self.positive_class]
+
+    @property
+    def slide_name(self) -> str:
+        return str(self.slide.get("name") or "slide")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.get("threshold", 0.5))
+
+
+HeatmapStartCallback = Callable[[TilePlan, np.ndarray], None]
+BatchCallback = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+
+
+def compute_heatmap(
+    slide: str | os.PathLike[str] | SlideReader,
+    model: str | os.PathLike[str] | ModelSession,
+    cfg: InferenceConfig | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    on_batch: BatchCallback | None = None,
+    on_start: HeatmapStartCallback | None = None,
+) -> HeatmapResult:
+    """Compute the heatmap of a patch classifier over a slide.
+
+    Args:
+        slide: slide path (opened and closed here) or an open reader.
+        model: model package path or a loaded :class:`ModelSession`.
+        cfg: settings (defaults: :class:`InferenceConfig`).
+        progress: stages ``"tissue"``, ``"tiling"``, ``"heatmap"`` (per batch: tiles done/total).
+        cancel: checked per tile read and per batch.
+        on_batch: ``fn(rows, cols, probs)`` after each batch: int ``(B,)`` grid rows and columns
+            and float32 ``(B,)`` positive-class probabilities (already stored in the grid).
+        on_start: ``fn(plan, grid)`` once the tiles are planned, with the NaN-filled float32
+            ``(rows, cols)`` grid that is then filled in place batch by batch (a viewer can keep
+            a reference and paint partial results).
+
+    Returns:
+        The :class:`HeatmapResult`.
+
+    Raises:
+        SlideOpenError, MissingMppError, NoTissueError, ModelPackageError, ConfigError: bad input.
+        Cancelled: ``cancel`` was set.
+    """
+    cfg = cfg or InferenceConfig()
+    t_start = time.perf_counter()
+    session = model if isinstance(model, ModelSession) else load_model(model, cfg.device)
+    meta = session.metadata
+    if meta.task != "patch_classification":
+        raise ModelPackageError(
+            f"{session.path.name} is a {meta.task.replace('_', ' ')} model; a heatmap needs a patch classification model"
+        )
+    with ExitStack() as stack:
+        if isinstance(slide, (str, os.PathLike)):
+            from engine.slides.open import open_slide
+
+            reader = stack.enter_context(open_slide(slide, mpp=cfg.mpp))
+        else:
+            reader = slide
+        info = reader.info
+        # a model without a recorded resolution is run at the slide's own resolution
+        target_mpp = meta.input_mpp if meta.input_mpp is not None else info.mpp_or(cfg.mpp)
+
+        check_cancel(cancel)
+        report(progress, ProgressEvent("tissue", 0, 1, "detecting tissue"))
+        t0 = time.perf_counter()
+        tissue = detect_tissue(reader)
+        if tissue.is_empty:
+            raise NoTissueError(f"{info.name}: no tissue found on the slide")
+        report(progress, ProgressEvent("tissue", 1, 1, f"{tissue.tissue_fraction:.0%} of the slide is tissue"))
+        t_tissue = time.perf_counter() - t0
+
+        check_cancel(cancel)
+        t0 = time.perf_counter()
+        tiling = TilingConfig(
+            tile_size_px=meta.input_size,
+            target_mpp=target_mpp,
+            stride_px=max(1, round(meta.input_size * cfg.stride_factor)),
+            min_tissue_fraction=cfg.min_tissue_fraction,
+            max_tiles=cfg.max_tiles,
+        )
+        plan = plan_tiles(reader, tiling, tissue, mpp=cfg.mpp)
+        t_plan = time.perf_counter() - t0
+        report(progress, ProgressEvent("tiling", 1, 1, f"{plan.n_tiles} tiles with tissue"))
+
+        n = plan.n_tiles
+        n_classes = len(meta.class_names)
+        pos = meta.positive_class
+        grid = np.full(plan.grid_shape, np.nan, dtype=np.float32)
+        probs_all = np.full((n, n_classes), np.nan, dtype=np.float32)
+        rows = plan.grid_rc[:, 0]
+        cols = plan.grid_rc[:, 1]
+        if on_start is not None:
+            on_start(plan, grid)
+
+        t0 = time.perf_counter()
+        for idx, outputs in iter_tile_outputs(
+            reader,
+            plan,
+            session,
+            batch_size=cfg.batch_size,
+            read_workers=cfg.read_workers,
+            progress=progress,
+            cancel=cancel,
+            stage="heatmap",
+        ):
+            probs = to_probabilities(outputs, meta)
+            if probs.shape != (len(idx), n_classes):
+                raise ModelPackageError(
+                    f"{session.path.name}: output shape {outputs.shape} does not match {n_classes} classes"
+                )
+            probs_all[idx] = probs
+            r, c, p = rows[idx], cols[idx], probs[:, pos]
+            grid[r, c] = p
+            if on_batch is not None:
+                on_batch(r, c, p)
+        t_infer = time.perf_counter() - t0
+
+    tile_area_mm2 = (plan.stride_level0 * plan.mpp / 1000.0) ** 2
+    summary = summarize(
+        probs_all[:, pos],
+        plan.level0_xy,
+        plan.grid_rc,
+        plan.tile_size_level0,
+        cfg.threshold,
+        cfg.top_k,
+        tissue_area_mm2=tissue.area_mm2(plan.mpp),
+        tile_area_mm2=tile_area_mm2,
+    )
+    summary["tissue_tiles"] = int(plan.tissue_cells)
+    summary["positive_class"] = meta.positive_class_name
+    total = time.perf_counter() - t_start
+    return HeatmapResult(
+        grid=grid,
+        probabilities=probs_all,
+        level0_xy=plan.level0_xy,
+        grid_rc=plan.grid_rc,
+        class_names=tuple(meta.class_names),
+        positive_class=pos,
+        tile_size_level0=plan.tile_size_level0,
+        stride_level0=plan.stride_level0,
+        origin_level0=(int(plan.origin_level0[0]), int(plan.origin_level0[1])),
+        mpp=float(plan.mpp),
+        mpp_source="user" if plan.mpp_from_user else "file",
+        slide=_slide_dict(info),
+        model={
+            **session.describe(),
+            "input_size": meta.input_size,
+            "input_mpp": meta.input_mpp,
+            "target_mpp": target_mpp,
+            "effective_mpp": plan.effective_mpp,
+        },
+        summary=summary,
+        timing={
+            "tissue_s": round(t_tissue, 4),
+            "plan_s": round(t_plan, 4),
+            "inference_s": round(t_infer, 4),
+            "total_s": round(total, 4),
+            "tiles_per_s": round(n / t_infer, 2) if t_infer > 0 else 0.0,
+        },
+        config=cfg.to_dict(),
+        plan=plan,
+    )
+
+
+def _slide_dict(info: SlideInfo) -> dict[str, Any]:
+    return {
+        "path": info.path,
+        "name": info.name,
+        "vendor": info.vendor,
+        "dimensions": list(info.dimensions),
+        "level_count": info.level_count,
+        "mpp": list(info.mpp) if info.mpp is not None else None,
+        "objective_power": info.objective_power,
+    }
+
+
+def summarize(
+    positive: np.ndarray,
+    level0_xy: np.ndarray,
+    grid_rc: np.ndarray,
+    tile_size_level0: int,
+    threshold: float,
+    top_k: int,
+    tissue_area_mm2: float,
+    tile_area_mm2: float,
+) -> dict[str, Any]:
+    """Slide-level summary of per-tile positive probabilities.
+
+    Args:
+        positive: float32 ``(N,)`` positive-class probability per tile (NaN = not analysed).
+        level0_xy: ``(N, 2)`` tile corners; grid_rc: ``(N, 2)`` grid cells.
+        tile_size_level0: tile side in level-0 px.
+        threshold: probability at which a tile counts as positive.
+        top_k: how many highest tiles to list.
+        tissue_area_mm2: tissue area from the tissue mask.
+        tile_area_mm2: area one grid cell stands for (stride squared), to estimate positive area.
+
+    Returns:
+        JSON-ready dict: ``max_probability``, ``mean_probability``, ``tiles_analysed``,
+        ``tiles_above_threshold``, ``fraction_above_threshold`` (of analysed tissue tiles),
+        ``positive_area_mm2``, ``tissue_area_mm2``, ``threshold``, ``top_tiles`` (list of
+        ``{x, y, width, height, row, col, probability}``, highest first).
+    """
+    p = np.asarray(positive, dtype=np.float32)
+    done = np.isfinite(p)
+    n = int(done.sum())
+    vals = p[done]
+    above = int((vals >= threshold).sum())
+    top: list[dict[str, Any]] = []
+    if n and top_k:
+        idx_done = np.flatnonzero(done)
+        k = min(top_k, n)
+        best = idx_done[np.argsort(-vals, kind="stable")[:k]]
+        for i in best:
+            top.append(
+                {
+                    "x": int(level0_xy[i, 0]),
+                    "y": int(level0_xy[i, 1]),
+                    "width": int(tile_size_level0),
+                    "height": int(tile_size_level0),
+                    "row": int(grid_rc[i, 0]),
+                    "col": int(grid_rc[i, 1]),
+                    "probability": round(float(p[i]), 6),
+                }
+            )
+    return {
+        "max_probability": round(float(vals.max()), 6) if n else None,
+        "mean_probability": round(float(vals.mean()), 6) if n else None,
+        "tiles_analysed": n,
+        "tiles_above_threshold": above,
+        "fraction_above_threshold": round(above / n, 6) if n else 0.0,
+        "positive_area_mm2": round(above * tile_area_mm2, 6),
+        "tissue_area_mm2": round(float(tissue_area_mm2), 6),
+        "threshold": float(threshold),
+        "top_tiles": top,
+    }
