@@ -575,9 +575,11 @@ def write_synthetic_slide(
                 return texture.render(tx * ds_x, ty * ds_y, min(tile, lw - tx), th, ds)
 
             # one row of tiles at a time: numpy releases the GIL, memory stays one row
-            yield from (pool.map(render, range(0, lw, tile)) if pool is not None else map(render, range(0, lw, tile)))
+            xs = range(0, lw, tile)
+            row = list(pool.map(render, xs)) if pool is not None else [render(tx) for tx in xs]
             rows_done += 1
             report(progress, ProgressEvent("synthetic", rows_done, rows_total, f"writing level {level}"))
+            yield from row
 
     def description(level: int) -> str | None:
         if not aperio:

@@ -21,8 +21,8 @@ SAT_THRESHOLD_MAX = 0.15
 # the slide edge.
 WHITE_MIN = 225
 BLACK_MAX = 40
-# A pixel whose red is below both green and blue by this much is blue/green marker ink: H&E
-# (pink eosin, purple hematoxylin) always has green as its weakest channel.
+# Marker ink: in H&E (pink eosin, purple hematoxylin) green is the weakest channel and red is
+# never the weakest by a margin; green ink has green above red, blue ink red far below blue.
 PEN_MARGIN = 15
 # Objects smaller than this area are specks (dust, debris); holes smaller than this are filled.
 MIN_OBJECT_UM2 = 20_000.0  # ~140 x 140 um
@@ -155,7 +155,7 @@ def tissue_from_rgb(
     sat = ndimage.uniform_filter(sat, size=3)
 
     background = (mn >= WHITE_MIN) | (mx <= BLACK_MAX)
-    pen = (r + PEN_MARGIN < g) & (r + PEN_MARGIN < b)
+    pen = (g > r + PEN_MARGIN) | ((r <= g) & (b > r + 3 * PEN_MARGIN))
     candidates = ~background & ~pen
     if not candidates.any():
         return TissueMask(np.zeros(rgb.shape[:2], dtype=bool), downsample, 0.0, "otsu-saturation(empty)")
