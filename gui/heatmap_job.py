@@ -1,0 +1,282 @@
+"""Qt-free jobs behind the slide view: listing models, computing and caching heatmaps, exporting.
+
+Every function here runs on a worker thread (``gui.workers.Worker``) and talks to the GUI only
+through its return value and the ``progress``/``partial`` callbacks.
+
+Results are cached per (slide, model) under ``engine.paths.cache_dir()/heatmaps``: the slide is
+identified by its path, size and modification time (hashing a multi-gigabyte slide would take
+longer than the heatmap), the model by its sha256. The cache folder is written atomically by the
+engine, so a cancelled or failed run leaves no partial cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ModelPackageError
+from engine.jobs import CancelToken, ProgressCallback, check_cancel
+
+PartialCallback = Callable[[object], None]
+CACHE_SUBDIR = "heatmaps"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    """A model the user can pick for heatmaps."""
+
+    path: str
+    label: str
+    sha256: str
+    description: str
+    in_library: bool = False
+
+    @property
+    def tooltip(self) -> str:
+        return f"{self.description}\n{self.path}" if self.description else self.path
+
+
+@dataclass(frozen=True, slots=True)
+class HeatmapStarted:
+    """Sent once the tiles are planned: the empty (NaN) grid and where it lies on the slide."""
+
+    grid: np.ndarray
+    origin_xy: tuple[float, float]
+    stride: float
+    tile_size: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeatmapBatch:
+    """One finished batch: grid rows, columns and positive-class probabilities, each ``(B,)``."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    probs: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HeatmapData:
+    """A complete heatmap (computed now or loaded from the cache) for display and export."""
+
+    result: Any  # engine.infer.pipeline.HeatmapResult
+    slide_path: str
+    model: ModelChoice
+    cache_folder: str
+
+    @property
+    def grid(self) -> np.ndarray:
+        return self.result.grid
+
+    @property
+    def origin_xy(self) -> tuple[float, float]:
+        return (float(self.result.origin_level0[0]), float(self.result.origin_level0[1]))
+
+    @property
+    def stride(self) -> float:
+        return float(self.result.stride_level0)
+
+    @property
+    def tile_size(self) -> float:
+        return float(self.result.tile_size_level0)
+
+    @property
+    def n_tiles(self) -> int:
+        return int(np.isfinite(self.result.grid).sum())
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self.result.summary)
+
+
+# -- models ----------------------------------------------------------------------------------
+def _describe(path: Path, sha256: str | None = None, in_library: bool = False) -> ModelChoice:
+    from engine.modelpkg import read_metadata, sha256_file
+
+    meta = read_metadata(path)
+    if meta.task != "patch_classification":
+        raise ModelPackageError(
+            f"{path.name} is a {meta.task.replace('_', ' ')} model; a heatmap needs a patch classification model"
+        )
+    parts = [f"{meta.input_size} px", f"{meta.input_mpp:g} µm/px" if meta.input_mpp else "resolution not recorded",
+             f"classes: {', '.join(meta.class_names)}"]
+    auc = meta.metrics.get("auc") if isinstance(meta.metrics, dict) else None
+    if isinstance(auc, (int, float)):
+        parts.append(f"validation AUC {auc:.3f}")
+    return ModelChoice(str(path.resolve()), meta.name or path.stem, sha256 or sha256_file(path), " · ".join(parts),
+                       in_library)
+
+
+def describe_model(path: str, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                   partial: PartialCallback | None = None) -> ModelChoice:
+    """Read a model file chosen by the user.
+
+    Raises:
+        ModelPackageError: not a MetaScope patch classification model.
+    """
+    return _describe(Path(path))
+
+
+def list_models(extra_paths: list[str], progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                partial: PartialCallback | None = None) -> list[ModelChoice]:
+    """Library models, the bundled starter models, the demo model (if generated) and ``extra_paths``.
+
+    Unreadable files and models of other tasks are left out.
+    """
+    from engine.demo import DEMO_MODEL_FILE
+    from engine.library import ModelLibrary
+    from engine.paths import demo_dir, resources_dir
+
+    out: list[ModelChoice] = []
+    seen: set[str] = set()
+
+    def add(path: Path, sha: str | None = None, in_library: bool = False) -> None:
+        key = str(path.resolve())
+        if key in seen or not path.is_file():
+            return
+        try:
+            out.append(_describe(path, sha, in_library))
+            seen.add(key)
+        except (ModelPackageError, OSError):
+            return
+
+    for entry in ModelLibrary().entries():
+        check_cancel(cancel)
+        add(entry.path, entry.sha256, in_library=True)
+    for path in sorted((resources_dir() / "models").glob("*.onnx")):
+        add(path)
+    add(demo_dir() / DEMO_MODEL_FILE)
+    for p in extra_paths:
+        add(Path(p))
+    return out
+
+
+# -- cache -----------------------------------------------------------------------------------
+def slide_key(slide_path: str | os.PathLike[str]) -> str:
+    """Cache key of a slide file: its name plus a hash of its path, size and modification time."""
+    from engine.infer.outputs import safe_name
+
+    p = Path(slide_path).resolve()
+    st = p.stat()
+    digest = hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return f"{safe_name(p.stem)}-{digest}"
+
+
+def cache_root(slide_path: str | os.PathLike[str]) -> Path:
+    from engine.paths import cache_dir
+
+    return cache_dir() / CACHE_SUBDIR / slide_key(slide_path)
+
+
+def cache_folder(slide_path: str | os.PathLike[str], model: ModelChoice) -> Path:
+    """Folder holding the cached result of (slide, model)."""
+    return cache_root(slide_path) / model.sha256[:24]
+
+
+def load_cached(slide_path: str, model: ModelChoice) -> HeatmapData | None:
+    """The cached result of (slide, model), or None when there is none.
+
+    Raises:
+        HeatmapFileError: the cache folder exists but is unreadable.
+    """
+    from engine.infer.outputs import load_heatmap_result
+
+    try:
+        folder = cache_folder(slide_path, model)
+    except OSError:
+        return None
+    if not (folder / "heatmap.json").is_file():
+        return None
+    result = load_heatmap_result(folder)
+    if str(result.model.get("sha256", model.sha256)) != model.sha256:
+        return None
+    return HeatmapData(result, slide_path, model, str(folder))
+
+
+# -- compute ---------------------------------------------------------------------------------
+def run_heatmap(slide_path: str, model: ModelChoice, progress: ProgressCallback | None = None,
+                cancel: CancelToken | None = None, partial: PartialCallback | None = None) -> HeatmapData:
+    """Compute the heatmap of (slide, model), streaming batches to ``partial``, then cache it.
+
+    ``partial`` receives one :class:`HeatmapStarted` and then a :class:`HeatmapBatch` per batch.
+
+    Raises:
+        MetaScopeError: the slide or model is unusable (one-line message for a dialog).
+        Cancelled: ``cancel`` was set; nothing is written.
+    """
+    from engine.infer.outputs import write_heatmap_outputs
+    from engine.infer.pipeline import InferenceConfig, compute_heatmap
+    from engine.slides import open_slide
+
+    def on_start(plan: Any, grid: np.ndarray) -> None:
+        if partial is not None:
+            partial(HeatmapStarted(grid.copy(), (float(plan.origin_level0[0]), float(plan.origin_level0[1])),
+                                   float(plan.stride_level0), float(plan.tile_size_level0)))
+
+    def on_batch(rows: np.ndarray, cols: np.ndarray, probs: np.ndarray) -> None:
+        if partial is not None:
+            partial(HeatmapBatch(np.array(rows), np.array(cols), np.array(probs, dtype=np.float32)))
+
+    with open_slide(slide_path) as reader:
+        result = compute_heatmap(reader, model.path, InferenceConfig(), progress=progress, cancel=cancel,
+                                 on_batch=on_batch, on_start=on_start)
+        check_cancel(cancel)
+        folder = cache_folder(slide_path, model)
+        # the cache is one folder written atomically: a cancel here leaves the old state
+        write_heatmap_outputs(result, folder.parent, reader=reader, folder_name=folder.name, cancel=cancel)
+    return HeatmapData(result, slide_path, model, str(folder))
+
+
+def export_result(data: HeatmapData, out_root: str, progress: ProgressCallback | None = None,
+                  cancel: CancelToken | None = None, partial: PartialCallback | None = None) -> str:
+    """Write overlay PNG, GeoJSON, CSV (and the grid) of ``data`` into ``out_root/<slide name>/``.
+
+    Raises:
+        OutputError: the folder cannot be written.
+        SlideOpenError: the slide (needed for the overlay's thumbnail) can no longer be read.
+    """
+    from engine.fileio import ensure_writable_dir
+    from engine.infer.outputs import write_heatmap_outputs
+    from engine.slides import open_slide
+
+    ensure_writable_dir(out_root)
+    with open_slide(data.slide_path) as reader:
+        return str(write_heatmap_outputs(data.result, out_root, reader=reader, cancel=cancel))
+
+
+# -- text ------------------------------------------------------------------------------------
+def summary_html(data: HeatmapData, threshold: float) -> str:
+    """Slide-level result as rich text, counting tiles at the display ``threshold``."""
+    grid = data.grid
+    vals = grid[np.isfinite(grid)]
+    n = int(vals.size)
+    if n == 0:
+        return "No tissue tiles were analysed."
+    above = int((vals >= threshold).sum())
+    mm2_per_tile = (data.stride * float(data.result.mpp) / 1000.0) ** 2
+    s = data.summary
+    hi = float(vals.max())
+    colour = "#c62828" if hi >= threshold else "#2e7d32"
+    verdict = (f"{above:,} tiles at or above {threshold:.2f}" if above else f"No tile at or above {threshold:.2f}")
+    rows = [
+        ("Highest tile probability", f"<b style='color:{colour}'>{hi:.3f}</b>"),
+        ("Mean probability", f"{float(vals.mean()):.3f}"),
+        ("Tiles analysed", f"{n:,}"),
+        ("Above threshold", f"{above:,} ({above / n:.1%} of tissue tiles)"),
+        ("Area above threshold", f"{above * mm2_per_tile:.2f} mm²"),
+    ]
+    if s.get("tissue_area_mm2") is not None:
+        rows.append(("Tissue area", f"{float(s['tissue_area_mm2']):.1f} mm²"))
+    runtime = data.result.timing.get("total_s") if data.result.timing else None
+    if runtime:
+        rows.append(("Computed in", f"{float(runtime):.1f} s"))
+    rows.append(("Model", html.escape(data.model.label)))
+    body = "".join(f"<tr><td style='color:#546e7a; padding-right:10px'>{k}</td><td>{v}</td></tr>" for k, v in rows)
+    return f"<p style='margin-bottom:4px'><b>{html.escape(verdict)}</b></p><table>{body}</table>"
