@@ -21,16 +21,16 @@ from engine.jobs import CancelToken, ProgressCallback
 from engine.paths import demo_dir
 
 if TYPE_CHECKING:
+    from engine.infer.pipeline import HeatmapResult
     from engine.slides.synthetic import SyntheticSlide
 
 DEMO_MODEL_NAME = "Demo model (synthetic tissue)"
 # Bumped whenever the generated assets change, so a stale demo folder is regenerated.
 DEMO_VERSION = 1
-DEMO_SLIDE_FILE = f"demo-slide-v{DEMO_VERSION}.svs"
 DEMO_MODEL_FILE = f"demo-model-v{DEMO_VERSION}.onnx"
-# Level-0 size and resolution of the demo slide: ~2,000 tissue tiles at the model's 0.972 um/px,
-# a few seconds of heatmap on a laptop.
-DEMO_SLIDE_SIZE = (12_000, 9_000)
+# Level-0 size and resolution of the demo slide: ~1,000 tissue tiles at the model's 0.972 um/px,
+# a few seconds of heatmap on a laptop, and about as long to generate once.
+DEMO_SLIDE_SIZE = (10_240, 7_680)
 DEMO_SLIDE_MPP = 0.5
 DEMO_SEED = 7
 
@@ -128,12 +128,18 @@ def demo_model(path: str | os.PathLike[str]) -> Path:
 
 def demo_slide(
     path: str | os.PathLike[str],
-    size: tuple[int, int] = DEMO_SLIDE_SIZE,
+    size: tuple[int, int] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> SyntheticSlide:
-    """Write the demo slide (Aperio-style pyramidal TIFF with mpp) and return its ``SyntheticSlide``."""
+    """Write the demo slide (Aperio-style pyramidal TIFF with mpp) and return its ``SyntheticSlide``.
+
+    Args:
+        size: level-0 ``(width, height)``; default :data:`DEMO_SLIDE_SIZE`.
+    """
     from engine.slides.synthetic import write_synthetic_slide
+
+    size = size or DEMO_SLIDE_SIZE
 
     return write_synthetic_slide(
         path,
@@ -148,9 +154,11 @@ def demo_slide(
     )
 
 
-def demo_truth(size: tuple[int, int] = DEMO_SLIDE_SIZE) -> SyntheticSlide:
+def demo_truth(size: tuple[int, int] | None = None) -> SyntheticSlide:
     """Ground truth of the demo slide (a ``SyntheticTexture``-backed ``SyntheticSlide`` without a file)."""
     from engine.slides.synthetic import SyntheticSlide, make_texture
+
+    size = size or DEMO_SLIDE_SIZE
 
     texture = make_texture(size[0], size[1], DEMO_SLIDE_MPP, DEMO_SEED)
     return SyntheticSlide(
@@ -184,7 +192,8 @@ def ensure_demo_assets(
     from engine.fileio import ensure_writable_dir
 
     d = Path(folder) if folder is not None else demo_dir()
-    slide = d / DEMO_SLIDE_FILE
+    w, h = DEMO_SLIDE_SIZE
+    slide = d / f"demo-slide-v{DEMO_VERSION}-{w}x{h}.svs"  # the size is part of the ground truth
     model = d / DEMO_MODEL_FILE
     if slide.is_file() and model.is_file():
         return slide, model
@@ -194,3 +203,48 @@ def ensure_demo_assets(
     if not slide.is_file():
         demo_slide(slide, progress=progress, cancel=cancel)
     return slide, model
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve by the rank-sum statistic (ties count half).
+
+    Args:
+        scores: float ``(N,)``; labels: bool ``(N,)``.
+
+    Returns:
+        AUC in 0-1, or ``None`` when one class is absent.
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(labels, dtype=bool)
+    n_pos = int(y.sum())
+    n_neg = int(y.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def score_against_truth(result: HeatmapResult, truth: SyntheticSlide) -> dict[str, float | int | None]:
+    """How well a heatmap finds the known tumour of a synthetic slide.
+
+    Tiles at least half tumour count as positive, tiles without tumour as negative; tiles in
+    between (on the tumour border) are left out of the AUC.
+
+    Returns:
+        ``auc``, ``mean_inside``, ``mean_outside``, ``p95_outside``, ``tiles_inside``, ``tiles_outside``.
+    """
+    p = result.positive_probabilities.astype(np.float64)
+    frac = truth.tumour_fraction(result.level0_xy, result.tile_size_level0)
+    done = np.isfinite(p)
+    inside = done & (frac >= 0.5)
+    outside = done & (frac == 0)
+    both = inside | outside
+    return {
+        "auc": roc_auc(p[both], inside[both]),
+        "mean_inside": float(p[inside].mean()) if inside.any() else None,
+        "mean_outside": float(p[outside].mean()) if outside.any() else None,
+        "p95_outside": float(np.percentile(p[outside], 95)) if outside.any() else None,
+        "tiles_inside": int(inside.sum()),
+        "tiles_outside": int(outside.sum()),
+    }

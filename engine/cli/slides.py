@@ -1,0 +1,216 @@
+"""``metascope info``, ``metascope heatmap`` and ``metascope selftest``.
+
+Heavy modules (onnxruntime, OpenSlide, matplotlib) are imported inside the handlers, so building
+the parser stays fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.errors import MetaScopeError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+# The self-test passes when the demo heatmap separates tumour from non-tumour tiles this well.
+SELFTEST_MIN_AUC = 0.9
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    """Add ``info``, ``heatmap`` and ``selftest``."""
+    info = sub.add_parser(
+        "info",
+        help="describe a slide: size, levels, resolution, vendor",
+        description="Describe a whole-slide image (or a plain image). Label and macro images are listed, never shown.",
+    )
+    info.add_argument("slide", metavar="SLIDE", help="slide file (SVS, NDPI, MRXS, SCN, BIF, TIFF, DICOM, PNG, JPEG)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.add_argument("--mpp", type=float, default=None, help="microns per pixel to assume (overrides the file)")
+    info.set_defaults(handler=_info)
+
+    hm = sub.add_parser(
+        "heatmap",
+        help="compute metastasis heatmaps of slides with an ONNX model",
+        description=(
+            "Tile each slide at the model's resolution, run the model on the tissue tiles and write "
+            "DIR/<slide name>/: heatmap.npy, heatmap.json, overlay.png, tiles.csv, tiles.geojson. "
+            "A slide that fails is reported and the others continue (exit status 2 if any failed)."
+        ),
+    )
+    hm.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files")
+    hm.add_argument("--model", required=True, metavar="MODEL", help="MetaScope model package (.onnx)")
+    hm.add_argument("--out", required=True, metavar="DIR", help="output folder (one sub-folder per slide)")
+    hm.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="inference device (default: auto)")
+    hm.add_argument("--mpp", type=float, default=None, help="microns per pixel for slides that do not record one")
+    hm.add_argument("--batch-size", type=int, default=64, help="tiles per inference batch (default 64)")
+    hm.add_argument("--threshold", type=float, default=0.5, help="probability counted as positive (default 0.5)")
+    hm.add_argument("--workers", type=int, default=2, help="tile-reading threads (default 2)")
+    hm.add_argument("--stride", type=float, default=1.0, help="tile step as a fraction of the tile (default 1; 0.5 = overlap)")
+    hm.add_argument(
+        "--min-tissue", type=float, default=0.25, help="minimum tissue fraction of an analysed tile (default 0.25)"
+    )
+    hm.set_defaults(handler=_heatmap)
+
+    st = sub.add_parser(
+        "selftest",
+        help="check the installation: demo slide + demo model -> heatmap",
+        description=(
+            "Generate (once) the synthetic demo slide and demo model, compute the heatmap, write and reload "
+            "the result files, and check that the heatmap is high inside the known tumour and low outside."
+        ),
+    )
+    st.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="inference device (default: auto)")
+    st.set_defaults(handler=_selftest)
+
+
+# ------------------------------------------------------------------------------------ info
+
+
+def _info(args: argparse.Namespace) -> int:
+    from engine.slides.open import open_slide
+
+    with open_slide(args.slide, mpp=args.mpp) as reader:
+        info = reader.info
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2))
+        return 0
+    w, h = info.dimensions
+    if info.mpp is not None:
+        source = "given with --mpp" if info.mpp_from_user else "from the file"
+        mpp = f"{info.mpp[0]:.4g} x {info.mpp[1]:.4g} um/px ({source})"
+    else:
+        mpp = "not recorded (give --mpp to analyse this slide)"
+    print(info.path or args.slide)
+    print(f"  vendor: {info.vendor}   size: {w} x {h} px   levels: {info.level_count}")
+    print(f"  resolution: {mpp}")
+    if info.objective_power:
+        print(f"  objective: {info.objective_power:g}x")
+    if info.mpp is not None:
+        mm_w, mm_h = w * info.mpp[0] / 1000, h * info.mpp[1] / 1000
+        print(f"  physical size: {mm_w:.2f} x {mm_h:.2f} mm")
+    for i, ((lw, lh), ds) in enumerate(zip(info.level_dimensions, info.level_downsamples, strict=True)):
+        print(f"  level {i}: {lw} x {lh} px (downsample {ds:g})")
+    if info.associated_images:
+        print(f"  associated images: {', '.join(info.associated_images)} (not shown; may carry patient data)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ heatmap
+
+
+def _heatmap(args: argparse.Namespace) -> int:
+    from engine.cli.progress import TerminalProgress
+    from engine.fileio import ensure_writable_dir
+    from engine.infer.outputs import safe_name, write_heatmap_outputs
+    from engine.infer.pipeline import InferenceConfig, compute_heatmap
+    from engine.infer.session import load_model
+    from engine.slides.open import open_slide, validate_mpp
+
+    cfg = InferenceConfig(
+        batch_size=args.batch_size,
+        read_workers=args.workers,
+        device=args.device,
+        min_tissue_fraction=args.min_tissue,
+        stride_factor=args.stride,
+        threshold=args.threshold,
+        mpp=validate_mpp(args.mpp),
+    )
+    out = ensure_writable_dir(args.out)  # before any work: an unwritable folder fails at once
+    session = load_model(args.model, cfg.device)
+    err = sys.stderr
+    print(f"model: {session.name} (sha256 {session.sha256[:12]}) on {session.device}", file=err)
+
+    failed = 0
+    used: set[str] = set()
+    for slide in args.slides:
+        progress = TerminalProgress(err)
+        try:
+            with open_slide(slide, mpp=cfg.mpp) as reader:
+                result = compute_heatmap(reader, session, cfg, progress=progress)
+                name = _unique(safe_name(result.slide_name), used)
+                folder = write_heatmap_outputs(result, out, reader=reader, folder_name=name)
+        except MetaScopeError as exc:
+            progress.close()
+            msg = " ".join(str(exc).split())
+            # most slide errors already name the file; name it once
+            if str(slide) not in msg and Path(slide).name not in msg and Path(slide).stem not in msg:
+                msg = f"{slide}: {msg}"
+            print(f"error: {msg}", file=err)
+            failed += 1
+            continue
+        progress.close()
+        s = result.summary
+        print(
+            f"{result.slide_name}: max {s['max_probability']:.3f}, {s['fraction_above_threshold']:.1%} of "
+            f"{s['tiles_analysed']} tissue tiles >= {cfg.threshold:g}, {result.timing['total_s']:.1f} s "
+            f"({result.timing['tiles_per_s']:.0f} tiles/s) -> {folder}"
+        )
+    if failed:
+        print(f"{failed} of {len(args.slides)} slide(s) failed", file=err)
+        return 2
+    return 0
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``... when two slides share a file name."""
+    candidate, n = name, 2
+    while candidate in used:
+        candidate = f"{name}-{n}"
+        n += 1
+    used.add(candidate)
+    return candidate
+
+
+# ------------------------------------------------------------------------------------ selftest
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    import tempfile
+    import time
+
+    from engine.cli.progress import TerminalProgress
+    from engine.demo import demo_truth, ensure_demo_assets, score_against_truth
+    from engine.infer.outputs import load_heatmap_result, write_heatmap_outputs
+    from engine.infer.pipeline import InferenceConfig, compute_heatmap
+    from engine.infer.session import load_model
+    from engine.slides.open import open_slide
+
+    t0 = time.perf_counter()
+    err = sys.stderr
+    progress = TerminalProgress(err)
+    slide_path, model_path = ensure_demo_assets(progress=progress)
+    session = load_model(model_path, args.device)
+    with open_slide(slide_path) as reader:
+        result = compute_heatmap(reader, session, InferenceConfig(device=args.device), progress=progress)
+        progress.close()
+        with tempfile.TemporaryDirectory(prefix="metascope-selftest-") as tmp:
+            folder = write_heatmap_outputs(result, tmp, reader=reader)
+            reloaded = load_heatmap_result(folder)
+            files_ok = reloaded.grid.shape == result.grid.shape and (folder / "overlay.png").stat().st_size > 0
+    score = score_against_truth(result, demo_truth())
+    auc = score["auc"]
+    checks = {
+        "heatmap separates tumour from other tissue (AUC >= 0.9)": auc is not None and auc >= SELFTEST_MIN_AUC,
+        "high inside the tumour (mean >= 0.5)": (score["mean_inside"] or 0.0) >= 0.5,
+        "low outside the tumour (mean < 0.5)": score["mean_outside"] is not None and score["mean_outside"] < 0.5,
+        "result files written and read back": files_ok,
+    }
+    print(f"MetaScope self-test: {slide_path.name} with {session.name}")
+    print(
+        f"  {result.summary['tiles_analysed']} tiles in {result.timing['inference_s']:.1f} s "
+        f"({result.timing['tiles_per_s']:.0f} tiles/s) on {session.device} ({session.provider}, "
+        f"{session.intra_op_threads} threads)"
+    )
+    print(
+        f"  AUC {auc if auc is None else round(auc, 3)}; mean probability inside tumour "
+        f"{score['mean_inside'] or 0:.3f} ({score['tiles_inside']} tiles), outside {score['mean_outside'] or 0:.3f} "
+        f"({score['tiles_outside']} tiles)"
+    )
+    for label, ok in checks.items():
+        print(f"  [{'ok' if ok else 'FAILED'}] {label}")
+    passed = all(checks.values())
+    print(f"self-test {'passed' if passed else 'FAILED'} in {time.perf_counter() - t0:.1f} s")
+    return 0 if passed else 1
