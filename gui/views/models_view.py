@@ -196,7 +196,7 @@ class ModelsView(QWidget):
         layout.addLayout(head)
         layout.addLayout(buttons)
         layout.addWidget(splitter, 1)
-        self.refresh()
+        # listed on first show: reading model metadata imports onnx, which app start-up avoids
 
     # -- data --------------------------------------------------------------------------------------
     @property

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +20,63 @@ def _qcolor_hex(widget: QWidget, role: QPalette.ColorRole) -> str:
 class PlotCanvas(QWidget):
     """A QWidget holding one matplotlib ``Figure`` drawn with the Qt Agg backend.
 
-    Draw on :attr:`figure` (or the axes from :meth:`reset`) and call :meth:`redraw`.
+    matplotlib is imported when the widget is first shown, not when it is built, so views with
+    charts cost nothing at app start-up. Draw through :meth:`plot`: ``fn(canvas)`` runs at once
+    when the figure exists, else when the widget is first shown (only the latest request is
+    kept). Inside ``fn`` use :meth:`reset` for styled axes; :meth:`redraw` is called afterwards.
     """
 
     def __init__(self, parent: QWidget | None = None, *, min_height: int = 180) -> None:
         super().__init__(parent)
-        # lazy: matplotlib costs ~0.3 s to import; only views with charts pay for it
+        self.setMinimumHeight(min_height)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self._min_height = min_height
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._figure: Any = None
+        self.canvas: Any = None
+        self._pending: Callable[[PlotCanvas], None] | None = None
+        self._fg = _qcolor_hex(self, QPalette.ColorRole.Text)
+
+    @property
+    def realized(self) -> bool:
+        return self._figure is not None
+
+    @property
+    def figure(self) -> Any:
+        """The matplotlib ``Figure`` (created, and matplotlib imported, on first access)."""
+        if self._figure is None:
+            self._realize()
+        return self._figure
+
+    def _realize(self) -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(5, 3), dpi=100, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self._figure = Figure(figsize=(5, 3), dpi=100, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self._figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.canvas.setMinimumHeight(min_height)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.canvas)
-        self._apply_palette()
-
-    def _apply_palette(self) -> None:
+        self.canvas.setMinimumHeight(self._min_height)
+        self._layout.addWidget(self.canvas)
         # follow the app's palette so charts do not glare as white boxes in a dark theme
-        bg = _qcolor_hex(self, QPalette.ColorRole.Base)
+        self._figure.set_facecolor(_qcolor_hex(self, QPalette.ColorRole.Base))
         self._fg = _qcolor_hex(self, QPalette.ColorRole.Text)
-        self.figure.set_facecolor(bg)
+
+    def plot(self, fn: Callable[[PlotCanvas], None]) -> None:
+        """Draw with ``fn(self)`` now if the figure exists or the widget is visible, else on first show."""
+        if self._figure is None and not self.isVisible():
+            self._pending = fn
+            return
+        self._pending = None
+        fn(self)
+        self.redraw()
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt override)
+        super().showEvent(event)
+        if self._pending is not None:
+            fn, self._pending = self._pending, None
+            fn(self)
+            self.redraw()
 
     def reset(self, nrows: int = 1, ncols: int = 1, **subplot_kw: Any) -> list[Any]:
         """Clear the figure and return ``nrows * ncols`` styled axes (row-major)."""
@@ -71,16 +105,21 @@ class PlotCanvas(QWidget):
 
     def message(self, text: str) -> None:
         """Show a centred grey message instead of a chart (e.g. "no data yet")."""
-        self.figure.clear()
-        self.figure.text(0.5, 0.5, text, ha="center", va="center", color="#808080", fontsize=10)
-        self.redraw()
+
+        def draw(c: PlotCanvas) -> None:
+            c.figure.clear()
+            c.figure.text(0.5, 0.5, text, ha="center", va="center", color="#808080", fontsize=10)
+
+        self.plot(draw)
 
     def redraw(self) -> None:
-        self.canvas.draw_idle()
+        if self.canvas is not None:
+            self.canvas.draw_idle()
 
     def draw_now(self) -> None:
         """Render synchronously (screenshots, tests)."""
-        self.canvas.draw()
+        if self.canvas is not None:
+            self.canvas.draw()
 
     def save_png(self, path: str | Path, dpi: int = 150) -> None:
         self.figure.savefig(str(path), dpi=dpi, facecolor=self.figure.get_facecolor())
@@ -89,28 +128,65 @@ class PlotCanvas(QWidget):
 def bar_chart(
     canvas: PlotCanvas, labels: Sequence[str], values: Sequence[float], *, title: str = "", ylabel: str = ""
 ) -> None:
-    """One bar per label with its value written above (class-balance charts)."""
-    (ax,) = canvas.reset()
-    colours = [SERIES_COLOURS[i % len(SERIES_COLOURS)] for i in range(len(labels))]
-    bars = ax.bar(range(len(labels)), values, color=colours, width=0.6)
-    ax.set_xticks(range(len(labels)), [str(lb) for lb in labels], rotation=0 if len(labels) <= 6 else 30)
-    total = float(sum(values)) or 1.0
-    for bar, v in zip(bars, values, strict=True):
-        ax.annotate(
-            f"{int(v):,} ({100 * v / total:.0f}%)",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-            color=canvas._fg,
-            xytext=(0, 2),
-            textcoords="offset points",
-        )
-    ax.set_ylim(0, max(values, default=1) * 1.18 or 1)
-    ax.grid(True, axis="y", alpha=0.25)
-    ax.grid(False, axis="x")
-    if title:
-        ax.set_title(title)
-    if ylabel:
-        ax.set_ylabel(ylabel)
-    canvas.redraw()
+    """One bar per label with its count and share written above (class-balance charts)."""
+    labels, values = list(labels), list(values)
+
+    def draw(c: PlotCanvas) -> None:
+        (ax,) = c.reset()
+        colours = [SERIES_COLOURS[i % len(SERIES_COLOURS)] for i in range(len(labels))]
+        bars = ax.bar(range(len(labels)), values, color=colours, width=0.6)
+        ax.set_xticks(range(len(labels)), [str(lb) for lb in labels], rotation=0 if len(labels) <= 6 else 30)
+        total = float(sum(values)) or 1.0
+        for bar, v in zip(bars, values, strict=True):
+            ax.annotate(
+                f"{int(v):,} ({100 * v / total:.0f}%)",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color=c._fg,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
+        ax.set_ylim(0, max(values, default=1) * 1.18 or 1)
+        ax.grid(True, axis="y", alpha=0.25)
+        ax.grid(False, axis="x")
+        if title:
+            ax.set_title(title)
+        if ylabel:
+            ax.set_ylabel(ylabel)
+
+    canvas.plot(draw)
+
+
+def roc_axes(canvas: PlotCanvas, ax: Any, fpr: Sequence[float], tpr: Sequence[float], auc: float | None) -> None:
+    """An ROC curve with the chance diagonal, square and labelled."""
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=0.8, label="chance")
+    label = f"AUC {auc:.3f}" if auc is not None and auc == auc else "ROC"
+    ax.step(fpr, tpr, where="post", color=SERIES_COLOURS[0], linewidth=1.8, label=label)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("false positive rate (1 − specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.legend(loc="lower right", fontsize=8, frameon=False, labelcolor=canvas._fg)
+
+
+def confusion_axes(canvas: PlotCanvas, ax: Any, matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> None:
+    """A confusion matrix (rows: true class, columns: predicted) with counts and row percentages."""
+    import numpy as np
+
+    cm = np.asarray(matrix, dtype=float)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    n = len(class_names)
+    ax.set_xticks(range(n), [str(c) for c in class_names])
+    ax.set_yticks(range(n), [str(c) for c in class_names])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.grid(False)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            colour = "white" if share[i, j] > 0.6 else "#1a1a1a"
+            ax.text(j, i, f"{int(cm[i, j]):,}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8, color=colour)

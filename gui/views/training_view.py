@@ -1,0 +1,806 @@
+"""The Training view: training runs with live curves, cancel/resume, evaluation, export to the library.
+
+Training runs in its own process (the ``metascope train patches`` CLI, spawned by
+:mod:`engine.runs`); this view only follows the run folder's ``events.jsonl`` and ``state.json``.
+Closing the app therefore never kills a run, and the view reattaches to running runs on start.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QColor, QDesktopServices
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.errors import MetaScopeError
+from engine.paths import runs_dir
+from engine.runs import (
+    EventFollower,
+    RunHistory,
+    RunInfo,
+    SpawnedRun,
+    evaluate_run,
+    list_runs,
+    load_evaluation,
+    log_tail,
+    request_stop,
+    run_info,
+    spawn_training,
+    train_args,
+)
+from gui.widgets.plot_canvas import SERIES_COLOURS, PlotCanvas, confusion_axes, roc_axes
+from gui.wizard.common import MessageLabel, human_duration
+from gui.workers import Worker, start_worker
+
+STATUS_COLOURS = {
+    "starting": "#5f6b7a",
+    "running": "#0b62a4",
+    "stopping": "#8a5a00",
+    "finished": "#1b6e20",
+    "cancelled": "#8a5a00",
+    "failed": "#b00020",
+    "crashed": "#b00020",
+    "unknown": "#5f6b7a",
+}
+STATUS_TEXT = {
+    "starting": "starting",
+    "running": "running",
+    "stopping": "stopping…",
+    "finished": "finished",
+    "cancelled": "stopped",
+    "failed": "failed",
+    "crashed": "interrupted",
+    "unknown": "unknown",
+}
+POLL_MS = 500
+
+
+def _evaluate(run_dir: Path, progress: Any = None, cancel: Any = None, partial: Any = None) -> dict[str, Any]:
+    return evaluate_run(run_dir, progress=progress, cancel=cancel)
+
+
+def _export(run_dir: Path, out: Path, name: str, progress: Any = None, cancel: Any = None, partial: Any = None) -> Any:
+    from engine.export.onnx_export import export_onnx
+
+    return export_onnx(run_dir, out, progress=progress, name=name)
+
+
+def _export_and_add(
+    run_dir: Path, name: str, card: str, progress: Any = None, cancel: Any = None, partial: Any = None
+) -> Any:
+    """Export the run's best model into the run folder and add it to the model library."""
+    from engine.export.onnx_export import export_onnx
+    from engine.fileio import atomic_write_text
+    from engine.library import ModelLibrary
+
+    out = run_dir / "model.onnx"
+    export_onnx(run_dir, out, progress=progress, name=name)
+    entry = ModelLibrary().add(out)
+    atomic_write_text(entry.path.with_suffix(".md"), card)
+    return entry
+
+
+def model_card(info: RunInfo, history: RunHistory, evaluation: dict[str, Any] | None) -> str:
+    """A Markdown model card for a run's model: data, settings, validation results."""
+    stored = _read_run_config(info.path)
+    cfg = stored.get("config", {})
+    data = stored.get("data", {})
+    lines = [f"# {info.name}", "", "Patch classifier trained with MetaScope.", "", "## Training data", ""]
+    lines.append(f"- Dataset: `{cfg.get('data', '?')}` ({data.get('format', cfg.get('fmt', '?'))})")
+    counts = data.get("class_counts") or {}
+    if counts:
+        lines.append("- Patches per class: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    lines.append(
+        f"- Split: {data.get('split', cfg.get('split'))}, {data.get('n_train', '?')} training / {data.get('n_val', '?')} validation patches"
+    )
+    if data.get("mpp"):
+        lines.append(f"- Resolution: {data['mpp']:g} µm/px, patches {data.get('patch_size', ['?'])[0]} px")
+    lines += ["", "## Training", ""]
+    lines.append(
+        f"- Architecture `{cfg.get('arch')}`, {history.epoch or '?'} of {cfg.get('epochs')} epochs, batch {cfg.get('batch_size')}, "
+        f"learning rate {cfg.get('lr')}, seed {cfg.get('seed')}"
+    )
+    if cfg.get("weights"):
+        lines.append(f"- Initialised from `{cfg['weights']}`")
+    lines.append(f"- Device: {history.device or cfg.get('device')}")
+    if evaluation:
+        m, ci = evaluation["metrics"], evaluation.get("ci", {})
+        lines += ["", f"## Validation (best epoch {evaluation.get('epoch')}, {evaluation.get('n_val')} patches)", ""]
+        lines += ["| Metric | Value | 95% CI |", "|---|---|---|"]
+        for key in ("auc", "accuracy", "sensitivity", "specificity", "f1"):
+            lo_hi = ci.get(key)
+            ci_text = f"{lo_hi[0]:.3f}–{lo_hi[1]:.3f}" if lo_hi and all(v == v for v in lo_hi) else ""
+            lines.append(f"| {key.upper() if key == 'auc' else key} | {m[key]:.3f} | {ci_text} |")
+    lines += [
+        "",
+        "Validation metrics are estimated on held-out patches of the same dataset; check the model on ",
+        "slides from your own lab before relying on it.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _read_run_config(run: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class _Tracked:
+    """Follower + folded history of one run folder."""
+
+    def __init__(self, run: Path) -> None:
+        self.follower = EventFollower(run)
+        self.history = RunHistory()
+
+    def poll(self) -> bool:
+        events = self.follower.read_new()
+        if self.follower.restarted:
+            self.history.clear()
+        self.history.apply_all(events)
+        return bool(events)
+
+
+class TrainingView(QWidget):
+    """Lists runs; shows the selected run's progress, curves and results."""
+
+    #: Emitted after a model was added to the model library.
+    library_changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None, runs_parent: Path | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("TrainingView")
+        self._runs_parent = runs_parent
+        self._runs: list[RunInfo] = []
+        self._tracked: dict[Path, _Tracked] = {}
+        self._processes: dict[Path, SpawnedRun] = {}
+        self._evaluations: dict[Path, dict[str, Any]] = {}
+        self._workers: dict[str, Worker] = {}
+        self._selected: Path | None = None
+        self._shown_evaluation: Path | None = None
+        self._ticks = 0
+        self._build_ui()
+        self._timer = QTimer(self)
+        self._timer.setInterval(POLL_MS)
+        self._timer.timeout.connect(self._on_timer_timeout)
+        self._timer.start()
+        self.refresh_runs()
+        active = next((r for r in self._runs if r.active), None)
+        self.select_run((active or (self._runs[0] if self._runs else None)).path if self._runs else None)
+
+    # -- UI ----------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        self.runs_tree = QTreeWidget()
+        self.runs_tree.setHeaderLabels(["Run", "Status", "Epoch", "Best AUC"])
+        self.runs_tree.setRootIsDecorated(False)
+        self.runs_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.runs_tree.setAlternatingRowColors(True)
+        header = self.runs_tree.header()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for col in (1, 2, 3):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        self.runs_tree.itemSelectionChanged.connect(self._on_runs_tree_selection_changed)
+
+        self.new_button = QPushButton("New training…")
+        self.new_button.setToolTip("Open the training wizard: dataset, split, model, settings")
+        self.new_button.clicked.connect(self.open_wizard)
+        self.cancel_button = QPushButton("Cancel run")
+        self.cancel_button.setToolTip(
+            "Stop at the next step; the last finished epoch is kept and the run can be resumed"
+        )
+        self.cancel_button.clicked.connect(self._on_cancel_clicked)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Continue a stopped or interrupted run from its last checkpoint")
+        self.resume_button.clicked.connect(self._on_resume_clicked)
+        self.folder_button = QPushButton("Open folder")
+        self.folder_button.clicked.connect(self._on_folder_clicked)
+        self.log_button = QPushButton("Show log")
+        self.log_button.clicked.connect(self._on_log_clicked)
+
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        runs_title = QLabel("<b>Training runs</b>")
+        left_layout.addWidget(runs_title)
+        left_layout.addWidget(self.new_button)
+        left_layout.addWidget(self.runs_tree, 1)
+        row = QHBoxLayout()
+        row.addWidget(self.cancel_button)
+        row.addWidget(self.resume_button)
+        left_layout.addLayout(row)
+        row2 = QHBoxLayout()
+        row2.addWidget(self.folder_button)
+        row2.addWidget(self.log_button)
+        left_layout.addLayout(row2)
+
+        self.title = QLabel()
+        f = self.title.font()
+        f.setPointSize(f.pointSize() + 3)
+        f.setBold(True)
+        self.title.setFont(f)
+        self.status_label = QLabel()
+        self.info_label = QLabel()
+        self.info_label.setWordWrap(True)
+        self.info_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setTextVisible(True)
+        self.progress_text = QLabel()
+        self.curves = PlotCanvas(min_height=260)
+        self.message = MessageLabel()
+
+        self.results_box = QGroupBox("Validation results (best epoch)")
+        self.metrics_label = QLabel()
+        self.metrics_label.setTextFormat(Qt.TextFormat.RichText)
+        self.metrics_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.results_plot = PlotCanvas(min_height=240)
+        self.add_button = QPushButton("Add to model library")
+        self.add_button.setToolTip(
+            "Export the best model to ONNX (verified against PyTorch) and add it to the model library; "
+            "it is then selectable in the slide viewer"
+        )
+        self.add_button.clicked.connect(self._on_add_clicked)
+        self.export_button = QPushButton("Export to ONNX…")
+        self.export_button.setToolTip("Save the best model as a self-describing ONNX model package")
+        self.export_button.clicked.connect(self._on_export_clicked)
+        self.result_message = MessageLabel()
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.add_button)
+        buttons.addWidget(self.export_button)
+        buttons.addStretch(1)
+        rl = QVBoxLayout(self.results_box)
+        rl.addWidget(self.metrics_label)
+        rl.addWidget(self.results_plot)
+        rl.addLayout(buttons)
+        rl.addWidget(self.result_message)
+
+        detail = QWidget()
+        dl = QVBoxLayout(detail)
+        head = QHBoxLayout()
+        head.addWidget(self.title)
+        head.addWidget(self.status_label)
+        head.addStretch(1)
+        dl.addLayout(head)
+        dl.addWidget(self.info_label)
+        dl.addWidget(self.progress_bar)
+        dl.addWidget(self.progress_text)
+        dl.addWidget(self.curves, 1)
+        dl.addWidget(self.message)
+        dl.addWidget(self.results_box)
+        self.placeholder = QLabel(
+            "No training run selected.\n\nClick “New training…” to train a patch classifier on your own data."
+        )
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setStyleSheet("color: #808080;")
+        dl.addWidget(self.placeholder)
+        self.detail = detail
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(detail)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(left)
+        splitter.addWidget(scroll)
+        splitter.setStretchFactor(0, 1)
+        splitter.setStretchFactor(1, 3)
+        splitter.setSizes([300, 900])
+        layout = QVBoxLayout(self)
+        layout.addWidget(splitter)
+
+    # -- runs list ---------------------------------------------------------------------------------
+    @property
+    def runs_parent(self) -> Path:
+        return self._runs_parent if self._runs_parent is not None else runs_dir()
+
+    @property
+    def runs(self) -> list[RunInfo]:
+        return list(self._runs)
+
+    def refresh_runs(self) -> None:
+        """Re-read every run folder's state (cheap: small JSON files)."""
+        for spawned in list(self._processes.values()):
+            spawned.process.poll()  # reap finished children so their pid reads as gone
+        self._runs = list_runs(self.runs_parent)
+        known = {r.path for r in self._runs}
+        self.runs_tree.blockSignals(True)
+        self.runs_tree.clear()
+        for r in self._runs:
+            epoch = r.state.get("epoch")
+            epochs = r.state.get("epochs") or r.config.get("config", {}).get("epochs")
+            best = r.state.get("best_val_auc")
+            item = QTreeWidgetItem(
+                [
+                    r.name,
+                    STATUS_TEXT.get(r.status, r.status),
+                    f"{epoch}/{epochs}" if epoch is not None and epochs else "",
+                    f"{best:.3f}" if isinstance(best, (int, float)) else "",
+                ]
+            )
+            item.setData(0, Qt.ItemDataRole.UserRole, str(r.path))
+            item.setForeground(1, QColor(STATUS_COLOURS.get(r.status, "#5f6b7a")))
+            item.setToolTip(0, str(r.path))
+            if r.message:
+                item.setToolTip(1, r.message)
+            self.runs_tree.addTopLevelItem(item)
+            if r.path == self._selected:
+                item.setSelected(True)
+                self.runs_tree.setCurrentItem(item)
+        self.runs_tree.blockSignals(False)
+        if self._selected is not None and self._selected not in known:
+            self.select_run(None)
+        self._update_buttons()
+
+    def info(self, run: Path | None = None) -> RunInfo | None:
+        target = run or self._selected
+        return next((r for r in self._runs if r.path == target), None)
+
+    def history(self, run: Path | None = None) -> RunHistory | None:
+        target = run or self._selected
+        tracked = self._tracked.get(target) if target else None
+        return tracked.history if tracked else None
+
+    def select_run(self, run: Path | None) -> None:
+        """Show ``run`` (``None``: nothing) and follow its events."""
+        self._selected = Path(run) if run else None
+        for i in range(self.runs_tree.topLevelItemCount()):
+            item = self.runs_tree.topLevelItem(i)
+            selected = self._selected is not None and item.data(0, Qt.ItemDataRole.UserRole) == str(self._selected)
+            item.setSelected(selected)
+        has = self._selected is not None
+        for w in (self.title, self.status_label, self.info_label, self.progress_bar, self.progress_text, self.curves):
+            w.setVisible(has)
+        self.placeholder.setVisible(not has)
+        self.results_box.setVisible(False)
+        self._shown_evaluation = None
+        self.message.clear_message()
+        self.result_message.clear_message()
+        if self._selected is not None:
+            tracked = self._tracked.setdefault(self._selected, _Tracked(self._selected))
+            tracked.poll()
+            self._show_selected(redraw=True)
+        self._update_buttons()
+
+    def _on_runs_tree_selection_changed(self) -> None:
+        items = self.runs_tree.selectedItems()
+        path = Path(items[0].data(0, Qt.ItemDataRole.UserRole)) if items else None
+        if path != self._selected:
+            self.select_run(path)
+
+    # -- polling -----------------------------------------------------------------------------------
+    def _on_timer_timeout(self) -> None:
+        self._ticks += 1
+        if self._ticks % 4 == 0 or any(r.active for r in self._runs):
+            self.refresh_runs()
+        self.poll_selected()
+
+    def poll_selected(self) -> bool:
+        """Read new events of the selected run and update the display; True if any arrived."""
+        if self._selected is None:
+            return False
+        tracked = self._tracked.setdefault(self._selected, _Tracked(self._selected))
+        changed = tracked.poll()
+        self._show_selected(redraw=changed)
+        return changed
+
+    def _show_selected(self, redraw: bool) -> None:
+        run = self._selected
+        if run is None:
+            return
+        info = self.info(run) or run_info(run)
+        h = self._tracked[run].history
+        self.title.setText(html.escape(info.name))
+        colour = STATUS_COLOURS.get(info.status, "#5f6b7a")
+        self.status_label.setText(
+            f"<span style='color:white;background:{colour};padding:2px 8px;border-radius:4px'>"
+            f"&nbsp;{html.escape(STATUS_TEXT.get(info.status, info.status))}&nbsp;</span>"
+        )
+        cfg = info.config.get("config", {})
+        data = info.config.get("data", {})
+        parts = []
+        if cfg:
+            parts.append(f"<b>{html.escape(str(cfg.get('arch')))}</b> on {html.escape(str(cfg.get('data')))}")
+        if h.n_train:
+            parts.append(f"{h.n_train:,} training / {h.n_val:,} validation patches")
+        elif data.get("n_train"):
+            parts.append(f"{data['n_train']:,} training / {data.get('n_val', 0):,} validation patches")
+        if h.device:
+            parts.append(f"device <b>{html.escape(h.device)}</b>")
+        self.info_label.setText(" · ".join(parts) or html.escape(str(run)))
+        frac = h.fraction
+        if info.status == "finished":
+            frac = 1.0
+        self.progress_bar.setValue(int(round((frac or 0.0) * 1000)))
+        self.progress_bar.setFormat(f"{(frac or 0.0) * 100:.0f} %")
+        self.progress_text.setText(self._progress_text(info, h))
+        if info.status in ("failed", "crashed"):
+            self.message.show_message(
+                (info.message or h.message or "The run stopped unexpectedly.")
+                + (" It can be resumed from its last checkpoint." if info.resumable else ""),
+                "error",
+            )
+        elif info.status == "cancelled":
+            self.message.show_message(
+                "Stopped by the user. " + ("Resume continues from the last finished epoch." if info.resumable else ""),
+                "warning",
+            )
+        elif h.message and info.status == "finished":
+            self.message.show_message(h.message.capitalize() + ".", "info")
+        else:
+            self.message.clear_message()
+        if redraw:
+            draw_curves(self.curves, h)
+        self._show_results(info, h)
+        self._update_buttons()
+
+    def _progress_text(self, info: RunInfo, h: RunHistory) -> str:
+        if info.status == "starting" or (info.active and not h.epochs):
+            return "Starting: loading the data and checking it…"
+        bits = []
+        if h.epochs:
+            bits.append(f"Epoch {max(h.epoch, 0)} / {h.epochs}")
+        if h.steps and info.active:
+            bits.append(f"step {h.step} / {h.steps}")
+        if info.active and h.eta_s is not None:
+            bits.append(f"about {human_duration(h.eta_s)} left")
+        if h.throughput:
+            bits.append(f"{h.throughput:,.0f} patches/s")
+        if h.gpu_memory_mb:
+            bits.append(f"GPU memory {h.gpu_memory_mb / 1024:.1f} GiB")
+        auc = h.latest("auc")
+        if auc is not None:
+            bits.append(f"validation AUC {auc:.3f}")
+        return " · ".join(bits)
+
+    # -- results -----------------------------------------------------------------------------------
+    def _show_results(self, info: RunInfo, h: RunHistory) -> None:
+        finished = info.status == "finished" or (
+            info.status in ("cancelled", "crashed") and (info.path / "best.pt").is_file()
+        )
+        self.results_box.setVisible(finished)
+        if not finished:
+            return
+        if info.path not in self._evaluations:
+            saved = load_evaluation(info.path)
+            if saved is not None:
+                self._evaluations[info.path] = saved
+        if info.path in self._evaluations:
+            if self._shown_evaluation != info.path:
+                self._shown_evaluation = info.path
+                evaluation = self._evaluations[info.path]
+                if evaluation:
+                    self.metrics_label.setText(metrics_html(evaluation))
+                    draw_results(self.results_plot, evaluation)
+            return
+        key = f"evaluate:{info.path}"
+        if key in self._workers or not self.isVisible():
+            return  # evaluating imports torch: only for a run the user looks at
+        self.metrics_label.setText("<i>Evaluating the best model on the validation patches…</i>")
+        self.results_plot.message("Evaluating…")
+        worker = Worker(_evaluate, info.path)
+        worker.signals.finished.connect(lambda result, p=info.path: self._on_evaluation_finished(p, result))
+        worker.signals.failed.connect(lambda msg, _u, _tb, p=info.path: self._on_evaluation_failed(p, msg))
+        self._workers[key] = worker
+        start_worker(worker)
+
+    def _on_evaluation_finished(self, run: Path, result: dict[str, Any]) -> None:
+        self._workers.pop(f"evaluate:{run}", None)
+        self._evaluations[run] = result
+        if run == self._selected:
+            self._shown_evaluation = run
+            self.metrics_label.setText(metrics_html(result))
+            draw_results(self.results_plot, result)
+
+    def _on_evaluation_failed(self, run: Path, message: str) -> None:
+        self._workers.pop(f"evaluate:{run}", None)
+        # remembered so the timer does not start it again and again
+        self._evaluations[run] = {}
+        if run == self._selected:
+            self._shown_evaluation = run
+            self.metrics_label.setText(f"<span style='color:#b00020'>Evaluation failed: {html.escape(message)}</span>")
+            self.results_plot.message("No evaluation")
+
+    def evaluation(self, run: Path | None = None) -> dict[str, Any] | None:
+        return self._evaluations.get(run or self._selected) if (run or self._selected) else None
+
+    def _on_add_clicked(self) -> None:
+        info = self.info()
+        if info is None:
+            return
+        h = self.history() or RunHistory()
+        card = model_card(info, h, self._evaluations.get(info.path) or None)
+        self._run_export(Worker(_export_and_add, info.path, info.name, card), "Exporting and adding to the library…")
+
+    def _on_export_clicked(self) -> None:
+        info = self.info()
+        if info is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export model", f"{info.name}.onnx", "ONNX models (*.onnx)")
+        if path:
+            if not path.lower().endswith(".onnx"):
+                path += ".onnx"
+            self._run_export(Worker(_export, info.path, Path(path), info.name), "Exporting to ONNX…")
+
+    def _run_export(self, worker: Worker, text: str) -> None:
+        if "export" in self._workers:
+            return
+        self.add_button.setEnabled(False)
+        self.export_button.setEnabled(False)
+        self.result_message.show_message(text, "info")
+        worker.signals.progress.connect(lambda ev: self.result_message.show_message(f"{text} {ev.message}", "info"))
+        worker.signals.finished.connect(self._on_export_finished)
+        worker.signals.failed.connect(self._on_export_failed)
+        self._workers["export"] = worker
+        start_worker(worker)
+
+    def _on_export_finished(self, result: Any) -> None:
+        self._workers.pop("export", None)
+        self._update_buttons()
+        if hasattr(result, "sha256") and hasattr(result, "metadata") and not hasattr(result, "max_abs_diff"):
+            self.result_message.show_message(
+                f"✓ Added “{result.name}” to the model library ({result.path.name}); it can be picked in the slide "
+                "viewer now.",
+                "ok",
+            )
+            self.library_changed.emit()
+        else:
+            self.result_message.show_message(
+                f"✓ Exported {result.path} (verified: max difference to PyTorch {result.max_abs_diff:.1e}).", "ok"
+            )
+
+    def _on_export_failed(self, message: str, _user: bool, _tb: str) -> None:
+        self._workers.pop("export", None)
+        self._update_buttons()
+        self.result_message.show_message(f"Export failed: {message}", "error")
+
+    # -- actions -----------------------------------------------------------------------------------
+    def open_wizard(self) -> Any:
+        """Open the training wizard (window-modal); Finish starts the run here."""
+        from gui.views.datasets_view import DatasetStore
+        from gui.wizard import TrainingWizard
+
+        wizard = TrainingWizard(self, recent_datasets=DatasetStore().items())
+        wizard.start_requested.connect(self.start_run)
+        wizard.open()
+        return wizard
+
+    def start_run(self, config: Any, run_dir: Path) -> Path | None:
+        """Spawn ``metascope train patches`` for ``config`` into ``run_dir`` and follow it."""
+        run = Path(run_dir)
+        try:
+            spawned = spawn_training(run, train_args(run, config.to_dict()))
+        except MetaScopeError as exc:
+            QMessageBox.warning(self, "Cannot start training", str(exc))
+            return None
+        self._processes[run] = spawned
+        self.refresh_runs()
+        self.select_run(run)
+        return run
+
+    def resume_run(self, run: Path) -> bool:
+        info = run_info(run)
+        if not info.resumable:
+            return False
+        try:
+            spawned = spawn_training(run, train_args(run, resume=True))
+        except MetaScopeError as exc:
+            QMessageBox.warning(self, "Cannot resume training", str(exc))
+            return False
+        self._processes[run] = spawned
+        self._evaluations.pop(run, None)
+        self.refresh_runs()
+        self.select_run(run)
+        return True
+
+    def cancel_run(self, run: Path) -> None:
+        """Ask the run to stop at its next step (its last checkpoint is kept)."""
+        try:
+            asked = request_stop(run)
+        except MetaScopeError as exc:
+            QMessageBox.warning(self, "Cannot cancel", str(exc))
+            return
+        if not asked:
+            # still starting (no run folder, no checkpoint yet): nothing to keep, end the process
+            self._terminate(run)
+        self.refresh_runs()
+        self.poll_selected()
+
+    def _terminate(self, run: Path) -> None:
+        spawned = self._processes.get(run)
+        if spawned is not None:
+            spawned.process.terminate()
+            return
+        info = run_info(run)
+        if info.pid and info.alive:
+            os.kill(info.pid, signal.SIGTERM)
+
+    def _on_cancel_clicked(self) -> None:
+        if self._selected is not None:
+            self.cancel_run(self._selected)
+
+    def _on_resume_clicked(self) -> None:
+        if self._selected is not None:
+            self.resume_run(self._selected)
+
+    def _on_folder_clicked(self) -> None:
+        if self._selected is not None and self._selected.is_dir():
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self._selected)))
+
+    def _on_log_clicked(self) -> None:
+        if self._selected is None:
+            return
+        dialog = QDialog(self)
+        dialog.setWindowTitle(f"Log of {self._selected.name}")
+        text = QPlainTextEdit(log_tail(self._selected, lines=400) or "(no log: this run was not started from the app)")
+        text.setReadOnly(True)
+        text.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        box = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        box.rejected.connect(dialog.reject)
+        lay = QVBoxLayout(dialog)
+        lay.addWidget(text)
+        lay.addWidget(box)
+        dialog.resize(820, 480)
+        dialog.open()
+
+    def _update_buttons(self) -> None:
+        info = self.info()
+        self.cancel_button.setEnabled(bool(info and info.status in ("starting", "running")))
+        self.resume_button.setEnabled(bool(info and info.resumable))
+        self.folder_button.setEnabled(bool(info and info.path.is_dir()))
+        self.log_button.setEnabled(info is not None)
+        busy = "export" in self._workers
+        has_model = bool(info and (info.path / "best.pt").is_file())
+        self.add_button.setEnabled(has_model and not busy)
+        self.export_button.setEnabled(has_model and not busy)
+
+    # -- closing -----------------------------------------------------------------------------------
+    def active_runs(self) -> list[RunInfo]:
+        self.refresh_runs()
+        return [r for r in self._runs if r.active and r.alive]
+
+    def confirm_close(self) -> bool:
+        """Ask what to do with running trainings when the app closes; False = do not close."""
+        active = self.active_runs()
+        if not active:
+            return True
+        names = "\n".join(f"• {r.name}" for r in active[:5])
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Training is running")
+        box.setText(f"{len(active)} training run(s) are still running:\n{names}")
+        box.setInformativeText(
+            "Keep them running in the background? MetaScope shows their progress again the next time it opens. "
+            "Stopped runs keep their last finished epoch and can be resumed."
+        )
+        keep = box.addButton("Keep training", QMessageBox.ButtonRole.AcceptRole)
+        stop = box.addButton("Stop training", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(keep)
+        box.exec()
+        clicked = box.clickedButton()
+        if clicked is keep:
+            return True
+        if clicked is stop:
+            for r in active:
+                self.cancel_run(r.path)
+            return True
+        return False
+
+
+def draw_curves(canvas: PlotCanvas, h: RunHistory) -> None:
+    """Loss (training steps, validation per epoch) and validation metrics per epoch."""
+    if not h.loss_points and not h.val_points:
+        canvas.message("Curves appear after the first training steps.")
+        return
+    loss_points, epoch_loss = list(h.loss_points), list(h.train_epoch_loss)
+    val_points = {k: list(v) for k, v in h.val_points.items()}
+    x_max = max(h.epochs, 1) + 0.2
+
+    def draw(c: PlotCanvas) -> None:
+        ax_loss, ax_val = c.reset(1, 2)
+        if loss_points:
+            xs, ys = zip(*loss_points, strict=True)
+            ax_loss.plot(xs, ys, color=SERIES_COLOURS[0], linewidth=1.0, alpha=0.8, label="training")
+        if epoch_loss:
+            xs, ys = zip(*epoch_loss, strict=True)
+            ax_loss.plot(xs, ys, "o", color=SERIES_COLOURS[0], markersize=4, label="training (epoch mean)")
+        if val_points.get("loss"):
+            xs, ys = zip(*val_points["loss"], strict=True)
+            ax_loss.plot(xs, ys, "o-", color=SERIES_COLOURS[1], linewidth=1.5, markersize=4, label="validation")
+        ax_loss.set_title("Loss")
+        ax_loss.set_xlabel("epoch")
+        ax_loss.set_xlim(0, x_max)
+        ax_loss.legend(fontsize=8, frameon=False, labelcolor=c._fg)
+        styles = (
+            ("auc", "AUC", 0, "-"),
+            ("accuracy", "accuracy", 2, "-"),
+            ("sensitivity", "sensitivity", 3, "--"),
+            ("specificity", "specificity", 4, "--"),
+        )
+        drew = False
+        for key, label, colour, ls in styles:
+            pts = val_points.get(key)
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax_val.plot(xs, ys, marker="o", linestyle=ls, color=SERIES_COLOURS[colour], markersize=4, label=label)
+                drew = True
+        ax_val.set_title("Validation")
+        ax_val.set_xlabel("epoch")
+        ax_val.set_ylim(0, 1.02)
+        ax_val.set_xlim(0, x_max)
+        if drew:
+            ax_val.legend(fontsize=8, frameon=False, loc="lower right", labelcolor=c._fg)
+        else:
+            ax_val.text(0.5, 0.5, "after the first epoch", transform=ax_val.transAxes, ha="center", color="#808080")
+
+    canvas.plot(draw)
+
+
+def draw_results(canvas: PlotCanvas, evaluation: dict[str, Any]) -> None:
+    """ROC curve and confusion matrix of the validation split."""
+    if not evaluation:
+        canvas.message("No evaluation")
+        return
+
+    def draw(c: PlotCanvas) -> None:
+        ax_roc, ax_cm = c.reset(1, 2)
+        roc = evaluation.get("roc", {})
+        roc_axes(c, ax_roc, roc.get("fpr", []), roc.get("tpr", []), evaluation["metrics"].get("auc"))
+        ax_roc.set_title("ROC, validation patches")
+        confusion_axes(c, ax_cm, evaluation["confusion_matrix"], evaluation.get("class_names", []))
+        ax_cm.set_title("Confusion matrix (rows: true class)")
+
+    canvas.plot(draw)
+
+
+def _fmt_ci(value: float, ci: list[float] | None) -> str:
+    if ci and len(ci) == 2 and all(v == v for v in ci):
+        return f"<b>{value:.3f}</b> <span style='color:#666'>(95% CI {ci[0]:.3f}–{ci[1]:.3f})</span>"
+    return f"<b>{value:.3f}</b>"
+
+
+def metrics_html(evaluation: dict[str, Any]) -> str:
+    """The validation metrics with confidence intervals as an HTML table."""
+    if not evaluation:
+        return ""
+    m, ci = evaluation["metrics"], evaluation.get("ci", {})
+    names = evaluation.get("class_names", [])
+    pos = names[evaluation.get("positive_class", 1)] if names else "positive"
+    rows = [
+        ("AUC", _fmt_ci(m["auc"], ci.get("auc"))),
+        ("Accuracy", _fmt_ci(m["accuracy"], ci.get("accuracy"))),
+        (f"Sensitivity ({html.escape(pos)})", _fmt_ci(m["sensitivity"], ci.get("sensitivity"))),
+        ("Specificity", _fmt_ci(m["specificity"], ci.get("specificity"))),
+        ("F1", f"<b>{m['f1']:.3f}</b>"),
+    ]
+    body = "".join(f"<tr><td style='padding:1px 12px 1px 0'>{k}</td><td>{v}</td></tr>" for k, v in rows)
+    return (
+        f"<table>{body}</table><div style='color:#666'>{evaluation.get('n_val', m.get('n'))} validation patches, "
+        f"best epoch {evaluation.get('epoch')}, {html.escape(str(evaluation.get('split', '')))} split</div>"
+    )
