@@ -71,9 +71,32 @@ class MainWindow(QMainWindow):
         self.slide_view.slide_opened.connect(self._on_slide_view_slide_opened)
         self.slide_view.hover_text_changed.connect(self.hover_label.setText)
         self.slide_view.zoom_text_changed.connect(self.zoom_label.setText)
+        self._add_training_views()
         self._restore_geometry()
 
     # -- views -----------------------------------------------------------------------------
+    def _add_training_views(self) -> None:
+        """Datasets, Training and Models: the train-from-a-wizard journey."""
+        from gui.views.datasets_view import DatasetsView
+        from gui.views.models_view import ModelsView
+        from gui.views.training_view import TrainingView
+
+        self.datasets_view = DatasetsView(self)
+        self.training_view = TrainingView(self)
+        self.models_view = ModelsView(self)
+        self.add_view("Datasets", icon("datasets"), self.datasets_view)
+        self.add_view("Training", icon("training"), self.training_view)
+        self.add_view("Models", icon("models"), self.models_view)
+        self.datasets_view.train_requested.connect(self._on_datasets_view_train_requested)
+        # a model added to the library is selectable in the slide viewer at once
+        self.training_view.library_changed.connect(self.slide_view.refresh_models)
+        self.training_view.library_changed.connect(self.models_view.refresh)
+        self.models_view.library_changed.connect(self.slide_view.refresh_models)
+
+    def _on_datasets_view_train_requested(self, dataset: dict) -> None:
+        self.show_view("Training")
+        self.training_view.open_wizard(dataset=dataset)
+
     def add_view(self, name: str, view_icon: QIcon, widget: QWidget) -> int:
         """Add a view to the navigation bar and the Go menu; returns its index."""
         if name in self._views:

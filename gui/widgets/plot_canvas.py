@@ -190,3 +190,72 @@ def confusion_axes(canvas: PlotCanvas, ax: Any, matrix: Sequence[Sequence[int]],
         for j in range(cm.shape[1]):
             colour = "white" if share[i, j] > 0.6 else "#1a1a1a"
             ax.text(j, i, f"{int(cm[i, j]):,}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8, color=colour)
+
+
+def draw_curves(canvas: PlotCanvas, h: Any) -> None:
+    """A training run's loss (steps; validation per epoch) and validation metrics per epoch.
+
+    ``h`` is an :class:`engine.runs.RunHistory`.
+    """
+    if not h.loss_points and not h.val_points:
+        canvas.message("Curves appear after the first training steps.")
+        return
+    loss_points, epoch_loss = list(h.loss_points), list(h.train_epoch_loss)
+    val_points = {k: list(v) for k, v in h.val_points.items()}
+    x_max = max(h.epochs, 1) + 0.2
+
+    def draw(c: PlotCanvas) -> None:
+        ax_loss, ax_val = c.reset(1, 2)
+        if loss_points:
+            xs, ys = zip(*loss_points, strict=True)
+            ax_loss.plot(xs, ys, color=SERIES_COLOURS[0], linewidth=1.0, alpha=0.8, label="training")
+        if epoch_loss:
+            xs, ys = zip(*epoch_loss, strict=True)
+            ax_loss.plot(xs, ys, "o", color=SERIES_COLOURS[0], markersize=4, label="training (epoch mean)")
+        if val_points.get("loss"):
+            xs, ys = zip(*val_points["loss"], strict=True)
+            ax_loss.plot(xs, ys, "o-", color=SERIES_COLOURS[1], linewidth=1.5, markersize=4, label="validation")
+        ax_loss.set_title("Loss")
+        ax_loss.set_xlabel("epoch")
+        ax_loss.set_xlim(0, x_max)
+        ax_loss.legend(fontsize=8, frameon=False, labelcolor=c._fg)
+        styles = (
+            ("auc", "AUC", 0, "-"),
+            ("accuracy", "accuracy", 2, "-"),
+            ("sensitivity", "sensitivity", 3, "--"),
+            ("specificity", "specificity", 4, "--"),
+        )
+        drew = False
+        for key, label, colour, ls in styles:
+            pts = val_points.get(key)
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax_val.plot(xs, ys, marker="o", linestyle=ls, color=SERIES_COLOURS[colour], markersize=4, label=label)
+                drew = True
+        ax_val.set_title("Validation")
+        ax_val.set_xlabel("epoch")
+        ax_val.set_ylim(0, 1.02)
+        ax_val.set_xlim(0, x_max)
+        if drew:
+            ax_val.legend(fontsize=8, frameon=False, loc="lower right", labelcolor=c._fg)
+        else:
+            ax_val.text(0.5, 0.5, "after the first epoch", transform=ax_val.transAxes, ha="center", color="#808080")
+
+    canvas.plot(draw)
+
+
+def draw_results(canvas: PlotCanvas, evaluation: dict[str, Any]) -> None:
+    """ROC curve and confusion matrix of an evaluation (:func:`engine.runs.evaluate_run`)."""
+    if not evaluation:
+        canvas.message("No evaluation")
+        return
+
+    def draw(c: PlotCanvas) -> None:
+        ax_roc, ax_cm = c.reset(1, 2)
+        roc = evaluation.get("roc", {})
+        roc_axes(c, ax_roc, roc.get("fpr", []), roc.get("tpr", []), evaluation["metrics"].get("auc"))
+        ax_roc.set_title("ROC, validation patches")
+        confusion_axes(c, ax_cm, evaluation["confusion_matrix"], evaluation.get("class_names", []))
+        ax_cm.set_title("Confusion matrix (rows: true class)")
+
+    canvas.plot(draw)
