@@ -214,14 +214,14 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     Returns:
         AUC in 0-1, or ``None`` when one class is absent.
     """
-    from scipy.stats import rankdata
-
     y = np.asarray(labels, dtype=bool)
     n_pos = int(y.sum())
     n_neg = int(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
         return None
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    # 1-based ranks, tied scores sharing their average rank (numpy only: scipy.stats is slow to import)
+    _, inverse, counts = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse.ravel()]
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
