@@ -295,8 +295,13 @@ def read_tile(reader: SlideReader, plan: TilePlan, level0_xy: tuple[int, int] | 
         SlideOpenError: the slide data cannot be decoded.
     """
     rs = plan.read_size
-    region = reader.read_region((int(level0_xy[0]), int(level0_xy[1])), plan.level, (rs, rs))
     size = plan.config.tile_size_px
+    xy = (int(level0_xy[0]), int(level0_xy[1]))
+    fused = getattr(reader, "read_region_resized", None)
+    if fused is not None:
+        # backends that can resize before converting to numpy (OpenSlide) save two copies
+        return fused(xy, plan.level, (rs, rs), (size, size))
+    region = reader.read_region(xy, plan.level, (rs, rs))
     if rs == size:
         return region
     from PIL import Image
