@@ -456,7 +456,7 @@ def render_region(
     return tex.render(x0, y0, width, height, downsample)
 
 
-def _level_dimensions(width: int, height: int, tile: int, levels: int | None) -> list[tuple[int, int]]:
+def _level_dimensions(width: int, height: int, levels: int | None) -> list[tuple[int, int]]:
     dims = [(width, height)]
     while True:
         w, h = dims[-1]
@@ -552,7 +552,7 @@ def write_synthetic_slide(
     if compression not in comp:
         raise ConfigError(f"compression must be one of {', '.join(comp)}, got {compression!r}")
     texture = make_texture(width, height, mpp, seed, tumour_regions, tissue_regions)
-    dims = _level_dimensions(int(width), int(height), tile, levels)
+    dims = _level_dimensions(int(width), int(height), levels)
     aperio = flavour == "aperio"
     label_text = FAKE_PATIENT_ID if (with_label and aperio) else None
     rows_total = sum(math.ceil(h / tile) for _, h in dims)

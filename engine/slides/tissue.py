@@ -194,7 +194,7 @@ def detect_tissue(reader: SlideReader, max_size: int = 2048, *, target_mpp: floa
         A :class:`TissueMask`; ``mask.is_empty`` on a blank slide (no exception).
     """
     w0, h0 = reader.info.dimensions
-    slide_mpp = reader.info.mpp_or(0.0) if reader.info.mpp is not None else None
+    slide_mpp = reader.info.mpp_or(None) if reader.info.mpp is not None else None
     size = int(max_size)
     if target_mpp is not None and slide_mpp:
         wanted_ds = max(target_mpp / slide_mpp, 1.0)
