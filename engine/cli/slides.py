@@ -47,7 +47,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     hm.add_argument("--mpp", type=float, default=None, help="microns per pixel for slides that do not record one")
     hm.add_argument("--batch-size", type=int, default=64, help="tiles per inference batch (default 64)")
     hm.add_argument("--threshold", type=float, default=0.5, help="probability counted as positive (default 0.5)")
-    hm.add_argument("--workers", type=int, default=2, help="tile-reading threads (default 2)")
+    hm.add_argument("--workers", type=int, default=0, help="tile-reading threads (default 0: one per core, 2-8)")
     hm.add_argument("--stride", type=float, default=1.0, help="tile step as a fraction of the tile (default 1; 0.5 = overlap)")
     hm.add_argument(
         "--min-tissue", type=float, default=0.25, help="minimum tissue fraction of an analysed tile (default 0.25)"

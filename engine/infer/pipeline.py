@@ -37,7 +37,7 @@ import numpy as np
 
 from engine.errors import Cancelled, ConfigError, ModelPackageError, NoTissueError
 from engine.infer.preprocess import Preprocessor, to_probabilities
-from engine.infer.session import DEVICES, ModelSession, load_model
+from engine.infer.session import DEVICES, ModelSession, available_cores, load_model
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
 from engine.slides.tiling import TilePlan, TilingConfig, plan_tiles
 from engine.slides.tiling import read_tile as default_read_tile
@@ -168,7 +168,8 @@ class InferenceConfig:
 
     Attributes:
         batch_size: tiles per inference call.
-        read_workers: threads reading tiles while inference runs.
+        read_workers: threads reading tiles while inference runs; 0 = automatic (one per core,
+            2 to 8: reading is the bottleneck when a GPU does the inference).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         min_tissue_fraction: tiles with less tissue (0-1 of the tile area) are not analysed.
         stride_factor: grid step as a fraction of the tile side (1 = adjacent tiles, 0.5 = half
@@ -181,7 +182,7 @@ class InferenceConfig:
     """
 
     batch_size: int = 64
-    read_workers: int = 2
+    read_workers: int = 0
     device: str = "auto"
     min_tissue_fraction: float = 0.25
     stride_factor: float = 1.0
@@ -191,7 +192,7 @@ class InferenceConfig:
     top_k: int = 10
 
     def __post_init__(self) -> None:
-        for name, lo, hi in (("batch_size", 1, 4096), ("read_workers", 1, 64), ("top_k", 0, 10_000)):
+        for name, lo, hi in (("batch_size", 1, 4096), ("read_workers", 0, 64), ("top_k", 0, 10_000)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
                 raise ConfigError(f"{name} must be an integer within {lo}-{hi}, got {v!r}")
@@ -213,6 +214,11 @@ class InferenceConfig:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ConfigError(f"max_tiles must be a positive integer or None, got {v!r}")
             object.__setattr__(self, "max_tiles", int(v))
+
+    @property
+    def resolved_read_workers(self) -> int:
+        """``read_workers``, with 0 resolved to this machine's automatic choice."""
+        return self.read_workers or min(8, max(2, available_cores()))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -352,7 +358,10 @@ def compute_heatmap(
             reader = slide
         info = reader.info
         # a model without a recorded resolution is run at the slide's own resolution
-        target_mpp = meta.input_mpp if meta.input_mpp is not None else info.mpp_or(cfg.mpp)
+        if meta.input_mpp is not None:
+            target_mpp = meta.input_mpp
+        else:
+            target_mpp = cfg.mpp if cfg.mpp is not None else info.mpp_or(None)
 
         check_cancel(cancel)
         report(progress, ProgressEvent("tissue", 0, 1, "detecting tissue"))
@@ -394,7 +403,7 @@ def compute_heatmap(
             plan,
             session,
             batch_size=cfg.batch_size,
-            read_workers=cfg.read_workers,
+            read_workers=cfg.resolved_read_workers,
             progress=progress,
             cancel=cancel,
             stage="heatmap",

@@ -1,0 +1,376 @@
+"""Heatmap pipeline benchmark (issue 2): throughput of reading, inference and the full pipeline,
+and peak memory against slide size.
+
+Run by hand (not part of the tests)::
+
+    .venv/bin/python benchmarks/heatmap.py                 # everything, prints a report
+    .venv/bin/python benchmarks/heatmap.py --write-results # ... and updates benchmarks/RESULTS.md
+
+Measured in one run, on the same block of tissue tiles of a synthetic 40,000 x 40,000 px slide at
+0.5 um/px, with the seed CNN (3 conv 32/64/128 + dense 256/128/64, ~3.4 M parameters, random
+weights: speed does not depend on them) at 96 px / 0.972 um/px:
+
+(a) read-only tiles/s: the pipeline's read pool (read, resample, preprocess) with a no-op model;
+(b) inference-only tiles/s: onnxruntime on ready preprocessed batches;
+(c) full pipeline tiles/s: :func:`engine.infer.pipeline.iter_tile_outputs`.
+
+On a CPU-only machine reads and inference share the cores, so the limit is
+``L = 1 / (1/a + 1/b)``; the target is ``c >= 0.85 L``. The three are measured side by side,
+``--repeats`` times, each time with a freshly opened slide (OpenSlide's tile cache empty), and
+medians are reported, because other processes share the machine.
+
+Peak RSS: ``metascope heatmap``'s engine path (tissue detection, tiling, pipeline, result files)
+on a 100,000 x 100,000 px slide and on a 10,000 x 10,000 px slide, each in its own subprocess,
+with the same number of tiles analysed (``--rss-tiles``); target ratio <= 1.3. The large slide has
+a sparse tissue layout so it can be generated in minutes.
+
+Slides and the model are generated once into ``--cache`` (default
+``/tmp/metascope-bench``), outside the repository. torch is used only to build the seed CNN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.infer.pipeline import InferenceConfig, iter_tile_outputs  # noqa: E402
+from engine.infer.preprocess import Preprocessor  # noqa: E402
+from engine.infer.session import ModelSession, available_cores, load_model  # noqa: E402
+from engine.slides.synthetic import Ellipse, write_synthetic_slide  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SECTION = "## Heatmap pipeline (issue 2)"
+BIG = 40_000
+MPP = 0.5
+MODEL_MPP = 0.972
+INPUT = 96
+
+
+# ------------------------------------------------------------------------------------ assets
+
+
+def seed_cnn_onnx(path: Path) -> Path:
+    """Export the classic PCam CNN (random weights) as a MetaScope model package."""
+    if path.is_file():
+        return path
+    import torch
+    from torch import nn
+
+    from engine.modelpkg import ModelMetadata, write_metadata
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),  # N x 32 x 47 x 47
+        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),  # N x 64 x 22 x 22
+        nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2),  # N x 128 x 10 x 10
+        nn.Flatten(),
+        nn.Linear(128 * 10 * 10, 256), nn.ReLU(),
+        nn.Linear(256, 128), nn.ReLU(),
+        nn.Linear(128, 64), nn.ReLU(),
+        nn.Linear(64, 2),  # N x 2 logits
+    ).eval()
+    n_params = sum(p.numel() for p in net.parameters())
+    tmp = path.with_suffix(".raw.onnx")
+    x = torch.zeros(1, 3, INPUT, INPUT)
+    torch.onnx.export(
+        net, (x,), str(tmp), input_names=["image"], output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+    )
+    meta = ModelMetadata(
+        name="Seed CNN (benchmark, random weights)", task="patch_classification", class_names=("normal", "tumour"),
+        input_size=INPUT, input_mpp=MODEL_MPP, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), arch="pcam-cnn",
+        extra={"parameters": n_params},
+    )
+    write_metadata(tmp, meta, out_path=path)
+    tmp.unlink()
+    return path
+
+
+def big_slide(cache: Path) -> Path:
+    p = cache / f"bench-{BIG}.svs"
+    if not p.is_file():
+        print(f"generating {p.name} (once) ...", file=sys.stderr, flush=True)
+        write_synthetic_slide(p, BIG, BIG, mpp=MPP, seed=11, with_label=False)
+    return p
+
+
+def sparse_slide(cache: Path, size: int) -> Path:
+    """A slide of ``size`` x ``size`` px with the same small tissue layout in the middle."""
+    p = cache / f"bench-sparse-{size}.svs"
+    if not p.is_file():
+        print(f"generating {p.name} (once) ...", file=sys.stderr, flush=True)
+        c = size / 2
+        tissue = (Ellipse(c - 2200, c, 1800, 2600, 10), Ellipse(c + 2300, c, 1700, 2400, -15))
+        tumour = (Ellipse(c - 2000, c - 300, 700, 900, 0),)
+        write_synthetic_slide(p, size, size, mpp=MPP, seed=5, tissue_regions=tissue, tumour_regions=tumour,
+                              with_label=False)
+    return p
+
+
+# ------------------------------------------------------------------------------------ throughput
+
+
+class _NoModel:
+    """Stands in for a session in the read-only measurement: same preprocessing, no inference."""
+
+    def __init__(self, session: ModelSession) -> None:
+        self.metadata = session.metadata
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return np.zeros((batch.shape[0], 2), dtype=np.float32)
+
+
+def _plan(slide: Path, session: ModelSession) -> tuple[Any, float]:
+    from engine.slides.open import open_slide
+    from engine.slides.tiling import TilingConfig, plan_tiles
+    from engine.slides.tissue import detect_tissue
+
+    t0 = time.perf_counter()
+    with open_slide(slide) as reader:
+        tissue = detect_tissue(reader, target_mpp=MODEL_MPP * INPUT / 16)
+        plan = plan_tiles(reader, TilingConfig(INPUT, MODEL_MPP), tissue)
+    return plan, time.perf_counter() - t0
+
+
+def _run_pipeline(slide: Path, plan: Any, model: Any, idx: np.ndarray, cfg: InferenceConfig) -> float:
+    from engine.slides.open import open_slide
+
+    with open_slide(slide) as reader:  # fresh reader: empty tile cache
+        t0 = time.perf_counter()
+        n = 0
+        for i, _ in iter_tile_outputs(reader, plan, model, batch_size=cfg.batch_size, read_workers=cfg.resolved_read_workers,
+                                      indices=idx):
+            n += len(i)
+        return n / (time.perf_counter() - t0)
+
+
+def _inference_only(session: ModelSession, batches: list[np.ndarray]) -> float:
+    t0 = time.perf_counter()
+    n = 0
+    for b in batches:
+        session.run(b)
+        n += b.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def _ready_batches(slide: Path, plan: Any, session: ModelSession, idx: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    from engine.slides.open import open_slide
+    from engine.slides.tiling import read_tile
+
+    pre = Preprocessor(session.metadata)
+    out = []
+    with open_slide(slide) as reader:
+        for s in range(0, len(idx), batch_size):
+            tiles = np.stack([read_tile(reader, plan, plan.level0_xy[i]) for i in idx[s : s + batch_size]])
+            out.append(pre(tiles))
+    return out
+
+
+def measure_throughput(slide: Path, model_path: Path, tiles: int, repeats: int, cfg: InferenceConfig,
+                       device: str = "cpu") -> dict[str, Any]:
+    session_pipe = load_model(model_path, device=device)  # no spinning: readers share the cores
+    session_spin = load_model(model_path, device=device, allow_spinning=True)
+    plan, plan_s = _plan(slide, session_pipe)
+    n = min(tiles, plan.n_tiles)
+    start = (plan.n_tiles - n) // 2  # a contiguous block from the middle of the tissue
+    idx = np.arange(start, start + n, dtype=np.int64)
+    # inference-only input: the real preprocessed tiles of (part of) the block, reused
+    batches = _ready_batches(slide, plan, session_pipe, idx[: min(n, 1024)], cfg.batch_size)
+    batches = (batches * (n // (len(batches) * cfg.batch_size) + 1))[: max(1, n // cfg.batch_size)]
+    _run_pipeline(slide, plan, _NoModel(session_pipe), idx[: min(n, 512)], cfg)  # warm the page cache
+    _inference_only(session_spin, batches[:4])
+    rows = []
+    for r in range(repeats):
+        a = _run_pipeline(slide, plan, _NoModel(session_pipe), idx, cfg)
+        b_nospin = _inference_only(session_pipe, batches)
+        b_spin = _inference_only(session_spin, batches)
+        c = _run_pipeline(slide, plan, session_pipe, idx, cfg)
+        b = max(b_spin, b_nospin)  # the faster inference setting makes L (and the target) stricter
+        lim = 1.0 / (1.0 / a + 1.0 / b)
+        rows.append({"a": a, "b": b, "b_nospin": b_nospin, "b_spin": b_spin, "c": c, "L": lim, "ratio": c / lim})
+        print(f"  repeat {r + 1}/{repeats}: a {a:6.0f}  b {b:6.0f}  c {c:6.0f}  L {lim:6.0f}  c/L {c / lim:.2f}",
+              file=sys.stderr, flush=True)
+    med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
+    return {
+        "device": session_pipe.provider,
+        "slide_tiles": plan.n_tiles,
+        "grid": list(plan.grid_shape),
+        "tiles_per_measurement": n,
+        "plan_s": plan_s,
+        "level": plan.level,
+        "read_size": plan.read_size,
+        "repeats": rows,
+        "median": med,
+    }
+
+
+# ------------------------------------------------------------------------------------ memory
+
+
+def rss_child(slide: str, model: str, max_tiles: int) -> None:
+    """Run the engine path of ``metascope heatmap`` and print peak RSS (in a fresh process)."""
+    import resource
+    import tempfile
+
+    from engine.infer.outputs import write_heatmap_outputs
+    from engine.infer.pipeline import compute_heatmap
+    from engine.slides.open import open_slide
+
+    t0 = time.perf_counter()
+    with open_slide(slide) as reader, tempfile.TemporaryDirectory() as tmp:
+        result = compute_heatmap(reader, model, InferenceConfig(device="cpu", max_tiles=max_tiles))
+        write_heatmap_outputs(result, tmp, reader=reader)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({
+        "peak_rss_mib": peak_kib / 1024, "tiles": len(result.level0_xy), "grid": list(result.grid.shape),
+        "seconds": time.perf_counter() - t0, "dimensions": result.slide["dimensions"],
+    }))
+
+
+def measure_memory(cache: Path, model: Path, tiles: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for size in (10_000, 100_000):
+        slide = sparse_slide(cache, size)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(slide), "--model", str(model), "--rss-tiles", str(tiles)],
+            capture_output=True, text=True, check=True,
+        )
+        out[str(size)] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  {size} px: {out[str(size)]}", file=sys.stderr, flush=True)
+    out["ratio"] = out["100000"]["peak_rss_mib"] / out["10000"]["peak_rss_mib"]
+    return out
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    return (f"{cpu}; {available_cores()} cores available to the process; Python {platform.python_version()}; "
+            f"onnxruntime {onnxruntime.__version__}; numpy {np.__version__}")
+
+
+def report_markdown(tp: dict[str, Any], mem: dict[str, Any] | None, load: tuple[float, float], cfg: InferenceConfig) -> str:
+    m = tp["median"]
+    lines = [
+        SECTION,
+        "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M')} with `benchmarks/heatmap.py` on: {machine()}.",
+        f"Load average during the run (1 min) from {load[0]:.1f} to {load[1]:.1f}: the 2 cores were shared with "
+        "other engineers' processes, so every number is the **median of "
+        f"{len(tp['repeats'])} side-by-side repeats** (a, b, c measured back to back in each repeat).",
+        "",
+        f"Slide: synthetic {BIG:,} x {BIG:,} px at {MPP} um/px (pyramidal JPEG TIFF, Aperio flavour), "
+        f"{tp['slide_tiles']:,} tissue tiles in a {tp['grid'][0]} x {tp['grid'][1]} grid; seed CNN (3 conv "
+        f"32/64/128 + dense 256/128/64, 3.4 M params, random weights) at {INPUT} px / {MODEL_MPP} um/px, read at "
+        f"level {tp['level']} as {tp['read_size']} px and resized. Each measurement: the same contiguous block of "
+        f"{tp['tiles_per_measurement']:,} tiles, freshly opened slide; batch {cfg.batch_size}, "
+        f"{cfg.resolved_read_workers} read threads, onnxruntime {tp['device']}.",
+        "",
+        "| measure | tiles/s (median) |",
+        "|---|---|",
+        f"| (a) read only (read + resample + preprocess, read pool) | {m['a']:.0f} |",
+        f"| (b) inference only (onnxruntime on ready batches; best of spinning on {m['b_spin']:.0f} / off "
+        f"{m['b_nospin']:.0f}) | {m['b']:.0f} |",
+        f"| (c) full pipeline (`iter_tile_outputs`) | {m['c']:.0f} |",
+        f"| L = 1 / (1/a + 1/b) | {m['L']:.0f} |",
+        f"| **c / L** (target >= 0.85) | **{m['ratio']:.2f}** |",
+        f"| c / TIAToolbox 2.1.3 (105-136 tiles/s per the issue; target >= 3x) | {m['c'] / 136:.1f}x - "
+        f"{m['c'] / 105:.1f}x |",
+        "",
+        "Per repeat (tiles/s): "
+        + "; ".join(f"a {r['a']:.0f}, b {r['b']:.0f}, c {r['c']:.0f}, c/L {r['ratio']:.2f}" for r in tp["repeats"]),
+        "",
+        f"Tissue detection + tiling of the whole 40k slide: {tp['plan_s']:.1f} s (not part of c).",
+        "",
+    ]
+    if mem is not None:
+        s, b = mem["10000"], mem["100000"]
+        lines += [
+            "Peak RSS of the engine path of `metascope heatmap` (tissue detection, tiling, pipeline, all result "
+            "files), each in a fresh subprocess, same tissue layout and the same number of tiles analysed:",
+            "",
+            "| slide | grid | tiles | peak RSS |",
+            "|---|---|---|---|",
+            f"| 10,000 x 10,000 px | {s['grid'][0]} x {s['grid'][1]} | {s['tiles']} | {s['peak_rss_mib']:.0f} MiB |",
+            f"| 100,000 x 100,000 px | {b['grid'][0]} x {b['grid'][1]} | {b['tiles']} | {b['peak_rss_mib']:.0f} MiB |",
+            "",
+            f"Ratio 100k / 10k: **{mem['ratio']:.2f}** (target <= 1.3).",
+            "",
+        ]
+    if tp.get("cuda"):
+        lines += [f"CUDA provider: {tp['cuda']}", ""]
+    else:
+        lines += ["CUDA: no GPU on this machine, not measured (`--device cuda` measures b and c with the CUDA "
+                  "provider where one is available).", ""]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving other sections alone."""
+    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmark results\n\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    new = pattern.sub(lambda _: text.rstrip() + "\n\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + text
+    from engine.fileio import atomic_write_text
+
+    atomic_write_text(RESULTS, new.rstrip() + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/metascope-bench"))
+    ap.add_argument("--tiles", type=int, default=3000, help="tiles per throughput measurement")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rss-tiles", type=int, default=2000)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
+    ap.add_argument("--rss-child", metavar="SLIDE", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child, args.model, args.rss_tiles)
+        return 0
+    args.cache.mkdir(parents=True, exist_ok=True)
+    model = seed_cnn_onnx(args.cache / "seed-cnn.onnx")
+    slide = big_slide(args.cache)
+    cfg = InferenceConfig()
+    load0 = os.getloadavg()[0]
+    print("throughput ...", file=sys.stderr, flush=True)
+    tp = measure_throughput(slide, model, args.tiles, args.repeats, cfg, device=args.device)
+    mem = None
+    if not args.skip_memory:
+        print("peak memory ...", file=sys.stderr, flush=True)
+        mem = measure_memory(args.cache, model, args.rss_tiles)
+    text = report_markdown(tp, mem, (load0, os.getloadavg()[0]), cfg)
+    print(text)
+    if args.write_results:
+        write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
