@@ -291,6 +291,7 @@ class DatasetsView(QWidget):
         self.summary.setAlignment(Qt.AlignmentFlag.AlignTop)
         self.balance = PlotCanvas(min_height=170)
         self.class_filter = QComboBox()
+        self.class_filter.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.class_filter.currentIndexChanged.connect(self._on_class_filter_changed)
         self.thumbs = QListWidget()
         self.thumbs.setViewMode(QListView.ViewMode.IconMode)

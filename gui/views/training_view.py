@@ -84,14 +84,22 @@ def _evaluate(run_dir: Path, progress: Any = None, cancel: Any = None, partial: 
     return evaluate_run(run_dir, progress=progress, cancel=cancel)
 
 
-def _export(run_dir: Path, out: Path, name: str, progress: Any = None, cancel: Any = None, partial: Any = None) -> Any:
+def _export(
+    run_dir: Path, out: Path, name: str, exporter: str, progress: Any = None, cancel: Any = None, partial: Any = None
+) -> Any:
     from engine.export.onnx_export import export_onnx
 
-    return export_onnx(run_dir, out, progress=progress, name=name)
+    return export_onnx(run_dir, out, progress=progress, name=name, exporter=exporter)
 
 
 def _export_and_add(
-    run_dir: Path, name: str, card: str, progress: Any = None, cancel: Any = None, partial: Any = None
+    run_dir: Path,
+    name: str,
+    card: str,
+    exporter: str,
+    progress: Any = None,
+    cancel: Any = None,
+    partial: Any = None,
 ) -> Any:
     """Export the run's best model into the run folder and add it to the model library."""
     from engine.export.onnx_export import export_onnx
@@ -99,7 +107,7 @@ def _export_and_add(
     from engine.library import ModelLibrary
 
     out = run_dir / "model.onnx"
-    export_onnx(run_dir, out, progress=progress, name=name)
+    export_onnx(run_dir, out, progress=progress, name=name, exporter=exporter)
     entry = ModelLibrary().add(out)
     atomic_write_text(entry.path.with_suffix(".md"), card)
     return entry
@@ -178,6 +186,9 @@ class TrainingView(QWidget):
         super().__init__(parent)
         self.setObjectName("TrainingView")
         self._runs_parent = runs_parent
+        #: ONNX exporter for "Add to model library" / "Export": ``dynamo`` (torch.export) or the
+        #: several times faster ``torchscript``; both are verified against PyTorch with onnxruntime
+        self.exporter = "dynamo"
         self._runs: list[RunInfo] = []
         self._tracked: dict[Path, _Tracked] = {}
         self._processes: dict[Path, SpawnedRun] = {}
@@ -202,6 +213,8 @@ class TrainingView(QWidget):
         self.runs_tree.setRootIsDecorated(False)
         self.runs_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.runs_tree.setAlternatingRowColors(True)
+        # run names start with a timestamp; keep both ends visible
+        self.runs_tree.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         header = self.runs_tree.header()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for col in (1, 2, 3):
@@ -310,7 +323,7 @@ class TrainingView(QWidget):
         splitter.addWidget(scroll)
         splitter.setStretchFactor(0, 1)
         splitter.setStretchFactor(1, 3)
-        splitter.setSizes([300, 900])
+        splitter.setSizes([340, 900])
         layout = QVBoxLayout(self)
         layout.addWidget(splitter)
 
@@ -535,7 +548,9 @@ class TrainingView(QWidget):
             return
         h = self.history() or RunHistory()
         card = model_card(info, h, self._evaluations.get(info.path) or None)
-        self._run_export(Worker(_export_and_add, info.path, info.name, card), "Exporting and adding to the library…")
+        self._run_export(
+            Worker(_export_and_add, info.path, info.name, card, self.exporter), "Exporting and adding to the library…"
+        )
 
     def _on_export_clicked(self) -> None:
         info = self.info()
@@ -545,7 +560,7 @@ class TrainingView(QWidget):
         if path:
             if not path.lower().endswith(".onnx"):
                 path += ".onnx"
-            self._run_export(Worker(_export, info.path, Path(path), info.name), "Exporting to ONNX…")
+            self._run_export(Worker(_export, info.path, Path(path), info.name, self.exporter), "Exporting to ONNX…")
 
     def _run_export(self, worker: Worker, text: str) -> None:
         if "export" in self._workers:

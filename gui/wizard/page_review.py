@@ -108,6 +108,7 @@ class ReviewPage(QWizardPage):
         s = wiz.summary
         mp, sp, st = wiz.model_page, wiz.split_page, wiz.settings_page
         a = mp.arch()
+        steps = max(1, -(-sp.train_count() // max(1, st.batch_spin.value())))
         return TrainConfig(
             data=s.path,
             fmt=s.detected_fmt or s.fmt,
@@ -124,6 +125,8 @@ class ReviewPage(QWizardPage):
             patience=st.patience_spin.value(),
             seed=sp.seed_spin.value(),
             device=st.device(),
+            # about twenty loss points per epoch on small datasets, every 20 steps on large ones
+            log_every=max(1, min(20, steps // 20)),
         )
 
     def validatePage(self) -> bool:  # noqa: N802 (Qt override)

@@ -45,6 +45,7 @@ class TrainingWizard(QWizard):
         self.review_page = ReviewPage()
         for page in (self.dataset_page, self.split_page, self.model_page, self.settings_page, self.review_page):
             self.addPage(page)
+        self.accepted.connect(self._on_accepted)
         if dataset:
             self.dataset_page.set_dataset(dataset["path"], dataset.get("fmt", "auto"), dataset.get("mpp"))
 
@@ -60,7 +61,6 @@ class TrainingWizard(QWizard):
     def run_dir(self) -> Path | None:
         return self.review_page.run_dir
 
-    def accept(self) -> None:
+    def _on_accepted(self) -> None:
         if self.review_page.config is not None and self.review_page.run_dir is not None:
             self.start_requested.emit(self.review_page.config, self.review_page.run_dir)
-        super().accept()
