@@ -147,6 +147,10 @@ def list_models(extra_paths: list[str], progress: ProgressCallback | None = None
         except (ModelPackageError, OSError):
             return
 
+    # import the inference runtime now, while the user is still looking at the new window: its
+    # import holds the GIL for ~0.1 s, which would otherwise stall the GUI when Run is pressed
+    import engine.infer.pipeline  # noqa: F401
+
     for entry in ModelLibrary().entries():
         check_cancel(cancel)
         add(entry.path, entry.sha256, in_library=True)

@@ -343,7 +343,7 @@ class SlideView(QWidget):
     def _current_choice(self) -> hj.ModelChoice | None:
         return self._models.get(self.heatmap_panel.current_model())
 
-    def _try_load_cached(self) -> bool:
+    def _try_load_cached(self, announce_missing: bool = True) -> bool:
         """Show the cached heatmap of (slide, model) if there is one; True when shown."""
         choice = self._current_choice()
         if self.reader is None or choice is None or self.running:
@@ -354,7 +354,8 @@ class SlideView(QWidget):
             self.status_message.emit(f"Ignoring an unreadable cached heatmap: {exc}", 8000)
             return False
         if data is None:
-            self.heatmap_panel.reset_progress("No heatmap for this slide and model yet. Press Run Heatmap.")
+            if announce_missing:
+                self.heatmap_panel.reset_progress("No heatmap for this slide and model yet. Press Run Heatmap.")
             return False
         self._show_result(data)
         self.heatmap_panel.reset_progress(f"Loaded from cache ({data.n_tiles:,} tiles, computed earlier).")
@@ -493,7 +494,7 @@ class SlideView(QWidget):
         self.heatmap_panel.reset_progress("Cancelled. Nothing was saved.")
         self.status_message.emit("Heatmap cancelled", 5000)
         self.heatmap_cancelled.emit()
-        self._try_load_cached()
+        self._try_load_cached(announce_missing=False)
 
     def _show_result(self, data: hj.HeatmapData | None) -> None:
         """Show a complete result (or clear the overlay, summary and region list)."""

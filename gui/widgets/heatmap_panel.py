@@ -152,7 +152,6 @@ class HeatmapPanel(QWidget):
             ticks.addWidget(lab, 1)
         scale.addLayout(ticks)
         form.addRow("Probability:", self._wrap(scale))
-        root.addWidget(overlay_box)
 
         result_box = QGroupBox("Slide result")
         result_layout = QVBoxLayout(result_box)
@@ -167,11 +166,12 @@ class HeatmapPanel(QWidget):
         regions_layout = QVBoxLayout(regions_box)
         self.regions_list = QListWidget()
         self.regions_list.setToolTip("Click a region to go there")
-        self.regions_list.setMinimumHeight(120)
+        self.regions_list.setMinimumHeight(150)
         self.regions_list.itemClicked.connect(self._on_regions_list_item_clicked)
         self.regions_list.itemActivated.connect(self._on_regions_list_item_clicked)
         regions_layout.addWidget(self.regions_list)
         root.addWidget(regions_box, 1)
+        root.addWidget(overlay_box)  # read the result first; display settings come last
 
         self.opacity_slider.valueChanged.connect(self._on_slider_value_changed)
         self.threshold_slider.valueChanged.connect(self._on_slider_value_changed)
@@ -222,7 +222,9 @@ class HeatmapPanel(QWidget):
     def add_and_select_model(self, name: str, path: str, tip: str = "") -> None:
         index = self.model_combo.findData(path)
         if index < 0:
-            index = self.model_combo.count() - 1  # before "Browse…"
+            if self.model_combo.findData(BROWSE) < 0:
+                self.model_combo.addItem(icon("open"), "Browse for an .onnx model…", BROWSE)
+            index = self.model_combo.findData(BROWSE)  # new models go just above "Browse…"
             self.model_combo.insertItem(index, icon("models"), name, path)
             self.model_combo.setItemData(index, tip or path, Qt.ItemDataRole.ToolTipRole)
         self.model_combo.setCurrentIndex(index)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 
-from PySide6.QtCore import QEasingCurve, QEvent, QPointF, QRectF, Qt, QVariantAnimation, Signal
+from PySide6.QtCore import QEasingCurve, QEvent, QPointF, QRectF, Qt, QTimer, QVariantAnimation, Signal
 from PySide6.QtGui import (
     QColor,
     QFont,
@@ -23,6 +23,7 @@ from PySide6.QtGui import (
     QPainter,
     QPaintEvent,
     QPen,
+    QRegion,
     QResizeEvent,
     QWheelEvent,
 )
@@ -37,6 +38,7 @@ MIN_DOWNSAMPLE = 1 / 8  # 8x digital zoom past the scanned resolution
 WHEEL_STEP = 1.25  # zoom factor per wheel notch
 KEY_STEP = 1.5
 FALLBACK_LEVELS = 3  # coarser cached levels drawn under missing tiles
+SMOOTH_DELAY_S = 0.15  # navigation pause after which frames are drawn with bilinear scaling
 BACKGROUND = QColor(226, 228, 232)
 
 
@@ -76,6 +78,11 @@ class SlideViewer(QWidget):
         self._anim.setEasingCurve(QEasingCurve.Type.OutCubic)
         self._anim.valueChanged.connect(self._on_anim_value_changed)
         self._anim_anchor: tuple[QPointF, tuple[float, float]] | None = None
+        self._smooth_after = 0.0
+        self._smooth_timer = QTimer(self)
+        self._smooth_timer.setSingleShot(True)
+        self._smooth_timer.setInterval(int(SMOOTH_DELAY_S * 1000) + 10)
+        self._smooth_timer.timeout.connect(self.update)
         self.missing_tiles = 0
         self.opened_at = 0.0
         self.first_paint_s: float | None = None
@@ -167,6 +174,8 @@ class SlideViewer(QWidget):
 
     def _changed(self) -> None:
         self._clamp()
+        self._smooth_after = time.perf_counter() + SMOOTH_DELAY_S
+        self._smooth_timer.start()
         self.update()
         self.view_changed.emit()
 
@@ -272,28 +281,28 @@ class SlideViewer(QWidget):
             self._paint_empty(p)
             p.end()
             return
+        # bilinear scaling only once navigation pauses: during a drag or zoom a frame must be cheap
+        smooth = time.perf_counter() >= self._smooth_after
         w0, h0 = self._slide_dims()
         slide_rect = self._screen_rect(0, 0, w0, h0)
-        p.fillRect(slide_rect, Qt.GlobalColor.white)
-        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
-        if self.thumbnail is not None:
-            p.drawImage(slide_rect, self.thumbnail)
         target = self.current_level()
         cache = self.scheduler.cache
         levels = self.scheduler.levels
-        for li in range(min(target + FALLBACK_LEVELS, len(levels) - 1), target, -1):
-            for key in self._visible_tiles(li):
-                img = cache.peek(key)
-                if img is not None:
-                    p.drawImage(self._tile_rect(key), img)
+        keys = self._visible_tiles(target) if levels[target].loadable else []
+        present: list[tuple[QRectF, QImage]] = []
         missing: list[TileKey] = []
-        if levels[target].loadable:
-            for key in self._visible_tiles(target):
-                img = cache.get(key)
-                if img is not None:
-                    p.drawImage(self._tile_rect(key), img)
-                elif key not in self.scheduler.failed:
-                    missing.append(key)
+        for key in keys:
+            img = cache.get(key)
+            if img is not None:
+                present.append((self._tile_rect(key), img))
+            elif key not in self.scheduler.failed:
+                missing.append(key)
+        if missing or not keys:
+            self._paint_underlay(p, slide_rect, target, missing if keys else None, smooth)
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+        for rect, img in present:
+            p.drawImage(rect, img)
+        if keys:
             wanted = set(missing)
             ring = [k for k in self._visible_tiles(target, margin=1) if k not in cache and k not in wanted]
             self.scheduler.request(missing + ring)  # visible first, then a one-tile ring for panning
@@ -301,6 +310,35 @@ class SlideViewer(QWidget):
         self._paint_hud(p, bool(missing))
         p.end()
         self._note_paint(len(missing))
+
+    def _paint_underlay(self, p: QPainter, slide_rect: QRectF, target: int, missing: list[TileKey] | None,
+                        smooth: bool) -> None:
+        """Blurrier stand-ins where wanted tiles are missing: the thumbnail, then coarser cached tiles.
+
+        Drawing is clipped to the missing tiles (``None``: everywhere), so a fully loaded view
+        costs nothing here.
+        """
+        clip = QRegion()
+        if missing is None:
+            clip = QRegion(self.rect())
+        else:
+            for key in missing:
+                clip += self._tile_rect(key).toAlignedRect()
+        p.save()
+        p.setClipRegion(clip)
+        p.fillRect(slide_rect, Qt.GlobalColor.white)
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+        if self.thumbnail is not None:
+            p.drawImage(slide_rect, self.thumbnail)
+        cache = self.scheduler.cache
+        for li in range(min(target + FALLBACK_LEVELS, len(self.scheduler.levels) - 1), target, -1):
+            for key in self._visible_tiles(li):
+                img = cache.peek(key)
+                if img is not None:
+                    rect = self._tile_rect(key)
+                    if clip.intersects(rect.toAlignedRect()):
+                        p.drawImage(rect, img)
+        p.restore()
 
     def _note_paint(self, missing: int) -> None:
         now = time.perf_counter()

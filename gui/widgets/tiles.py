@@ -105,10 +105,18 @@ def read_tile(reader: SlideReader, level: DisplayLevel, tx: int, ty: int, tile_s
 
 
 def rgb_to_qimage(rgb: np.ndarray) -> QImage:
-    """Copy a ``(h, w, 3)`` uint8 array into a QImage that owns its memory."""
-    rgb = np.ascontiguousarray(rgb)
+    """Copy a ``(h, w, 3)`` uint8 array into a QImage that owns its memory.
+
+    The image is 32-bit ``Format_RGB32``, the raster engine's native format: painting it is a
+    plain copy, whereas a 24-bit image would be converted on every paint.
+    """
     h, w = rgb.shape[:2]
-    img = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888)
+    bgrx = np.empty((h, w, 4), dtype=np.uint8)
+    bgrx[..., 0] = rgb[..., 2]
+    bgrx[..., 1] = rgb[..., 1]
+    bgrx[..., 2] = rgb[..., 0]
+    bgrx[..., 3] = 255
+    img = QImage(bgrx.data, w, h, 4 * w, QImage.Format.Format_RGB32)
     return img.copy()  # detach from the numpy buffer, which dies with this frame
 
 
