@@ -340,35 +340,48 @@ class TrainingView(QWidget):
         """Re-read every run folder's state (cheap: small JSON files)."""
         for spawned in list(self._processes.values()):
             spawned.process.poll()  # reap finished children so their pid reads as gone
-        self._runs = list_runs(self.runs_parent)
+        # newest first by name (runs started here are named by start time): a stable order while runs update
+        self._runs = sorted(list_runs(self.runs_parent), key=lambda r: r.name, reverse=True)
         known = {r.path for r in self._runs}
+        listed = [
+            self.runs_tree.topLevelItem(i).data(0, Qt.ItemDataRole.UserRole)
+            for i in range(self.runs_tree.topLevelItemCount())
+        ]
         self.runs_tree.blockSignals(True)
-        self.runs_tree.clear()
-        for r in self._runs:
-            epoch = r.state.get("epoch")
-            epochs = r.state.get("epochs") or r.config.get("config", {}).get("epochs")
-            best = r.state.get("best_val_auc")
-            item = QTreeWidgetItem(
-                [
-                    r.name,
-                    STATUS_TEXT.get(r.status, r.status),
-                    f"{epoch}/{epochs}" if epoch is not None and epochs else "",
-                    f"{best:.3f}" if isinstance(best, (int, float)) else "",
-                ]
-            )
-            item.setData(0, Qt.ItemDataRole.UserRole, str(r.path))
-            item.setForeground(1, QColor(STATUS_COLOURS.get(r.status, "#5f6b7a")))
-            item.setToolTip(0, str(r.path))
-            if r.message:
-                item.setToolTip(1, r.message)
-            self.runs_tree.addTopLevelItem(item)
-            if r.path == self._selected:
-                item.setSelected(True)
-                self.runs_tree.setCurrentItem(item)
+        if listed != [str(r.path) for r in self._runs]:
+            # the set of runs changed: rebuild; otherwise only texts change (no flicker, no lost clicks)
+            self.runs_tree.clear()
+            for r in self._runs:
+                item = QTreeWidgetItem()
+                item.setData(0, Qt.ItemDataRole.UserRole, str(r.path))
+                self.runs_tree.addTopLevelItem(item)
+                if r.path == self._selected:
+                    item.setSelected(True)
+                    self.runs_tree.setCurrentItem(item)
+        for i, r in enumerate(self._runs):
+            self._fill_item(self.runs_tree.topLevelItem(i), r)
         self.runs_tree.blockSignals(False)
         if self._selected is not None and self._selected not in known:
             self.select_run(None)
         self._update_buttons()
+
+    @staticmethod
+    def _fill_item(item: QTreeWidgetItem, r: RunInfo) -> None:
+        epoch = r.state.get("epoch")
+        epochs = r.state.get("epochs") or r.config.get("config", {}).get("epochs")
+        best = r.state.get("best_val_auc")
+        texts = [
+            r.name,
+            STATUS_TEXT.get(r.status, r.status),
+            f"{epoch}/{epochs}" if epoch is not None and epochs else "",
+            f"{best:.3f}" if isinstance(best, (int, float)) else "",
+        ]
+        for col, text in enumerate(texts):
+            if item.text(col) != text:
+                item.setText(col, text)
+        item.setForeground(1, QColor(STATUS_COLOURS.get(r.status, "#5f6b7a")))
+        item.setToolTip(0, str(r.path))
+        item.setToolTip(1, r.message)
 
     def info(self, run: Path | None = None) -> RunInfo | None:
         target = run or self._selected
