@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.fixtures.slides",
     "tests.fixtures.models",
     "tests.fixtures.datasets",
+    "tests.fixtures.cohort",
 ]
 
 SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "data"

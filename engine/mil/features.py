@@ -1,0 +1,415 @@
+"""Feature extraction for MIL: embed every tissue (or ROI) tile of each slide, one HDF5 per slide.
+
+The backbone is a MetaScope model package: a ``feature_extractor`` (its output is the
+embedding), or a ``patch_classification`` model whose graph also exposes its penultimate layer
+as an output named ``features`` / ``embedding``. Tiles are planned and read exactly as for
+heatmaps and run through the same streaming pipeline (:func:`engine.infer.pipeline.iter_tile_outputs`).
+
+Cohort extraction is resumable (a slide with a complete file for the same extractor, mpp and
+tile size is skipped), cancellable, and robust: a slide that does not open or has no tissue is
+reported and the others continue. ``FEATURES_DIR/extraction.json`` records the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine.errors import ConfigError, MetaScopeError, ModelPackageError, NoTissueError
+from engine.fileio import atomic_write_json, ensure_writable_dir
+from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
+from engine.mil.bags import Bag, bag_path, is_complete, write_bag
+from engine.mil.cohort import Cohort
+
+if TYPE_CHECKING:
+    from engine.infer.session import ModelSession
+    from engine.modelpkg import ModelMetadata
+    from engine.slides.base import SlideReader
+    from engine.slides.tiling import TilePlan
+
+#: Output names under which a patch classifier may expose its penultimate layer.
+FEATURE_OUTPUT_NAMES = ("features", "embedding", "embeddings", "penultimate")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """How tiles are cut and embedded.
+
+    Attributes:
+        tile_size: model input side in pixels; ``None``: the extractor's ``input_size``.
+        mpp: analysis resolution (microns per pixel); ``None``: the extractor's ``input_mpp``.
+        min_tissue_fraction: tiles with less tissue (0-1) are skipped.
+        max_tiles: cap per slide (the tiles with most tissue are kept); ``None``: no cap.
+        batch_size: tiles per inference call.
+        read_workers: tile-reading threads.
+        device: ``auto``, ``cpu`` or ``cuda`` (onnxruntime).
+        slide_mpp: level-0 resolution for slides that do not record one.
+    """
+
+    tile_size: int | None = None
+    mpp: float | None = None
+    min_tissue_fraction: float = 0.25
+    max_tiles: int | None = None
+    batch_size: int = 64
+    read_workers: int = 2
+    device: str = "auto"
+    slide_mpp: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile_size is not None and not 8 <= int(self.tile_size) <= 4096:
+            raise ConfigError(f"tile size must be 8-4096 px, got {self.tile_size}")
+        for name in ("mpp", "slide_mpp"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(float(v)) and float(v) > 0):
+                raise ConfigError(f"{name} must be a positive number of microns per pixel, got {v!r}")
+        if not 0.0 <= self.min_tissue_fraction <= 1.0:
+            raise ConfigError(f"min_tissue_fraction must be within 0-1, got {self.min_tissue_fraction}")
+        if self.max_tiles is not None and self.max_tiles < 1:
+            raise ConfigError(f"max_tiles must be >= 1, got {self.max_tiles}")
+        if self.batch_size < 1 or self.read_workers < 1:
+            raise ConfigError("batch_size and read_workers must be >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise ConfigError(f"invalid feature extraction settings: {exc}") from exc
+
+
+class Extractor:
+    """A loaded backbone: runs preprocessed tile batches and returns ``(B, D)`` embeddings.
+
+    Quacks like :class:`engine.infer.session.ModelSession` for the pipeline (``metadata``,
+    ``run``), whichever output holds the embedding.
+    """
+
+    def __init__(self, session: ModelSession, output_name: str) -> None:
+        self.session = session
+        self.output_name = output_name
+        self.metadata: ModelMetadata = session.metadata
+        self.sha256 = session.sha256
+        self.name = session.name
+        shape = next(o.shape for o in session.session.get_outputs() if o.name == output_name)
+        dim = shape[-1] if shape and isinstance(shape[-1], int) else session.metadata.feature_dim
+        if not dim:
+            raise ModelPackageError(
+                f"{session.path.name}: cannot tell the feature size (set feature_dim in the metadata)"
+            )
+        self.feature_dim = int(dim)
+        self.input = session.input
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 ``(B, D)`` embeddings of a preprocessed batch."""
+        if self.output_name == self.session.output_name:
+            out = self.session.run(batch)
+        else:
+            out = self.session.session.run([self.output_name], {self.session.input_name: batch})[0]
+        return np.asarray(out, dtype=np.float32).reshape(batch.shape[0], -1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "output": self.output_name, "feature_dim": self.feature_dim}
+
+
+def load_extractor(path: str | os.PathLike[str], device: str = "auto") -> Extractor:
+    """Load a backbone package (feature extractor, or patch classifier exposing its features).
+
+    Raises:
+        ModelPackageError: not a usable backbone (e.g. a MIL aggregator, or a patch model with no
+        feature output).
+    """
+    from engine.infer.session import load_model
+
+    session = load_model(path, device=device)
+    task = session.metadata.task
+    if task == "feature_extractor":
+        return Extractor(session, session.output_name)
+    if task == "patch_classification":
+        outputs = [o.name for o in session.session.get_outputs()]
+        for name in FEATURE_OUTPUT_NAMES:
+            if name in outputs:
+                return Extractor(session, name)
+        raise ModelPackageError(
+            f"{Path(path).name} is a patch classifier without a feature output (one of "
+            f"{', '.join(FEATURE_OUTPUT_NAMES)}); export its feature extractor as a package with task 'feature_extractor'"
+        )
+    raise ModelPackageError(f"{Path(path).name} is a {task} model, not a feature extractor")
+
+
+def resolve_tiling(extractor: Extractor, cfg: FeatureConfig) -> tuple[int, float]:
+    """``(tile_size, mpp)`` from the config, else from the extractor's metadata.
+
+    Raises:
+        ConfigError: no resolution known.
+    """
+    size = int(cfg.tile_size or extractor.metadata.input_size)
+    mpp = cfg.mpp if cfg.mpp is not None else extractor.metadata.input_mpp
+    if mpp is None:
+        raise ConfigError(f"{extractor.name} does not record the resolution it expects; pass --mpp")
+    return size, float(mpp)
+
+
+# -- regions of interest -----------------------------------------------------------------------
+
+
+def read_roi_polygons(path: str | os.PathLike[str]) -> list[np.ndarray]:
+    """Polygon rings (level-0 ``(K, 2)`` arrays) of a GeoJSON file, as QuPath exports it.
+
+    Accepts a FeatureCollection, a Feature, a list of Features or a bare geometry; Polygon and
+    MultiPolygon geometries; holes are rings too (inside-ness uses the even-odd rule).
+
+    Raises:
+        DatasetError: unreadable file or no polygon in it.
+    """
+    from engine.errors import DatasetError
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"cannot read ROI file {p.name}: {exc}") from exc
+    geoms: list[dict[str, Any]] = []
+
+    def collect(obj: Any) -> None:
+        if isinstance(obj, list):
+            for o in obj:
+                collect(o)
+        elif isinstance(obj, dict):
+            kind = obj.get("type")
+            if kind == "FeatureCollection":
+                collect(obj.get("features", []))
+            elif kind == "Feature":
+                collect(obj.get("geometry"))
+            elif kind == "GeometryCollection":
+                collect(obj.get("geometries", []))
+            elif kind in ("Polygon", "MultiPolygon"):
+                geoms.append(obj)
+
+    collect(data)
+    rings: list[np.ndarray] = []
+    for g in geoms:
+        polys = [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"]
+        for poly in polys:
+            for ring in poly:
+                arr = np.asarray(ring, dtype=np.float64).reshape(-1, 2)
+                if arr.shape[0] >= 3:
+                    rings.append(arr)
+    if not rings:
+        raise DatasetError(f"ROI file {p.name} holds no polygon")
+    return rings
+
+
+def points_in_rings(points: np.ndarray, rings: list[np.ndarray]) -> np.ndarray:
+    """Even-odd point-in-polygon test of ``points (N, 2)`` against all rings -> bool ``(N,)``."""
+    x, y = points[:, 0][:, None], points[:, 1][:, None]
+    inside = np.zeros(points.shape[0], dtype=bool)
+    for ring in rings:
+        x0, y0 = ring[:, 0][None, :], ring[:, 1][None, :]
+        x1, y1 = np.roll(ring[:, 0], -1)[None, :], np.roll(ring[:, 1], -1)[None, :]
+        crosses = (y0 > y) != (y1 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xc = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= (crosses & (x < xc)).sum(axis=1) % 2 == 1
+    return inside
+
+
+# -- one slide -------------------------------------------------------------------------------
+
+
+def plan_slide(
+    reader: SlideReader, tile_size: int, mpp: float, cfg: FeatureConfig, roi: str | os.PathLike[str] | None = None
+) -> TilePlan:
+    """Tissue tiles of a slide (restricted to the ROI polygons when given).
+
+    Raises:
+        NoTissueError: no tissue (or no tissue inside the ROI).
+        MissingMppError: the slide has no resolution and ``cfg.slide_mpp`` is not set.
+    """
+    import dataclasses
+
+    from engine.slides.tiling import TilingConfig, plan_tiles
+    from engine.slides.tissue import detect_tissue
+
+    tiling = TilingConfig(
+        tile_size_px=tile_size, target_mpp=mpp, min_tissue_fraction=cfg.min_tissue_fraction, max_tiles=cfg.max_tiles
+    )
+    # a mask pixel of 1/8 tile is fine enough for tile selection and fast on any slide
+    tissue = detect_tissue(reader, target_mpp=mpp * tile_size / 8)
+    plan = plan_tiles(reader, tiling, tissue, mpp=cfg.slide_mpp)
+    if roi is not None:
+        rings = read_roi_polygons(roi)
+        centres = plan.level0_xy.astype(np.float64) + plan.tile_size_level0 / 2.0
+        keep = points_in_rings(centres, rings)
+        if not keep.any():
+            raise NoTissueError(
+                f"{reader.info.name}: no tissue tile lies inside the region of interest ({Path(roi).name})"
+            )
+        plan = dataclasses.replace(
+            plan, level0_xy=plan.level0_xy[keep], grid_rc=plan.grid_rc[keep], tissue_fraction=plan.tissue_fraction[keep]
+        )
+    return plan
+
+
+def extract_slide(
+    reader: SlideReader,
+    extractor: Extractor,
+    cfg: FeatureConfig,
+    roi: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    stage: str = "features",
+) -> Bag:
+    """Embed the tissue tiles of one open slide.
+
+    Returns:
+        The :class:`~engine.mil.bags.Bag` (features ``(N, D)``, level-0 coords, grid cells, attrs).
+
+    Raises:
+        NoTissueError: nothing to embed; Cancelled: ``cancel`` was set.
+    """
+    from engine.infer.pipeline import iter_tile_outputs
+
+    tile_size, mpp = resolve_tiling(extractor, cfg)
+    plan = plan_slide(reader, tile_size, mpp, cfg, roi)
+    feats = np.empty((plan.n_tiles, extractor.feature_dim), dtype=np.float32)
+    for idx, out in iter_tile_outputs(
+        reader,
+        plan,
+        extractor,
+        batch_size=cfg.batch_size,
+        read_workers=cfg.read_workers,
+        progress=progress,
+        cancel=cancel,
+        stage=stage,
+    ):
+        feats[idx] = out
+    attrs = {
+        "extractor_sha256": extractor.sha256,
+        "extractor_name": extractor.name,
+        "mpp": mpp,
+        "tile_size": tile_size,
+        "tile_size_level0": plan.tile_size_level0,
+        "stride_level0": plan.stride_level0,
+        "origin_level0": list(plan.origin_level0),
+        "grid_shape": list(plan.grid_shape),
+        "slide_path": reader.info.path,
+        "slide_dimensions": list(plan.slide_dimensions),
+        "slide_mpp": plan.mpp,
+        "effective_mpp": plan.effective_mpp,
+        "roi": str(roi) if roi is not None else "",
+    }
+    return Bag(feats, plan.level0_xy.astype(np.int64), plan.grid_rc.astype(np.int64), attrs)
+
+
+# -- a cohort ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ExtractionReport:
+    """Outcome of :func:`extract_cohort` per slide id: ``done``, ``skipped`` (already complete),
+    ``no_tissue`` and ``failed`` (with the reason)."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    no_tissue: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    tiles: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"extracted {len(self.done)} slides ({self.tiles} tiles, {self.seconds:.1f} s), "
+            f"{len(self.skipped)} already done, {len(self.no_tissue)} without tissue, {len(self.failed)} failed"
+        ]
+        out += [f"  no tissue: {k}: {v}" for k, v in self.no_tissue.items()]
+        out += [f"  failed: {k}: {v}" for k, v in self.failed.items()]
+        return out
+
+
+def extract_cohort(
+    cohort: Cohort,
+    extractor: Extractor | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    cfg: FeatureConfig | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> ExtractionReport:
+    """Extract features for every slide of ``cohort`` into ``out_dir/<slide_id>.h5``.
+
+    Args:
+        cohort: the validated cohort (only its usable slides are processed).
+        extractor: a loaded :class:`Extractor` or the path of its package.
+        out_dir: features folder (created).
+        cfg: tiling and runtime settings.
+        progress: ``ProgressEvent("features", slides_done, n_slides, "<slide>: t/T tiles")``.
+        cancel: checked per tile batch; the slide in progress is not written.
+
+    Returns:
+        The :class:`ExtractionReport` (also written to ``out_dir/extraction.json``).
+
+    Raises:
+        Cancelled: ``cancel`` was set (finished slides are kept; run again to resume).
+    """
+    from engine.slides.open import open_slide
+
+    cfg = cfg or FeatureConfig()
+    ex = extractor if isinstance(extractor, Extractor) else load_extractor(extractor, cfg.device)
+    tile_size, mpp = resolve_tiling(ex, cfg)
+    out = ensure_writable_dir(out_dir)
+    rep = ExtractionReport()
+    t0 = time.perf_counter()
+    n = len(cohort.entries)
+    for i, e in enumerate(cohort.entries):
+        check_cancel(cancel)
+        target = bag_path(out, e.slide_id)
+        if is_complete(target, ex.sha256, mpp, tile_size):
+            rep.skipped.append(e.slide_id)
+            report(progress, ProgressEvent("features", i + 1, n, f"{e.slide_id}: already done"))
+            continue
+
+        def tile_progress(ev: ProgressEvent, _i: int = i, _sid: str = e.slide_id) -> None:
+            report(progress, ProgressEvent("features", _i, n, f"{_sid}: {ev.step}/{ev.total} tiles", ev.metrics))
+
+        try:
+            with open_slide(e.slide_path, mpp=cfg.slide_mpp) as reader:
+                bag = extract_slide(reader, ex, cfg, e.roi_path, tile_progress, cancel)
+        except NoTissueError as exc:
+            rep.no_tissue[e.slide_id] = str(exc)
+        except MetaScopeError as exc:  # does not open, no resolution, unreadable ROI, ...
+            rep.failed[e.slide_id] = str(exc)
+        except (OSError, ValueError) as exc:  # a damaged slide can fail inside a decoder mid-read
+            rep.failed[e.slide_id] = f"{type(exc).__name__}: {exc}"
+        else:
+            bag.attrs["slide_id"] = e.slide_id
+            write_bag(target, bag)
+            rep.done.append(e.slide_id)
+            rep.tiles += bag.n
+        report(progress, ProgressEvent("features", i + 1, n, e.slide_id))
+    rep.seconds = time.perf_counter() - t0
+    atomic_write_json(
+        out / "extraction.json",
+        {
+            "extractor": ex.describe(),
+            "tile_size": tile_size,
+            "mpp": mpp,
+            "settings": cfg.to_dict(),
+            "manifest": str(cohort.manifest),
+            **rep.to_dict(),
+        },
+    )
+    return rep
