@@ -1,0 +1,267 @@
+"""Patch-classifier commands: ``train patches``, ``export``, ``evaluate``, ``predict``.
+
+Nothing heavy is imported here at module level: torch, onnx and matplotlib load inside handlers so
+``metascope --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from engine.jobs import CancelToken
+from engine.models.registry import architecture_names
+from engine.train.config import CACHE_MODES, CLASS_WEIGHTING, DEVICES, SCHEDULES, SPLITS
+
+DATA_FORMATS = ("auto", "kaggle", "folders", "pcam_h5", "annotated_slides", "images")
+# options of ``train patches`` that map 1:1 onto TrainConfig fields (dest -> field)
+_TRAIN_FIELDS = {
+    "data": "data", "format": "fmt", "mpp": "mpp", "arch": "arch", "weights": "weights", "epochs": "epochs",
+    "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "schedule": "schedule",
+    "warmup_epochs": "warmup_epochs", "class_weighting": "class_weighting", "val_fraction": "val_fraction",
+    "split": "split", "patience": "patience", "seed": "seed", "device": "device", "workers": "num_workers",
+    "cache": "cache", "dropout": "dropout", "positive_class": "positive_class",
+}
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    """Add ``train patches``, ``export``, ``evaluate`` and ``predict``."""
+    p = groups["train"].add_parser(
+        "patches",
+        help="train a patch classifier",
+        description=(
+            "Train a patch classifier (Kaggle folder+CSV, class folders, PCam HDF5, annotated slides). "
+            "The run folder receives config.json, events.jsonl, checkpoint.pt (every epoch) and best.pt."
+        ),
+    )
+    p.add_argument("--data", help="dataset path (required unless --config or --resume)")
+    p.add_argument("--config", metavar="CONFIG.json", help="settings as a TrainConfig JSON (from the wizard); options given here override it")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (new, or an existing run with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--format", choices=DATA_FORMATS, help="dataset format (default: detect)")
+    p.add_argument("--mpp", type=float, help="microns per pixel of the patches when the dataset does not say")
+    p.add_argument("--arch", choices=architecture_names(), help="architecture (default seed_cnn)")
+    p.add_argument("--weights", metavar="FILE", help="initialise from a local weights file (.pt/.pth)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 10)")
+    p.add_argument("--batch-size", type=int, help="patches per step (default 64)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default cosine)")
+    p.add_argument("--warmup-epochs", type=float, help="warmup length in epochs (default 0.5)")
+    p.add_argument("--class-weighting", choices=CLASS_WEIGHTING, help="loss class weights (default balanced)")
+    p.add_argument("--val-fraction", type=float, help="fraction held out for validation (default 0.2)")
+    p.add_argument("--split", choices=SPLITS, help="validation split (default auto: grouped when the data has groups)")
+    p.add_argument("--patience", type=int, help="early stopping patience in epochs, 0 = off (default 5)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", choices=DEVICES, help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--workers", type=int, help="data-loading worker processes when not cached (default 0)")
+    p.add_argument("--cache", choices=CACHE_MODES, help="decode patches into memory (default auto: when they fit in 4 GiB)")
+    p.add_argument("--dropout", type=float, help="dropout rate for networks with dropout")
+    p.add_argument("--positive-class", help="class name shown by heatmaps (default: inferred)")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentations")
+    p.add_argument("--hed", type=float, help="HED stain jitter strength (default 0.03, 0 = off)")
+    p.add_argument("--freeze-bn", action="store_true", help="keep batch-norm statistics fixed (fine-tuning)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=_cmd_train)
+
+    e = sub.add_parser(
+        "export", help="export a trained run as an ONNX model package",
+        description="Export the best model of a run as one ONNX file with MetaScope metadata, verified with onnxruntime.",
+    )
+    e.add_argument("run_dir", metavar="RUN_DIR", help="training run folder (or a best.pt/checkpoint.pt file)")
+    e.add_argument("--out", required=True, metavar="MODEL.onnx", help="model file to write")
+    e.add_argument("--features", action="store_true", help="export the feature extractor (penultimate embedding, for MIL)")
+    e.add_argument("--name", help="display name (default: file name)")
+    e.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="ONNX exporter (default dynamo)")
+    e.add_argument("--json", action="store_true", help="print the export report as JSON")
+    e.set_defaults(handler=_cmd_export)
+
+    v = sub.add_parser(
+        "evaluate", help="score a model on labelled patches",
+        description="Accuracy, AUC with bootstrap 95%% CI, sensitivity, specificity, F1, confusion matrix, ROC and calibration plots.",
+    )
+    v.add_argument("model", metavar="MODEL.onnx")
+    v.add_argument("--data", required=True, help="labelled dataset")
+    v.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _common_inference(v)
+    v.set_defaults(handler=_cmd_evaluate)
+
+    r = sub.add_parser(
+        "predict", help="class probabilities for patches",
+        description="Write class probabilities for a folder or CSV of patches; the Kaggle layout gets a submission CSV (id,label).",
+    )
+    r.add_argument("model", metavar="MODEL.onnx")
+    r.add_argument("--data", required=True, help="folder or CSV of patches")
+    r.add_argument("--out", required=True, metavar="PREDICTIONS.csv", help="CSV to write")
+    sub_group = r.add_mutually_exclusive_group()
+    sub_group.add_argument("--submission", dest="submission", action="store_true", default=None,
+                           help="write the Kaggle submission format id,label")
+    sub_group.add_argument("--probabilities", dest="submission", action="store_false",
+                           help="write per-class probabilities even for the Kaggle layout")
+    _common_inference(r)
+    r.set_defaults(handler=_cmd_predict)
+
+
+def _common_inference(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=DATA_FORMATS, default="auto", help="dataset format (default: detect)")
+    p.add_argument("--mpp", type=float, help="microns per pixel of the patches when the dataset does not say")
+    p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=256, help="patches per inference call (default 256)")
+
+
+@contextmanager
+def _cancel_on_signals() -> Iterator[CancelToken]:
+    """Ctrl+C / SIGTERM set a cancel token: training stops at the next step and keeps its checkpoint."""
+    token = CancelToken()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if token.cancelled:  # second Ctrl+C: stop now
+            raise KeyboardInterrupt
+        token.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (embedded use): no signal handling
+            continue
+    try:
+        yield token
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from dataclasses import asdict
+
+    from engine.errors import ConfigError
+    from engine.train.config import AugmentConfig, TrainConfig
+    from engine.train.runfolder import load_run_config
+
+    given = {f: getattr(args, d) for d, f in _TRAIN_FIELDS.items() if getattr(args, d) is not None}
+    if args.resume:
+        base = load_run_config(Path(args.out))["config"]
+    elif args.config:
+        base = _read_config(Path(args.config))
+    else:
+        if not args.data:
+            raise ConfigError("--data is required for a new run (or pass --resume to continue RUN_DIR)")
+        base = TrainConfig(data=args.data).to_dict()
+    base.update(given)
+    if args.freeze_bn:
+        base["freeze_bn"] = True
+    aug = dict(base.get("augment") or {})
+    if args.no_augment:
+        aug = asdict(AugmentConfig.none())
+    if args.hed is not None:
+        aug["hed"] = args.hed
+    base["augment"] = aug
+    return TrainConfig.from_dict(base)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    from engine.errors import ConfigError
+
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read training config {path}: {exc}") from exc
+    if isinstance(d, dict) and isinstance(d.get("config"), dict):  # a run's config.json
+        d = d["config"]
+    if not isinstance(d, dict):
+        raise ConfigError(f"training config {path} must be a JSON object")
+    return d
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from engine.cli.progress import TerminalProgress
+    from engine.runs import StopFileWatcher
+    from engine.train.trainer import train
+
+    cfg = _train_config(args)
+    bar = TerminalProgress()
+    with _cancel_on_signals() as cancel:
+        try:
+            # the app asks a run to stop by writing RUN_DIR/STOP (engine.runs.request_stop)
+            with StopFileWatcher(args.out, cancel):
+                result = train(cfg, args.out, progress=bar, cancel=cancel, resume=args.resume)
+        finally:
+            bar.close()
+    summary = {
+        "run_dir": str(result.run_dir), "status": result.status, "epochs": result.epochs_completed,
+        "best_epoch": result.best_epoch, "best": result.best_metrics, "duration_s": round(result.duration_s, 1),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        b = result.best_metrics
+        print(
+            f"{result.status}: {result.epochs_completed} epochs in {result.duration_s:.0f} s; best epoch "
+            f"{result.best_epoch}: val AUC {b.get('val_auc', float('nan')):.4f}, accuracy {b.get('accuracy', float('nan')):.4f} "
+            f"-> {result.best_checkpoint}"
+        )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from engine.cli.progress import TerminalProgress
+    from engine.export import export_onnx
+
+    bar = TerminalProgress()
+    try:
+        rep = export_onnx(args.run_dir, args.out, progress=bar, features=args.features, name=args.name, exporter=args.exporter)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+    else:
+        kind = "feature extractor" if args.features else "classifier"
+        print(f"exported {kind} {rep.path} ({rep.size_bytes / 1e6:.1f} MB, verified: max abs diff {rep.max_abs_diff:.2g})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine.cli.progress import TerminalProgress
+    from engine.train.evaluate import evaluate
+
+    bar = TerminalProgress()
+    with _cancel_on_signals() as cancel:
+        try:
+            res = evaluate(args.model, args.data, args.out, fmt=args.format, mpp=args.mpp, tta=args.tta,
+                           device=args.device, batch_size=args.batch_size, progress=bar, cancel=cancel)
+        finally:
+            bar.close()
+    m = res.metrics
+    ci = m["ci95"]["auc"]
+    print(
+        f"AUC {m['auc']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f}), accuracy {m['accuracy']:.4f}, "
+        f"sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f}, F1 {m['f1']:.4f} "
+        f"on {m['n']} patches -> {res.out_dir}"
+    )
+    for note in m["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from engine.cli.progress import TerminalProgress
+    from engine.train.evaluate import predict
+
+    bar = TerminalProgress()
+    with _cancel_on_signals() as cancel:
+        try:
+            res = predict(args.model, args.data, args.out, fmt=args.format, mpp=args.mpp, tta=args.tta,
+                          submission=args.submission, device=args.device, batch_size=args.batch_size,
+                          progress=bar, cancel=cancel)
+        finally:
+            bar.close()
+    print(f"wrote {res.kind} for {res.n} patches -> {res.path}")
+    return 0

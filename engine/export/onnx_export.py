@@ -1,0 +1,319 @@
+"""Export a trained patch classifier (or its feature extractor) as a MetaScope model package.
+
+The ONNX file has a dynamic batch axis, is one self-contained file, carries the package metadata
+(:mod:`engine.modelpkg`) and is verified against the torch model with onnxruntime before it is
+moved to its final name: a model that does not reproduce torch's outputs is never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import __version__
+from engine.errors import ConfigError, ModelPackageError
+from engine.fileio import atomic_path
+from engine.jobs import ProgressCallback, ProgressEvent, report
+from engine.modelpkg import ModelMetadata, sha256_file
+
+#: verification tolerance on logits / features (float32 on CPU differs by ~1e-6)
+MAX_ABS_DIFF = 1e-4
+OPSET = 18
+EXPORTERS = ("dynamo", "torchscript")
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    """What :func:`export_onnx` wrote.
+
+    Attributes:
+        path: the model package.
+        metadata: its embedded metadata.
+        max_abs_diff: largest |onnxruntime - torch| over the verification batches.
+        sha256: hex digest of the file.
+        size_bytes: file size.
+        exporter: ``"dynamo"`` or ``"torchscript"`` (the one that produced the file).
+        duration_s: wall time in seconds.
+    """
+
+    path: Path
+    metadata: ModelMetadata
+    max_abs_diff: float
+    sha256: str
+    size_bytes: int
+    exporter: str
+    duration_s: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "task": self.metadata.task, "max_abs_diff": self.max_abs_diff,
+            "sha256": self.sha256, "size_bytes": self.size_bytes, "exporter": self.exporter,
+            "duration_s": round(self.duration_s, 2), "notes": list(self.notes),
+        }
+
+
+def load_trained(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """Resolve a run folder or checkpoint file into everything needed to rebuild the model.
+
+    Args:
+        source: a run folder (uses ``best.pt``, else ``checkpoint.pt``) or a ``.pt`` file of a run.
+
+    Returns:
+        The best-checkpoint dict: ``model`` (state_dict), ``arch``, ``num_classes``, ``input_size``,
+        ``class_names``, ``positive_class``, ``mean``, ``std``, ``mpp``, ``metrics``, ``data``,
+        ``config``, ``epoch``.
+
+    Raises:
+        ConfigError: no checkpoint there, or a file that is not a MetaScope checkpoint.
+    """
+    from engine.train.runfolder import BEST_NAME, CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint
+
+    p = Path(source)
+    if p.is_dir():
+        cand = [p / BEST_NAME, p / CHECKPOINT_NAME]
+        path = next((c for c in cand if c.is_file()), None)
+        if path is None:
+            raise ConfigError(f"{p} holds no trained model ({BEST_NAME} or {CHECKPOINT_NAME}); has an epoch finished?")
+    elif p.is_file():
+        path = p
+    else:
+        raise ConfigError(f"run folder or checkpoint not found: {p}")
+    ck = load_checkpoint(path)
+    if "mean" not in ck:
+        # a checkpoint.pt: the rest lives in the run's config.json
+        cfg_path = path.parent / CONFIG_NAME
+        try:
+            stored = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path.name} needs the run's {CONFIG_NAME} next to it: {exc}") from exc
+        cfg = stored.get("config", {})
+        data = stored.get("data", {})
+        best = ck.get("best_metrics", {})
+        ck = {
+            "model": ck["model"], "arch": ck.get("arch", cfg.get("arch")), "class_names": stored.get("class_names", []),
+            "num_classes": len(stored.get("class_names", [])), "input_size": ck.get("input_size"),
+            "positive_class": stored.get("positive_class", 1), "mean": cfg.get("mean"), "std": cfg.get("std"),
+            "mpp": data.get("mpp"), "metrics": best, "data": data, "config": cfg, "epoch": ck.get("epoch"),
+        }
+    missing = [k for k in ("arch", "class_names", "input_size", "mean", "std") if not ck.get(k)]
+    if missing:
+        raise ConfigError(f"{path} is not a complete MetaScope checkpoint (missing {', '.join(missing)})")
+    ck["source"] = str(path)
+    return ck
+
+
+def _build(ck: dict[str, Any]) -> Any:
+    from engine.models import build_model
+
+    model = build_model(ck["arch"], len(ck["class_names"]), int(ck["input_size"]))
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as exc:
+        raise ConfigError(f"checkpoint does not match architecture {ck['arch']}: {str(exc).splitlines()[0]}") from exc
+    return model.eval()
+
+
+class _Features:
+    """Wraps a network so that ``forward`` returns its penultimate embedding."""
+
+    def __new__(cls, model: Any) -> Any:
+        import torch
+
+        class FeatureExtractor(torch.nn.Module):
+            def __init__(self, net: Any) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.net.features(x)
+
+        return FeatureExtractor(model).eval()
+
+
+@contextlib.contextmanager
+def _restore_level(logger: logging.Logger, level: int) -> Any:
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export(module: Any, example: Any, path: Path, out_name: str, exporter: str) -> None:
+    import torch
+
+    # both exporters print progress and deprecation chatter; the caller reports progress itself
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _restore_level(onnx_log, level):
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            prog = torch.onnx.export(
+                module, (example,), input_names=["input"], output_names=[out_name],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+                dynamo=True, external_data=False, opset_version=OPSET, verbose=False,
+            )
+            prog.save(str(path), external_data=False)
+        else:
+            torch.onnx.export(
+                module, (example,), str(path), input_names=["input"], output_names=[out_name],
+                dynamic_axes={"input": {0: "batch"}, out_name: {0: "batch"}}, dynamo=False, opset_version=17,
+            )
+
+
+def export_onnx(
+    source: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    progress: ProgressCallback | None = None,
+    *,
+    features: bool = False,
+    name: str | None = None,
+    exporter: str = "dynamo",
+) -> ExportReport:
+    """Export a trained run as a verified MetaScope model package.
+
+    Args:
+        source: run folder (best model) or checkpoint file.
+        out_path: the ``.onnx`` file to write (replaced atomically if it exists).
+        progress: receives ``export`` events (build, export, verify).
+        features: export the feature extractor (task ``feature_extractor``: outputs the
+            ``(N, feature_dim)`` penultimate embedding, for MIL) instead of the classifier.
+        name: display name in the metadata; default the output file's stem.
+        exporter: ``"dynamo"`` (torch.export; falls back to TorchScript if it fails) or
+            ``"torchscript"``.
+
+    Returns:
+        :class:`ExportReport`.
+
+    Raises:
+        ConfigError: no usable checkpoint, unknown exporter.
+        ModelPackageError: onnxruntime's outputs differ from torch's by more than 1e-4.
+        OutputError: the output location cannot be written.
+    """
+    import torch
+
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    t0 = time.monotonic()
+    out = Path(out_path)
+    if out.suffix.lower() != ".onnx":
+        raise ConfigError(f"the model file must end in .onnx, got {out.name}")
+    total = 4
+    report(progress, ProgressEvent("export", 0, total, "loading checkpoint"))
+    ck = load_trained(source)
+    model = _build(ck)
+    module = _Features(model) if features else model
+    size = int(ck["input_size"])
+    gen = torch.Generator().manual_seed(0)
+    # verification inputs look like normalised patches: N(0, 1) per pixel, two batch sizes to
+    # prove the batch axis is really dynamic
+    batches = [torch.randn(8, 3, size, size, generator=gen), torch.randn(3, 3, size, size, generator=gen)]
+    out_name = "features" if features else "logits"
+    notes: list[str] = []
+    report(progress, ProgressEvent("export", 1, total, "exporting to ONNX"))
+    with atomic_path(out) as tmp:
+        used = exporter
+        try:
+            _export(module, batches[0], tmp, out_name, exporter)
+        except Exception as exc:  # torch.export fails on some graphs; TorchScript handles these nets
+            if exporter != "dynamo":
+                raise
+            notes.append(f"dynamo exporter failed ({type(exc).__name__}); used the TorchScript exporter")
+            used = "torchscript"
+            _export(module, batches[0], tmp, out_name, used)
+        report(progress, ProgressEvent("export", 2, total, "verifying with onnxruntime"))
+        diff = _verify(module, tmp, batches, out_name)
+        if not diff < MAX_ABS_DIFF:
+            raise ModelPackageError(
+                f"export verification failed: onnxruntime and torch differ by {diff:.3g} (limit {MAX_ABS_DIFF:g})"
+            )
+        meta = _metadata(ck, out, name, features, model, diff, used)
+        _embed(tmp, meta)
+        report(progress, ProgressEvent("export", 3, total, "writing"))
+    report(progress, ProgressEvent("export", total, total, f"exported {out.name} (max abs diff {diff:.2g})"))
+    return ExportReport(out, meta, diff, sha256_file(out), out.stat().st_size, used, time.monotonic() - t0, notes)
+
+
+def _verify(module: Any, path: Path, batches: list[Any], out_name: str) -> float:
+    import onnxruntime as ort
+    import torch
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    diff = 0.0
+    with torch.no_grad():
+        for xb in batches:
+            ref = module(xb).numpy()
+            got = sess.run([out_name], {"input": xb.numpy()})[0]
+            if got.shape != ref.shape:
+                raise ModelPackageError(f"exported model returns shape {got.shape}, torch {ref.shape}")
+            diff = max(diff, float(np.abs(got - ref).max()))
+    return diff
+
+
+def _metadata(ck: dict[str, Any], out: Path, name: str | None, features: bool, model: Any, diff: float, exporter: str) -> ModelMetadata:
+    class_names = tuple(str(c) for c in ck["class_names"])
+    metrics = {k: v for k, v in dict(ck.get("metrics") or {}).items() if isinstance(v, (int, float, str))}
+    if "val_auc" in metrics:
+        metrics["auc"] = metrics["val_auc"]  # the name heatmap/library views look for
+    extra = {
+        "epoch": ck.get("epoch"), "source": ck.get("source"), "verify_max_abs_diff": diff, "exporter": exporter,
+        "train_config": ck.get("config", {}),
+    }
+    if features:
+        extra["classifier_class_names"] = list(class_names)
+    return ModelMetadata(
+        name=name or out.stem,
+        task="feature_extractor" if features else "patch_classification",
+        class_names=() if features else class_names,
+        positive_class=0 if features else int(ck.get("positive_class", 1)),
+        input_size=int(ck["input_size"]),
+        input_mpp=float(ck["mpp"]) if ck.get("mpp") else None,
+        mean=tuple(float(v) for v in ck["mean"]),
+        std=tuple(float(v) for v in ck["std"]),
+        channel_order="RGB",
+        input_layout="NCHW",
+        output="logits",
+        arch=str(ck["arch"]),
+        input_name="input",
+        output_name="features" if features else "logits",
+        feature_dim=int(model.feature_dim) if features else None,
+        training_data=dict(ck.get("data") or {}),
+        metrics=metrics,
+        extra=extra,
+        metascope_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+
+
+def _embed(path: Path, meta: ModelMetadata) -> None:
+    """Add the metadata entry to the ONNX file in place (it is still the temporary file)."""
+    import onnx
+
+    from engine.modelpkg import METADATA_KEY
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise ModelPackageError(f"the exported ONNX file cannot be read back: {type(exc).__name__}") from exc
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = meta.to_json()
+    proto.producer_name = "MetaScope"
+    proto.producer_version = __version__
+    onnx.save(proto, str(path))

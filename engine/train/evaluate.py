@@ -1,0 +1,333 @@
+"""Evaluate and apply an exported patch classifier (ONNX, via :mod:`engine.infer.session`).
+
+``evaluate`` scores a labelled dataset: accuracy, AUC with a bootstrap 95 % CI, sensitivity,
+specificity, F1, confusion matrix, ROC and calibration plots, ``metrics.json`` and per-patch
+predictions. ``predict`` writes class probabilities for any patch set, or a Kaggle submission.
+Both run the exact model package a user ships, not the torch checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import DatasetError, ModelPackageError
+from engine.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
+from engine.train.metrics import bootstrap_auc_ci, classification_metrics, roc_curve
+
+N_BOOT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationResult:
+    """What :func:`evaluate` wrote.
+
+    Attributes:
+        out_dir: output folder (``metrics.json``, ``predictions.csv``, ``roc.png``, ``calibration.png``).
+        metrics: the content of ``metrics.json``.
+    """
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+
+
+def dihedral(batch: np.ndarray, k: int) -> np.ndarray:
+    """The k-th of the 8 dihedral transforms (4 rotations x optional flip) of ``(N, H, W, 3)``."""
+    out = np.rot90(batch, k % 4, axes=(1, 2))
+    if k >= 4:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def predict_probabilities(
+    session: Any,
+    ds: Any,
+    indices: np.ndarray | None = None,
+    *,
+    tta: bool = False,
+    batch_size: int = 256,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> np.ndarray:
+    """Class probabilities of patches.
+
+    Args:
+        session: a :class:`engine.infer.session.ModelSession` of a patch classifier.
+        ds: a PatchDataset.
+        indices: patches to score (default all).
+        tta: average over the 8 dihedral transforms (rotations and flips; 8x the compute).
+        batch_size: patches per inference call.
+
+    Returns:
+        float32 ``(n, C)`` probabilities in the model's class order.
+    """
+    from engine.infer.preprocess import Preprocessor, to_probabilities
+
+    idx = np.arange(len(ds)) if indices is None else np.asarray(indices, dtype=np.int64)
+    pre = Preprocessor(session.metadata)
+    n_cls = max(2, len(session.metadata.class_names))
+    out = np.empty((idx.size, n_cls), dtype=np.float32)
+    read_many = getattr(ds, "read_many", None)
+    n_batches = max(1, -(-idx.size // batch_size))
+    for b, start in enumerate(range(0, idx.size, batch_size)):
+        check_cancel(cancel)
+        chunk = idx[start : start + batch_size]
+        tiles = read_many(chunk) if read_many is not None else np.stack([ds.read(int(i)) for i in chunk])
+        views = range(8) if tta else range(1)
+        acc = np.zeros((chunk.size, n_cls), dtype=np.float64)
+        for k in views:
+            acc += to_probabilities(session.run(pre(dihedral(tiles, k) if k else tiles)), session.metadata)
+        out[start : start + chunk.size] = acc / len(views)
+        report(progress, ProgressEvent("predict", b + 1, n_batches, f"{min(start + batch_size, idx.size)}/{idx.size} patches"))
+    return out
+
+
+def _label_map(ds_names: tuple[str, ...], model_names: tuple[str, ...]) -> tuple[np.ndarray, str | None]:
+    """Dataset class index -> model class index, matched by name (else by position)."""
+    if all(n in model_names for n in ds_names):
+        return np.array([model_names.index(n) for n in ds_names], dtype=np.int64), None
+    if len(ds_names) == len(model_names):
+        note = (
+            f"dataset classes ({', '.join(ds_names)}) differ from the model's ({', '.join(model_names)}); "
+            "matched by position"
+        )
+        return np.arange(len(ds_names), dtype=np.int64), note
+    raise DatasetError(
+        f"the dataset's classes ({', '.join(ds_names)}) do not match the model's ({', '.join(model_names)})"
+    )
+
+
+def _open(data: str | os.PathLike[str], fmt: str, mpp: float | None, labelled: bool) -> Any:
+    from engine.data import open_dataset
+
+    return open_dataset(data, fmt=fmt, mpp=mpp, labelled=labelled)
+
+
+def _load(model_path: str | os.PathLike[str], device: str) -> Any:
+    from engine.infer.session import load_model
+
+    session = load_model(model_path, device=device)
+    if session.metadata.task != "patch_classification":
+        raise ModelPackageError(
+            f"{Path(model_path).name} is a {session.metadata.task} model; evaluate/predict need a patch classifier"
+        )
+    return session
+
+
+def _bootstrap(y: np.ndarray, probs: np.ndarray, positive: int, seed: int = 0) -> dict[str, list[float]]:
+    """Percentile bootstrap 95 % CIs of AUC, accuracy, sensitivity, specificity."""
+    score = probs[:, positive]
+    pos = y == positive
+    pred_pos = (score >= 0.5) if probs.shape[1] == 2 else (probs.argmax(1) == positive)
+    correct = (probs.argmax(1) == y) if probs.shape[1] > 2 else (pred_pos == pos)
+    lo, hi = bootstrap_auc_ci(pos, score, N_BOOT, seed=seed)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, y.size, (N_BOOT, y.size))
+    acc = correct[idx].mean(1)
+    tp = (pos & pred_pos)[idx].sum(1)
+    npos = pos[idx].sum(1)
+    tn = (~pos & ~pred_pos)[idx].sum(1)
+    nneg = (~pos)[idx].sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = tp / npos
+        spec = tn / nneg
+
+    def ci(v: np.ndarray) -> list[float]:
+        v = v[np.isfinite(v)]
+        return [float(x) for x in np.quantile(v, [0.025, 0.975])] if v.size >= 10 else [float("nan")] * 2
+
+    return {"auc": [lo, hi], "accuracy": ci(acc), "sensitivity": ci(sens), "specificity": ci(spec)}
+
+
+def evaluate(
+    model_path: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    fmt: str = "auto",
+    mpp: float | None = None,
+    tta: bool = False,
+    device: str = "auto",
+    batch_size: int = 256,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    dataset: Any | None = None,
+) -> EvaluationResult:
+    """Score a model package on a labelled dataset.
+
+    Writes into ``out_dir``: ``metrics.json`` (metrics, 95 % CIs, confusion matrix, model and
+    data identity), ``predictions.csv`` (id, label, one probability column per class),
+    ``roc.png`` and ``calibration.png`` (binary models; multi-class: positive class vs rest).
+
+    Raises:
+        ModelPackageError: not a patch-classifier package.
+        DatasetError: unreadable or unlabelled data, classes that do not match the model.
+    """
+    t0 = time.monotonic()
+    session = _load(model_path, device)
+    meta = session.metadata
+    ds = dataset if dataset is not None else _open(data, fmt, mpp, True)
+    if len(ds) == 0:
+        raise DatasetError(f"no patches found in {data}")
+    labels = np.asarray(ds.labels, dtype=np.int64)
+    if not ds.class_names or (labels < 0).any():
+        raise DatasetError("evaluation needs every patch labelled (use predict for unlabelled patches)")
+    mapping, note = _label_map(tuple(ds.class_names), tuple(meta.class_names))
+    y = mapping[labels]
+    notes = [note] if note else []
+    if meta.input_mpp and ds.mpp and abs(ds.mpp / meta.input_mpp - 1) > 0.1:
+        notes.append(f"the data is at {ds.mpp:g} um/px but the model was trained at {meta.input_mpp:g} um/px")
+    out = ensure_writable_dir(out_dir)
+    probs = predict_probabilities(session, ds, tta=tta, batch_size=batch_size, progress=progress, cancel=cancel)
+    positive = int(meta.positive_class)
+    m = classification_metrics(y, probs, positive)
+    report(progress, ProgressEvent("metrics", 0, 1, "bootstrap confidence intervals"))
+    cis = _bootstrap(y, probs, positive)
+    result: dict[str, Any] = {
+        "model": session.describe(),
+        "data": {"path": str(data), "patches": int(len(ds)), "format": getattr(ds, "fmt", None), "mpp": ds.mpp,
+                 "class_counts": {n: int((labels == k).sum()) for k, n in enumerate(ds.class_names)}},
+        "class_names": list(meta.class_names),
+        "positive_class": meta.class_names[positive],
+        "tta": tta,
+        "threshold": 0.5,
+        **{k: m[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "loss", "n")},
+        "ci95": cis,
+        "bootstrap_resamples": N_BOOT,
+        "confusion_matrix": m["confusion_matrix"],
+        "notes": notes,
+        "duration_s": round(time.monotonic() - t0, 2),
+    }
+    files = [out / "metrics.json", out / "predictions.csv"]
+    _write_predictions(out / "predictions.csv", ds.ids, probs, meta.class_names, [meta.class_names[i] for i in y])
+    files += _plots(out, y == positive, probs[:, positive], meta.class_names[positive], m["auc"], cis["auc"])
+    atomic_write_json(out / "metrics.json", result)
+    report(progress, ProgressEvent("metrics", 1, 1, f"AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}"))
+    return EvaluationResult(out, result, files)
+
+
+def _write_predictions(path: Path, ids: list[str], probs: np.ndarray, class_names: tuple[str, ...], labels: list[str] | None) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    head = ["id"] + (["label"] if labels is not None else []) + [f"p_{c}" for c in class_names] + ["predicted"]
+    w.writerow(head)
+    pred = probs.argmax(1)
+    for i, pid in enumerate(ids):
+        row: list[Any] = [pid] + ([labels[i]] if labels is not None else [])
+        row += [f"{p:.6f}" for p in probs[i]] + [class_names[pred[i]]]
+        w.writerow(row)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _plots(out: Path, y_pos: np.ndarray, score: np.ndarray, pos_name: str, auc: float, ci: list[float]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from engine.fileio import atomic_path
+
+    files = []
+    fpr, tpr, _ = roc_curve(y_pos, score)
+    fig = Figure(figsize=(5, 5), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {auc:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+           title=f"ROC: {pos_name} vs rest", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(out / "roc.png") as tmp:
+        fig.savefig(tmp, format="png")
+    files.append(out / "roc.png")
+
+    bins = np.linspace(0, 1, 11)
+    which = np.clip(np.digitize(score, bins) - 1, 0, 9)
+    centres, frac, counts = [], [], []
+    for b in range(10):
+        sel = which == b
+        counts.append(int(sel.sum()))
+        if sel.any():
+            centres.append(float(score[sel].mean()))
+            frac.append(float(y_pos[sel].mean()))
+    fig = Figure(figsize=(5, 6), dpi=100)
+    ax1, ax2 = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax1.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
+    ax1.plot(centres, frac, marker="o", lw=2, label="model")
+    ax1.set(ylabel=f"observed fraction {pos_name}", title="Calibration (10 bins)", ylim=(0, 1))
+    ax1.legend(loc="upper left")
+    ax2.bar((bins[:-1] + bins[1:]) / 2, counts, width=0.09)
+    ax2.set(xlabel=f"predicted probability of {pos_name}", ylabel="patches", xlim=(0, 1))
+    fig.tight_layout()
+    with atomic_path(out / "calibration.png") as tmp:
+        fig.savefig(tmp, format="png")
+    files.append(out / "calibration.png")
+    return files
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionResult:
+    """What :func:`predict` wrote: the CSV, its kind and the number of patches."""
+
+    path: Path
+    kind: str
+    n: int
+
+
+def predict(
+    model_path: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str],
+    *,
+    fmt: str = "auto",
+    mpp: float | None = None,
+    tta: bool = False,
+    submission: bool | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    dataset: Any | None = None,
+) -> PredictionResult:
+    """Class probabilities for a folder or CSV of patches.
+
+    Args:
+        submission: write the Kaggle submission format ``id,label`` (label = probability of the
+            positive class, as the competition's AUC scoring expects); ``None`` = when the data is
+            in the Kaggle layout.
+
+    Returns:
+        :class:`PredictionResult`. A probabilities CSV has ``id``, one ``p_<class>`` column per
+        class and ``predicted``.
+
+    Raises:
+        ModelPackageError, DatasetError: unusable model or data.
+    """
+    session = _load(model_path, device)
+    meta = session.metadata
+    ds = dataset if dataset is not None else _open(data, fmt, mpp, False)
+    if len(ds) == 0:
+        raise DatasetError(f"no patches found in {data}")
+    out = Path(out_csv)
+    ensure_writable_dir(out.parent if str(out.parent) else ".")
+    probs = predict_probabilities(session, ds, tta=tta, batch_size=batch_size, progress=progress, cancel=cancel)
+    kaggle = submission if submission is not None else getattr(ds, "fmt", "") == "kaggle"
+    if kaggle:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["id", "label"])
+        for pid, p in zip(ds.ids, probs[:, meta.positive_class], strict=True):
+            w.writerow([pid, f"{p:.6f}"])
+        atomic_write_text(out, buf.getvalue())
+        return PredictionResult(out, "submission", len(ds))
+    _write_predictions(out, list(ds.ids), probs, meta.class_names, None)
+    return PredictionResult(out, "probabilities", len(ds))

@@ -1,0 +1,656 @@
+"""The patch-classifier training loop: events, checkpoints, resume, early stopping, DDP.
+
+``train(cfg, run_dir)`` writes everything a follower needs into the run folder (see
+:mod:`engine.train.runfolder`). A run killed at any moment loses at most the epoch in progress:
+``checkpoint.pt`` is replaced atomically after every epoch and ``train(..., resume=True)``
+continues from it with the same shuffling, augmentations and RNG state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import __version__
+from engine.errors import Cancelled, ConfigError, DatasetError
+from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, report
+from engine.train import runfolder as rf
+from engine.train.config import TrainConfig
+from engine.train.ddp import DistInfo, env_dist_info
+from engine.train.metrics import classification_metrics
+
+# fields a resumed run may change; anything else must match the stored config
+RESUME_MUTABLE = ("epochs", "device", "num_workers", "cache", "cache_limit_gb", "log_every", "patience", "validate_data")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """Outcome of :func:`train`.
+
+    Attributes:
+        run_dir: the run folder.
+        status: ``"finished"`` (all epochs) or ``"early_stopped"``.
+        epochs_completed: epochs trained in total (including before a resume).
+        best_epoch: 1-based epoch of the best validation AUC (``best.pt``).
+        best_metrics: validation metrics of that epoch.
+        history: per-epoch records (``train_loss``, ``val_loss``, ``val_auc``, ...).
+        duration_s: wall time of this call, in seconds.
+    """
+
+    run_dir: Path
+    status: str
+    epochs_completed: int
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / rf.BEST_NAME
+
+
+# --------------------------------------------------------------------------------------------
+# data preparation
+
+
+def data_fingerprint(ds: Any) -> str:
+    """sha256 over patch ids and labels: identifies "the same data" for resume."""
+    h = hashlib.sha256()
+    h.update(str(len(ds)).encode())
+    for i in ds.ids:
+        h.update(str(i).encode("utf-8", "replace") + b"\0")
+    h.update(np.asarray(ds.labels, dtype=np.int64).tobytes())
+    h.update("\0".join(ds.class_names).encode())
+    return h.hexdigest()
+
+
+def _open_dataset(cfg: TrainConfig) -> Any:
+    from engine.data import open_dataset
+
+    return open_dataset(cfg.data, fmt=cfg.fmt, mpp=cfg.mpp, labelled=True)
+
+
+def check_trainable(ds: Any) -> None:
+    """Reject datasets a classifier cannot learn from.
+
+    Raises:
+        DatasetError: empty, unlabelled patches, fewer than two classes with patches.
+    """
+    if len(ds) == 0:
+        raise DatasetError("the dataset is empty: no patches found")
+    labels = np.asarray(ds.labels, dtype=np.int64)
+    if (labels < 0).any():
+        raise DatasetError(f"{int((labels < 0).sum())} patches have no label; training needs every patch labelled")
+    names = tuple(ds.class_names)
+    if len(names) < 2:
+        raise DatasetError(f"the dataset has one class only ({', '.join(names) or 'none'}); a classifier needs two or more")
+    present = np.unique(labels)
+    if present.size < 2:
+        raise DatasetError(
+            f"all {labels.size} patches are of class {names[int(present[0])]!r}; a classifier needs patches of two or more classes"
+        )
+    h, w = ds.patch_size
+    if h != w:
+        raise DatasetError(f"patches must be square, got {w}x{h} px")
+
+
+def _split(cfg: TrainConfig, ds: Any) -> tuple[np.ndarray, np.ndarray, str]:
+    from engine.data import split_dataset
+
+    strategy = cfg.split
+    if strategy == "auto":
+        strategy = "grouped" if ds.groups is not None else "stratified"
+    train_idx, val_idx = split_dataset(ds, cfg.val_fraction, strategy=strategy, seed=cfg.seed)
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    if train_idx.size == 0 or val_idx.size == 0:
+        raise DatasetError(
+            f"the dataset is too small to hold out {cfg.val_fraction:.0%} for validation "
+            f"({len(ds)} patches: {train_idx.size} train, {val_idx.size} validation)"
+        )
+    if np.unique(np.asarray(ds.labels)[train_idx]).size < 2:
+        raise DatasetError("the training split holds one class only; add patches or lower the validation fraction")
+    return train_idx, val_idx, strategy
+
+
+def _positive_index(cfg: TrainConfig, class_names: tuple[str, ...], ds: Any = None) -> int:
+    if cfg.positive_class is None:
+        # the dataset infers it from the names ("tumor", "1", "metastasis", ...)
+        inferred = getattr(ds, "positive_class", None)
+        if isinstance(inferred, (int, np.integer)) and 0 <= int(inferred) < len(class_names):
+            return int(inferred)
+        return 1 if len(class_names) == 2 else len(class_names) - 1
+    if cfg.positive_class not in class_names:
+        raise ConfigError(f"positive class {cfg.positive_class!r} is not a class of the dataset ({', '.join(class_names)})")
+    return class_names.index(cfg.positive_class)
+
+
+# --------------------------------------------------------------------------------------------
+# schedule
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier at optimisation ``step`` of ``total`` (``warmup`` steps of warmup)."""
+    if schedule == "onecycle":
+        # torch's OneCycleLR shape: cosine from lr/25 up to lr over 30 %, then cosine to lr/25e4
+        up = max(1, int(0.3 * total))
+        lo, end = 1.0 / 25.0, 1.0 / 25e4
+        if step < up:
+            return lo + (1.0 - lo) * (1 - math.cos(math.pi * step / up)) / 2
+        t = min(1.0, (step - up) / max(1, total - up))
+        return end + (1.0 - end) * (1 + math.cos(math.pi * t)) / 2
+    if warmup > 0 and step < warmup:
+        return 0.01 + 0.99 * step / warmup
+    if schedule == "constant":
+        return 1.0
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * t))
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+class _Run:
+    """State of one training call (kept out of :func:`train` to keep the loop readable)."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: DistInfo, progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.dist = dist
+        self.progress = progress if dist.is_main else None
+        self.cancel = cancel
+        self.events = rf.EventLog(run_dir, enabled=dist.is_main)
+        self.t0 = time.monotonic()
+
+    # -- device ----------------------------------------------------------------------------
+    def setup_device(self) -> None:
+        import torch
+
+        want = self.cfg.device
+        if want == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was requested but no CUDA GPU is available to PyTorch")
+        self.use_cuda = want in ("auto", "cuda") and torch.cuda.is_available()
+        if self.use_cuda:
+            torch.cuda.set_device(self.dist.local_rank)
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.backends.cudnn.benchmark = True
+        else:
+            self.device = torch.device("cpu")
+        self.amp = self.use_cuda
+
+    def state(self, status: str, **extra: Any) -> None:
+        if self.dist.is_main:
+            rf.write_state(self.run_dir, status, epochs=self.cfg.epochs, **extra)
+
+
+def _resolve_config(cfg: TrainConfig | None, run_dir: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
+    if not resume:
+        if cfg is None:
+            raise ConfigError("a training config is needed to start a new run")
+        return cfg, None
+    stored_raw = rf.load_run_config(run_dir)
+    stored = TrainConfig.from_dict(stored_raw["config"])
+    if rf.is_running(run_dir):
+        st = rf.read_state(run_dir) or {}
+        raise rf.RunFolderError(f"run {run_dir} is still running (pid {st.get('pid')}); stop it before resuming")
+    if cfg is None:
+        return stored, stored_raw
+    a, b = stored.to_dict(), cfg.to_dict()
+    differ = [k for k in a if k not in RESUME_MUTABLE and a[k] != b[k]]
+    if differ:
+        raise rf.RunFolderError(
+            f"run {run_dir} was started with different settings ({', '.join(differ)}); resume it with the "
+            "same settings or start a new run folder"
+        )
+    return cfg, stored_raw
+
+
+def train(
+    cfg: TrainConfig | None,
+    run_dir: str | os.PathLike[str],
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    dataset: Any | None = None,
+) -> TrainResult:
+    """Train a patch classifier into ``run_dir``.
+
+    Args:
+        cfg: the run's settings; may be ``None`` with ``resume=True`` (use the stored ones).
+        run_dir: run folder. New runs need a missing or empty folder; ``resume=True`` needs a
+            run folder of the same data and settings (epochs may be raised).
+        progress: receives ``cache``, ``train`` (per step) and ``validate`` events, and an
+            ``epoch`` event with the epoch's metrics.
+        cancel: checked every optimisation step; on cancel the last checkpoint is kept, a
+            ``cancelled`` event is written and :class:`~engine.errors.Cancelled` is raised.
+        resume: continue an interrupted (killed, cancelled, failed) or finished run.
+        dataset: an already opened PatchDataset to use instead of opening ``cfg.data``.
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        ConfigError, DatasetError, RunFolderError: bad settings, unusable data, a run folder that
+            exists (without ``resume``) or does not match.
+        Cancelled: ``cancel`` was set.
+    """
+    import torch
+
+    run_dir = Path(run_dir)
+    dist = env_dist_info()
+    cfg, stored_raw = _resolve_config(cfg, run_dir, resume)
+    run = _Run(cfg, run_dir, dist, progress, cancel)
+    run.setup_device()
+    from engine.train import ddp
+
+    ddp.init_process_group(dist, run.use_cuda)
+    try:
+        if not resume:
+            if dist.is_main:
+                rf.prepare_new_run(run_dir)
+            ddp.barrier(dist)
+        ds = dataset if dataset is not None else _open_dataset(cfg)
+        check_trainable(ds)
+        fingerprint = data_fingerprint(ds)
+        if stored_raw is not None and stored_raw.get("fingerprint") not in (None, fingerprint):
+            raise rf.RunFolderError(
+                f"the data at {cfg.data} changed since run {run_dir} started (different patches or labels); "
+                "start a new run folder"
+            )
+        return _train(run, ds, fingerprint, resume, torch)
+    finally:
+        ddp.destroy(dist)
+
+
+def _train(run: _Run, ds: Any, fingerprint: str, resume: bool, torch: Any) -> TrainResult:
+    cfg, dist, events = run.cfg, run.dist, run.events
+    class_names = tuple(ds.class_names)
+    positive = _positive_index(cfg, class_names, ds)
+    size = int(ds.patch_size[0])
+    ckpt_path = run.run_dir / rf.CHECKPOINT_NAME
+    ckpt = rf.load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+    if ckpt is not None and ckpt.get("fingerprint") not in (None, fingerprint):
+        raise rf.RunFolderError(f"checkpoint in {run.run_dir} belongs to different data; start a new run folder")
+    if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs:
+        raise rf.RunFolderError(
+            f"run {run.run_dir} already completed {int(ckpt['epoch'])} of {cfg.epochs} epochs; raise --epochs to train further"
+        )
+
+    report_ = None
+    if cfg.validate_data and dist.is_main and not resume:
+        from engine.data import validate_dataset
+
+        report_ = validate_dataset(ds, progress=run.progress, cancel=run.cancel)
+        report_.raise_if_errors()
+    train_idx, val_idx, strategy = _split(cfg, ds)
+    labels_all = np.asarray(ds.labels, dtype=np.int64)
+    data_summary = {
+        **_describe(ds),
+        "path": cfg.data,
+        "n_patches": len(ds),
+        "n_train": int(train_idx.size),
+        "n_val": int(val_idx.size),
+        "split": strategy,
+        "class_counts": {n: int((labels_all == c).sum()) for c, n in enumerate(class_names)},
+        "mpp": ds.mpp if ds.mpp is not None else cfg.mpp,
+        "patch_size": [int(s) for s in ds.patch_size],
+    }
+    if dist.is_main and not resume:
+        from engine.fileio import atomic_write_json
+
+        atomic_write_json(
+            run.run_dir / rf.CONFIG_NAME,
+            {
+                "config": cfg.to_dict(),
+                "fingerprint": fingerprint,
+                "class_names": list(class_names),
+                "positive_class": positive,
+                "data": data_summary,
+                "metascope_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+    run.state("running", epoch=int(ckpt["epoch"]) if ckpt else 0)
+    checked = _jsonable(report_.to_dict()) if report_ is not None else None
+    try:
+        return _loop(run, ds, ckpt, train_idx, val_idx, class_names, positive, size, data_summary, fingerprint, checked, torch)
+    except Cancelled:
+        done = _completed_epochs(ckpt_path)
+        events.write("cancelled", epochs_completed=done, message="cancelled by user; the last checkpoint is kept")
+        run.state("cancelled", epoch=done)
+        raise
+    except BaseException as exc:
+        done = _completed_epochs(ckpt_path)
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        events.write("failed", error=type(exc).__name__, message=msg[:500], epochs_completed=done)
+        run.state("failed", epoch=done, message=msg[:500])
+        raise
+
+
+def _completed_epochs(path: Path) -> int:
+    try:
+        return int(rf.load_checkpoint(path)["epoch"]) if path.is_file() else 0
+    except ConfigError:
+        return 0
+
+
+def _describe(ds: Any) -> dict[str, Any]:
+    try:
+        d = ds.describe()
+    except (AttributeError, TypeError):
+        return {}
+    return _jsonable(d) if isinstance(d, dict) else {}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _loop(
+    run: _Run, ds: Any, ckpt: dict[str, Any] | None, train_idx: np.ndarray, val_idx: np.ndarray,
+    class_names: tuple[str, ...], positive: int, size: int, data_summary: dict[str, Any], fingerprint: str,
+    checked: dict[str, Any] | None, torch: Any,
+) -> TrainResult:
+    from engine.models import build_model
+    from engine.train import ddp
+    from engine.train.augment import augment_batch, batch_generator
+    from engine.train.loader import PatchSource, cache_fits
+
+    cfg, dist, events, device = run.cfg, run.dist, run.events, run.device
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % (2**32))
+    num_classes = len(class_names)
+    # resuming from a checkpoint: its weights replace these right away; skip a weights file
+    model = build_model(cfg.arch, num_classes, size, weights=None if ckpt else cfg.weights, dropout=cfg.dropout)
+    model = model.to(device, memory_format=torch.channels_last) if run.use_cuda else model.to(device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    if dist.distributed and run.use_cuda and not cfg.freeze_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = model
+    if dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dist.local_rank] if run.use_cuda else None)
+
+    decay, no_decay = [], []
+    for p in model.parameters():
+        # no weight decay on biases and norm scales (standard AdamW practice)
+        (decay if p.ndim > 1 else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    steps_per_epoch = max(1, math.ceil(train_idx.size / cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, total_steps, warmup))
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
+
+    labels_all = np.asarray(ds.labels, dtype=np.int64)
+    counts = np.bincount(labels_all[train_idx], minlength=num_classes).astype(np.float64)
+    if cfg.class_weighting == "balanced":
+        w = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+    else:
+        w = np.ones(num_classes)
+    class_w = torch.tensor(w, dtype=torch.float32, device=device)
+    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    start_epoch, history = 0, []
+    # best = highest validation AUC, ties broken by the lower validation loss
+    best_score, best_epoch, best_metrics, stale = (-math.inf, -math.inf), 0, {}, 0
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = int(ckpt["epoch"])
+        history = list(ckpt.get("history", []))
+        best_score = tuple(float(v) for v in ckpt.get("best_score", (-math.inf, -math.inf)))
+        best_epoch = int(ckpt.get("best_epoch", 0))
+        best_metrics = dict(ckpt.get("best_metrics", {}))
+        stale = int(ckpt.get("stale", 0))
+        _set_rng(ckpt.get("rng", {}), torch)
+
+    n_cache = train_idx.size + val_idx.size
+    use_cache = cfg.cache == "memory" or (cfg.cache == "auto" and cache_fits(n_cache, ds.patch_size, cfg.cache_limit_gb))
+    # each rank keeps its own validation shard; training needs all training patches everywhere
+    val_local = val_idx[dist.rank :: dist.world_size]
+    train_src = PatchSource(ds, train_idx, use_cache, cfg.num_workers, run.use_cuda, run.progress, run.cancel, "cache")
+    val_src = PatchSource(ds, val_local, use_cache, cfg.num_workers, run.use_cuda, run.progress, run.cancel, "cache_val")
+    train_labels = torch.from_numpy(labels_all[train_idx])
+
+    info = {
+        "arch": cfg.arch, "device": str(device), "amp": run.amp, "world_size": dist.world_size,
+        "n_train": int(train_idx.size), "n_val": int(val_idx.size), "class_names": list(class_names),
+        "steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs, "cached": use_cache,
+        "params": int(sum(p.numel() for p in model.parameters())), "split": data_summary["split"],
+    }
+    if ckpt is None:
+        events.write("run_started", **info, config=cfg.to_dict())
+        if checked is not None:
+            events.write("data_checked", **checked)
+    else:
+        events.write("resumed", **info, from_epoch=start_epoch)
+
+    def to_input(xb: Any) -> Any:
+        x = xb.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        return x
+
+    def normalise(x: Any) -> Any:
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if run.use_cuda else x
+
+    status = "finished"
+    t_train_start = time.monotonic()
+    total_train_patches = 0
+    total_train_time = 0.0
+    for epoch in range(start_epoch, cfg.epochs):
+        events.write("epoch_started", epoch=epoch + 1, epochs=cfg.epochs, lr=opt.param_groups[0]["lr"])
+        run.state("running", epoch=epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(train_idx.size)
+        global_chunks = [order[i : i + cfg.batch_size] for i in range(0, order.size, cfg.batch_size)]
+        shares = [dist.share(c.size) for c in global_chunks]
+        local_chunks = [c[o : o + k] for c, (o, k) in zip(global_chunks, shares, strict=True)]
+        net.train()
+        if cfg.freeze_bn:
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        loss_sum, n_seen = 0.0, 0
+        win_loss, win_n, win_t0 = 0.0, 0, time.monotonic()
+        t_epoch = time.monotonic()
+        for step, xb in enumerate(train_src.batches(local_chunks)):
+            cancelled = run.cancel is not None and run.cancel.cancelled
+            if ddp.any_flag(dist, cancelled, device):
+                raise Cancelled("cancelled by user")
+            global_n = int(global_chunks[step].size)
+            offset, _ = shares[step]
+            yb = train_labels[local_chunks[step]].to(device, non_blocking=True)
+            x = to_input(xb)
+            if cfg.augment.enabled:
+                x = augment_batch(x, cfg.augment, batch_generator(cfg.seed, epoch, step), global_n, offset)
+            x = normalise(x)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=run.amp):
+                logits = net(x)
+            ce = torch.nn.functional.cross_entropy(logits.float(), yb, reduction="none")
+            wsum = (ce * class_w[yb]).sum()
+            # sum / global batch, times world size: DDP's gradient mean over ranks then equals the
+            # gradient of the global-batch mean, also for uneven shards of the last batch
+            loss = wsum * (dist.world_size / global_n)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            lv = float(wsum.detach()) / max(1, yb.numel())
+            loss_sum += lv * yb.numel()
+            n_seen += yb.numel()
+            win_loss += lv * yb.numel()
+            win_n += yb.numel()
+            done = step + 1
+            if done % cfg.log_every == 0 or done == steps_per_epoch:
+                now = time.monotonic()
+                rate = win_n * dist.world_size / max(now - win_t0, 1e-9)
+                el = now - t_epoch
+                eta = el / done * (steps_per_epoch - done) + el / done * steps_per_epoch * (cfg.epochs - epoch - 1)
+                extra = {}
+                if run.use_cuda:
+                    extra["gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                events.write(
+                    "step", epoch=epoch + 1, step=done, steps=steps_per_epoch, loss=win_loss / max(win_n, 1),
+                    lr=opt.param_groups[0]["lr"], patches_per_s=round(rate, 1), eta_s=round(eta, 1), **extra,
+                )
+                win_loss, win_n, win_t0 = 0.0, 0, now
+            report(run.progress, ProgressEvent(
+                "train", done, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs} loss {lv:.4f}",
+                {"epoch": epoch + 1, "loss": lv, "lr": opt.param_groups[0]["lr"]},
+            ))
+        epoch_train_time = time.monotonic() - t_epoch
+        total_train_time += epoch_train_time
+        total_train_patches += int(train_idx.size)
+        tl_sum, tl_n = ddp.sum_scalars(dist, [loss_sum, float(n_seen)], device)
+        train_loss = tl_sum / max(tl_n, 1.0)
+
+        probs, yv = _validate(run, net, val_src, labels_all[val_local], to_input, normalise, torch)
+        parts = ddp.gather_arrays(dist, np.concatenate([probs, yv[:, None].astype(np.float32)], axis=1))
+        allv = np.concatenate(parts)
+        m = classification_metrics(allv[:, -1].astype(np.int64), allv[:, :-1], positive)
+        rec = {
+            "epoch": epoch + 1, "train_loss": train_loss, "val_loss": m["loss"], "val_auc": m["auc"],
+            "accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+            "f1": m["f1"], "confusion_matrix": m["confusion_matrix"],
+            "train_patches_per_s": round(train_idx.size / max(epoch_train_time, 1e-9), 1),
+            "epoch_s": round(time.monotonic() - t_epoch, 2), "lr": opt.param_groups[0]["lr"],
+        }
+        history.append(rec)
+        events.write("epoch_ended", **rec)
+        report(run.progress, ProgressEvent("epoch", epoch + 1, cfg.epochs, _epoch_msg(rec), rec))
+        score = (m["auc"] if math.isfinite(m["auc"]) else -math.inf, -m["loss"])
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch, stale = score, epoch + 1, 0
+            best_metrics = {k: rec[k] for k in ("val_auc", "val_loss", "accuracy", "sensitivity", "specificity", "f1")}
+            best_metrics["epoch"] = epoch + 1
+            if dist.is_main:
+                rf.save_torch(
+                    {
+                        "model": model.state_dict(), "arch": cfg.arch, "num_classes": num_classes,
+                        "input_size": size, "class_names": list(class_names), "positive_class": positive,
+                        "mean": list(cfg.mean), "std": list(cfg.std), "mpp": data_summary["mpp"],
+                        "epoch": epoch + 1, "metrics": best_metrics, "config": cfg.to_dict(),
+                        "data": _jsonable(data_summary), "metascope_version": __version__,
+                    },
+                    run.run_dir / rf.BEST_NAME,
+                )
+            events.write("best", epoch=epoch + 1, val_auc=m["auc"], path=rf.BEST_NAME)
+        else:
+            stale += 1
+        if dist.is_main:
+            rf.save_torch(
+                {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": _get_rng(torch),
+                    "best_score": list(best_score), "best_epoch": best_epoch, "best_metrics": best_metrics,
+                    "stale": stale, "history": history, "fingerprint": fingerprint, "arch": cfg.arch,
+                    "class_names": list(class_names), "input_size": size,
+                },
+                run.run_dir / rf.CHECKPOINT_NAME,
+            )
+        ddp.barrier(dist)
+        events.write("checkpoint", epoch=epoch + 1, path=rf.CHECKPOINT_NAME)
+        run.state("running", epoch=epoch + 1, best_epoch=best_epoch, best_val_auc=best_metrics.get("val_auc"))
+        if cfg.patience and stale >= cfg.patience and epoch + 1 < cfg.epochs:
+            events.write("early_stop", epoch=epoch + 1, best_epoch=best_epoch, patience=cfg.patience)
+            status = "early_stopped"
+            break
+
+    epochs_done = history[-1]["epoch"] if history else start_epoch
+    duration = time.monotonic() - run.t0
+    events.write(
+        "finished", status=status, epochs_completed=epochs_done, best_epoch=best_epoch, best=best_metrics,
+        duration_s=round(duration, 2), train_patches_per_s=round(total_train_patches / max(total_train_time, 1e-9), 1),
+        train_s=round(time.monotonic() - t_train_start, 2),
+    )
+    run.state("finished", epoch=epochs_done, best_epoch=best_epoch, best_val_auc=best_metrics.get("val_auc"), result=status)
+    return TrainResult(run.run_dir, status, epochs_done, best_epoch, best_metrics, history, duration)
+
+
+def _epoch_msg(rec: dict[str, Any]) -> str:
+    return (
+        f"epoch {rec['epoch']}: train loss {rec['train_loss']:.4f}, val loss {rec['val_loss']:.4f}, "
+        f"val AUC {rec['val_auc']:.4f}, acc {rec['accuracy']:.4f}"
+    )
+
+
+def _validate(run: _Run, net: Any, src: Any, labels: np.ndarray, to_input: Any, normalise: Any, torch: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``(n, C)`` float32 of this rank's validation shard, and its labels."""
+    bs = max(run.cfg.batch_size, 128)
+    positions = [np.arange(i, min(i + bs, len(src))) for i in range(0, len(src), bs)]
+    out = []
+    net.eval()
+    with torch.no_grad():
+        for k, xb in enumerate(src.batches(positions)):
+            if run.cancel is not None and run.cancel.cancelled and not run.dist.distributed:
+                raise Cancelled("cancelled by user")
+            with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.amp):
+                # the DDP wrapper is bypassed for inference: no gradient sync needed
+                module = net.module if hasattr(net, "module") else net
+                logits = module(normalise(to_input(xb)))
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            report(run.progress, ProgressEvent("validate", k + 1, len(positions), "validating"))
+    probs = np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
+    return probs.astype(np.float32), labels
+
+
+def _get_rng(torch: Any) -> dict[str, Any]:
+    import random
+
+    st = np.random.get_state()
+    rng: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np.asarray(st[1], dtype=np.int64)), "pos": int(st[2]),
+                  "has_gauss": int(st[3]), "cached": float(st[4])},
+        "python": [_py(v) for v in random.getstate()],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _py(v: Any) -> Any:
+    return [_py(x) for x in v] if isinstance(v, tuple) else v
+
+
+def _set_rng(rng: dict[str, Any], torch: Any) -> None:
+    import random
+
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "numpy" in rng:
+        n = rng["numpy"]
+        np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "python" in rng:
+        v = rng["python"]
+        random.setstate((v[0], tuple(v[1]), v[2]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
