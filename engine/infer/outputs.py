@@ -164,11 +164,15 @@ def render_overlay(thumbnail: np.ndarray, result: HeatmapResult, slide_size: tup
     th, tw = thumbnail.shape[:2]
     heat = heatmap_to_thumbnail(result, (tw, th), slide_size)
     valid = np.isfinite(heat)
-    rgba = colormaps[COLORMAP](np.nan_to_num(heat, nan=0.0), bytes=True)
-    out = thumbnail.astype(np.float32)
-    a = (OVERLAY_ALPHA_MIN + (OVERLAY_ALPHA_MAX - OVERLAY_ALPHA_MIN) * np.clip(heat[valid], 0, 1))[:, None]
-    out[valid] = out[valid] * (1 - a) + rgba[valid, :3].astype(np.float32) * a
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    p = np.clip(heat[valid], 0.0, 1.0)
+    # a 256-entry colour table indexed per pixel: the colormap itself would make float64 RGBA
+    # copies of the whole thumbnail
+    lut = colormaps[COLORMAP](np.linspace(0.0, 1.0, 256), bytes=True)[:, :3].astype(np.float32)
+    colour = lut[np.rint(p * 255).astype(np.intp)]
+    a = (OVERLAY_ALPHA_MIN + (OVERLAY_ALPHA_MAX - OVERLAY_ALPHA_MIN) * p)[:, None]
+    out = thumbnail.copy()
+    out[valid] = np.clip(thumbnail[valid] * (1 - a) + colour * a + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def write_overlay(path: Path, thumbnail: np.ndarray, result: HeatmapResult, slide_size: tuple[int, int]) -> None:
