@@ -64,7 +64,7 @@ def test_heatmap_of_several_slides_continues_after_a_failure(
 @pytest.mark.parametrize(
     "case",
     ["missing", "not_a_slide", "truncated", "no_tissue", "no_mpp", "no_metadata", "wrong_input", "not_onnx",
-     "unwritable", "bad_mpp"],
+     "unwritable", "bad_mpp", "cuda_unusable"],
 )
 def test_bad_input_is_one_error_line_and_exit_2(case: str, request: pytest.FixtureRequest, tmp_path: Path, capsys) -> None:
     fx = request.getfixturevalue
@@ -94,6 +94,12 @@ def test_bad_input_is_one_error_line_and_exit_2(case: str, request: pytest.Fixtu
         out = blocker / "out"  # a folder cannot be created inside a file (holds for root too)
     elif case == "bad_mpp":
         extra = ["--mpp", "-3"]
+    elif case == "cuda_unusable":
+        from engine.infer.session import load_model
+
+        if load_model(model).device == "cuda":
+            pytest.skip("a usable GPU is present")
+        extra = ["--device", "cuda"]
     rc = main(["heatmap", slide, "--model", model, "--out", str(out), *extra])
     captured = capsys.readouterr()
     assert rc == 2, captured.err
