@@ -721,6 +721,8 @@ def evaluate_run(
     stored = load_run_config(run)
     cfg = TrainConfig.from_dict(stored["config"])
     ck = load_trained(run)
+    # identifies the model evaluated: a resumed run replaces best.pt and this result goes stale
+    model_stamp = Path(ck["source"]).stat().st_mtime_ns
     report(progress, ProgressEvent("evaluate", 0, None, "opening the dataset"))
     ds = open_dataset(cfg.data, fmt=cfg.fmt, mpp=cfg.mpp, labelled=True)
     if stored.get("fingerprint") not in (None, data_fingerprint(ds)):
@@ -773,17 +775,18 @@ def evaluate_run(
         "epoch": ck.get("epoch"),
         "n_val": int(len(val_idx)),
         "split": strategy,
+        "model_file": Path(ck["source"]).name,
+        "model_mtime_ns": model_stamp,
     }
     atomic_write_json(run / EVALUATION_NAME, result)
     return result
 
 
 def load_evaluation(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The saved :func:`evaluate_run` result, if it is newer than the run's best model."""
+    """The saved :func:`evaluate_run` result, if it belongs to the run's current best model."""
     run = Path(run_dir)
-    path = run / EVALUATION_NAME
-    best = run / "best.pt"
-    if not path.is_file() or (best.is_file() and best.stat().st_mtime > path.stat().st_mtime):
+    data = _read_json(run / EVALUATION_NAME)
+    model = run / str(data.get("model_file", ""))
+    if not data or not model.is_file() or model.stat().st_mtime_ns != data.get("model_mtime_ns"):
         return None
-    data = _read_json(path)
-    return data or None
+    return data

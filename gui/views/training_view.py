@@ -153,6 +153,13 @@ def model_card(info: RunInfo, history: RunHistory, evaluation: dict[str, Any] | 
     return "\n".join(lines)
 
 
+def _model_stamp(run: Path, evaluation: dict[str, Any]) -> int | None:
+    try:
+        return (run / str(evaluation.get("model_file", "best.pt"))).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 def _read_run_config(run: Path) -> dict[str, Any]:
     try:
         data = json.loads((run / "config.json").read_text(encoding="utf-8"))
@@ -512,6 +519,11 @@ class TrainingView(QWidget):
         self.results_box.setVisible(finished)
         if not finished:
             return
+        cached = self._evaluations.get(info.path)
+        if cached and _model_stamp(info.path, cached) != cached.get("model_mtime_ns"):
+            # evaluated before the run was resumed: its best model changed since
+            del self._evaluations[info.path]
+            self._shown_evaluation = None
         if info.path not in self._evaluations:
             saved = load_evaluation(info.path)
             if saved is not None:
@@ -537,6 +549,8 @@ class TrainingView(QWidget):
 
     def _on_evaluation_finished(self, run: Path, result: dict[str, Any]) -> None:
         self._workers.pop(f"evaluate:{run}", None)
+        if load_evaluation(run) is None:
+            return  # the run was resumed meanwhile: its best model changed; evaluated again later
         self._evaluations[run] = result
         if run == self._selected:
             self._shown_evaluation = run

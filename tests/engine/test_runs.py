@@ -15,6 +15,7 @@ from engine.runs import (
     StopFileWatcher,
     launch_dir,
     list_runs,
+    load_evaluation,
     log_tail,
     new_run_dir,
     pid_alive,
@@ -161,3 +162,15 @@ def test_spawn_runs_cli_detached_and_records_command(tmp_path: Path) -> None:
     assert not run.exists()
     info = run_info(run)
     assert info.status == "crashed" and [r.name for r in list_runs(tmp_path)] == ["run"]
+
+
+def test_saved_evaluation_goes_stale_when_the_best_model_changes(tmp_path: Path) -> None:
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"model")
+    stamp = best.stat().st_mtime_ns
+    (tmp_path / "evaluation.json").write_text(
+        json.dumps({"metrics": {"auc": 0.9}, "model_file": "best.pt", "model_mtime_ns": stamp})
+    )
+    assert load_evaluation(tmp_path)["metrics"]["auc"] == 0.9
+    os.utime(best, ns=(stamp + 10**9, stamp + 10**9))  # a resumed run wrote a better model
+    assert load_evaluation(tmp_path) is None

@@ -113,6 +113,7 @@ def test_train_cancel_resume_evaluate_add_to_library_and_heatmap(
     assert ev["n_val"] == 8 and len(ev["confusion_matrix"]) == 2 and sum(map(sum, ev["confusion_matrix"])) == 8
     assert 0.0 <= ev["ci"]["accuracy"][0] <= ev["metrics"]["accuracy"] <= ev["ci"]["accuracy"][1] <= 1.0
     assert ev["metrics"]["auc"] > 0.9  # the toy classes are separable
+    assert ev["epoch"] == h.best["epoch"]  # the final best model, not the one before the resume
     assert "95% CI" in view.metrics_label.text()
     qtbot.wait(200)
     view.curves.draw_now()
