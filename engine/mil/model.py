@@ -10,6 +10,7 @@ torch is imported at module import: import this module lazily (never on the view
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -191,14 +192,16 @@ def export_onnx(model: GatedAttentionMIL, path: str) -> list[str]:
         names.append("clinical_codes")
         args.append(torch.zeros(1, len(cfg.cardinalities), dtype=torch.int64))
     # the legacy exporter handles this small graph reliably and writes one self-contained file
-    torch.onnx.export(
-        wrapper,
-        tuple(args),
-        path,
-        input_names=names,
-        output_names=["probabilities", "attention"],
-        dynamic_axes={"features": {0: "n_tiles"}, "attention": {0: "n_tiles"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            wrapper,
+            tuple(args),
+            path,
+            input_names=names,
+            output_names=["probabilities", "attention"],
+            dynamic_axes={"features": {0: "n_tiles"}, "attention": {0: "n_tiles"}},
+            opset_version=17,
+            dynamo=False,
+        )
     return names
