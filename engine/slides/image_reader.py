@@ -8,26 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 import numpy as np
 
 from engine.errors import SlideOpenError
 from engine.slides.base import ArrayReader
+from engine.slides.mpp import mpp_from_ome, mpp_from_resolution
 
 # Refuse to decode plain images above this many pixels (~1.5 GB of RGB): such files should be
 # converted to a pyramidal TIFF, and decoding them would exhaust a workstation's memory.
 MAX_PIXELS = 500_000_000
 # Build 2x levels until the smallest is at most this many pixels on its longer side.
 PYRAMID_MIN_SIDE = 2048
-# Microns per pixel accepted from TIFF resolution tags; outside this range the tags describe
-# print resolution (72 dpi = 353 um/px), not a microscope.
-SANE_MPP = (0.02, 50.0)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
-def _to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
+def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
     """Normalise a decoded image to ``uint8`` RGB ``(H, W, 3)``; alpha is composited over white."""
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -58,21 +55,6 @@ def _to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _mpp_from_resolution(x_res: float | None, y_res: float | None, unit: int | None) -> tuple[float, float] | None:
-    """Microns per pixel from TIFF XResolution/YResolution (pixels per unit) and ResolutionUnit.
-
-    Unit 2 is inch, 3 is centimetre; unit 1 (none) carries no physical size. Returns ``None``
-    unless the result is a plausible microscope resolution.
-    """
-    per_unit_um = {2: 25400.0, 3: 10000.0}.get(int(unit) if unit is not None else 0)
-    if per_unit_um is None or not x_res or not y_res:
-        return None
-    mx, my = per_unit_um / float(x_res), per_unit_um / float(y_res)
-    if not (SANE_MPP[0] <= mx <= SANE_MPP[1] and SANE_MPP[0] <= my <= SANE_MPP[1]):
-        return None
-    return (mx, my)
-
-
 def _read_tiff(path: str) -> tuple[np.ndarray, tuple[float, float] | None, dict[str, str]]:
     import tifffile
 
@@ -81,44 +63,65 @@ def _read_tiff(path: str) -> tuple[np.ndarray, tuple[float, float] | None, dict[
         if page.imagewidth * page.imagelength > MAX_PIXELS:
             raise SlideOpenError(f"{path}: the image is too large to open as a plain image; convert it to a pyramidal TIFF")
         tags = page.tags
-        x_res = tags.get("XResolution")
-        y_res = tags.get("YResolution")
-        unit = tags.get("ResolutionUnit")
 
-        def ratio(tag: object) -> float | None:
+        def ratio(name: str) -> float | None:
+            tag = tags.get(name)
             if tag is None:
                 return None
-            v = tag.value  # type: ignore[attr-defined]
+            v = tag.value
             if isinstance(v, tuple) and len(v) == 2:
                 return v[0] / v[1] if v[1] else None
             return float(v)
 
-        mpp = _mpp_from_resolution(ratio(x_res), ratio(y_res), int(unit.value) if unit is not None else None)
+        unit = tags.get("ResolutionUnit")
+        mpp = mpp_from_ome(tf.ome_metadata) if tf.is_ome else None
+        if mpp is None:
+            mpp = mpp_from_resolution(ratio("XResolution"), ratio("YResolution"), int(unit.value) if unit is not None else None)
         arr = page.asarray()
-        if page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:
+        if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
+            # palette images store indices; the colour map (16-bit entries) gives the colours
+            cmap = np.asarray(page.colormap)
+            lut = ((cmap >> 8) if cmap.max() > 255 else cmap).astype(np.uint8).T
+            arr = lut[np.clip(arr.astype(np.int64), 0, lut.shape[0] - 1)]
+        elif page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:
             arr = np.iinfo(arr.dtype).max - arr if arr.dtype.kind in "ui" else arr
         props = {"tiff.Compression": str(page.compression.name), "tiff.Photometric": str(page.photometric.name)}
         # a planar (C, H, W) page
         if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
             arr = np.moveaxis(arr, 0, 2)
+        if page.photometric == tifffile.PHOTOMETRIC.SEPARATED and arr.ndim == 3 and arr.shape[2] >= 4:
+            cmy = to_rgb_uint8(arr[..., :3]).astype(np.uint16)
+            k = to_rgb_uint8(arr[..., 3:4])[..., :1].astype(np.uint16)
+            arr = ((255 - cmy) * (255 - k) // 255).astype(np.uint8)
     return arr, mpp, props
 
 
 def _read_pil(path: str) -> tuple[np.ndarray, dict[str, str]]:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
         w, h = img.size
         if w * h > MAX_PIXELS:
             raise SlideOpenError(f"{path}: the image is too large to open as a plain image; convert it to a pyramidal TIFF")
         fmt = img.format or "image"
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            arr = np.asarray(img)
-        elif img.mode in ("RGBA", "LA", "PA", "P"):
-            arr = np.asarray(img.convert("RGBA"))
+        # phone and camera photos store their rotation in EXIF; show them as any viewer does
+        oriented = ImageOps.exif_transpose(img) or img
+        if oriented.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(oriented)
+        elif oriented.mode in ("RGBA", "LA", "PA", "P", "La", "RGBa"):
+            arr = np.asarray(oriented.convert("RGBA"))
         else:
-            arr = np.asarray(img.convert("RGB"))
+            arr = np.asarray(oriented.convert("RGB"))
     return arr, {"image.format": fmt}
+
+
+def is_tiff_file(path: str | os.PathLike[str]) -> bool:
+    """Whether the file starts with a TIFF or BigTIFF signature (whatever its name)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    except OSError:
+        return False
 
 
 class ImageReader(ArrayReader):
@@ -135,11 +138,12 @@ class ImageReader(ArrayReader):
         p = os.fspath(path)
         mpp: tuple[float, float] | None = None
         try:
-            if Path(p).suffix.lower() in (".tif", ".tiff"):
+            # by content, not name: a JPEG saved as .tif or a TIFF named .png open all the same
+            if is_tiff_file(p):
                 arr, mpp, props = _read_tiff(p)
             else:
                 arr, props = _read_pil(p)
-            rgb = _to_rgb_uint8(arr)
+            rgb = to_rgb_uint8(arr)
         except SlideOpenError:
             raise
         except MemoryError as exc:

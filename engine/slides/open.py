@@ -17,6 +17,8 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 MPP_RANGE = (0.01, 100.0)
 # Side of the regions read to prove the pixel data can be decoded.
 PROBE_PX = 16
+# Single-level TIFFs up to this many pixels are decoded whole (fast); larger ones piecewise.
+PLAIN_IMAGE_MAX_PIXELS = 64 * 1024 * 1024
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -81,20 +83,22 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, *, probe:
     if is_tiff:
         _check_tiff_complete(p, size)
 
-    from engine.slides.openslide_reader import OpenSlideReader, detect_vendor
+    from engine.slides.openslide_reader import detect_vendor
 
     reader: SlideReader
     vendor = detect_vendor(p)
     if vendor is not None:
-        reader = OpenSlideReader(p)
-    elif is_tiff or _looks_like_image(p):
+        reader = _open_with_openslide(p, vendor, is_tiff)
+    elif is_tiff:
+        reader = _open_plain_tiff(p)
+    elif _looks_like_image(p):
         from engine.slides.image_reader import ImageReader
 
         reader = ImageReader(p)
     else:
         raise SlideOpenError(
             f"{p}: not a slide or image MetaScope can read "
-            "(supported: SVS, NDPI, MRXS, SCN, BIF, VMS, tiled TIFF, DICOM, PNG, JPEG, TIFF)"
+            "(supported: SVS, NDPI, MRXS, SCN, BIF, VMS, tiled TIFF, OME-TIFF, DICOM, PNG, JPEG, TIFF)"
         )
 
     if user_mpp is not None:
@@ -127,17 +131,99 @@ def probe_read(reader: SlideReader) -> None:
         reader.read_region((int(x * ds), int(y * ds)), level, (min(s, lw), min(s, lh)))
 
 
+def _open_with_openslide(p: Path, vendor: str, is_tiff: bool) -> SlideReader:
+    """OpenSlide for the formats it detects, tifffile where OpenSlide falls short on a TIFF.
+
+    OpenSlide refuses tiled TIFFs whose codec it lacks (JPEG 2000 34712, WebP, JPEG XL) and
+    shows only level 0 of pyramids stored as SubIFDs or OME-TIFF; tifffile reads both.
+    """
+    from engine.slides.openslide_reader import OpenSlideReader
+
+    try:
+        reader: SlideReader = OpenSlideReader(p)
+    except SlideOpenError as exc:
+        if not is_tiff:
+            raise
+        return _tifffile_fallback(p, exc)
+    if is_tiff and vendor == "generic-tiff" and reader.info.level_count == 1 and _tifffile_levels(p) > 1:
+        from engine.slides.tifffile_reader import TiffFileReader
+
+        try:
+            better = TiffFileReader(p)
+        except SlideOpenError:
+            return reader
+        reader.close()
+        return better
+    return reader
+
+
+def _tifffile_fallback(p: Path, openslide_error: SlideOpenError) -> SlideReader:
+    from engine.slides.tifffile_reader import TiffFileReader
+
+    try:
+        return TiffFileReader(p)
+    except SlideOpenError as exc:
+        codec = _tiff_compression(p)
+        if codec is not None:
+            raise SlideOpenError(
+                f"{p}: the slide's image data uses {codec} compression, which neither OpenSlide nor "
+                "the installed codecs can decode; convert it (e.g. with vips tiffsave --compression jpeg)"
+            ) from exc
+        raise openslide_error from exc
+
+
+def _open_plain_tiff(p: Path) -> SlideReader:
+    """A TIFF that OpenSlide does not take (strip-based, or one page): whole or piecewise.
+
+    Small single-level images are decoded whole (fast views, in-memory pyramid); pyramids
+    and large images are read piecewise with bounded memory.
+    """
+    from engine.slides.image_reader import ImageReader
+    from engine.slides.tifffile_reader import TiffFileReader
+
+    levels, pixels = _tiff_shape(p)
+    if levels > 1 or pixels > PLAIN_IMAGE_MAX_PIXELS:
+        return TiffFileReader(p)
+    return ImageReader(p)
+
+
+def _tiff_shape(p: Path) -> tuple[int, int]:
+    """``(pyramid levels, level-0 pixels)`` that tifffile sees; ``(0, 0)`` when it cannot parse."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tf:
+            series = tf.series[0]
+            page = series.keyframe
+            return len(series.levels), int(page.imagewidth) * int(page.imagelength)
+    except Exception:  # damaged files are judged by the reader that opens them next
+        return 0, 0
+
+
+def _tifffile_levels(p: Path) -> int:
+    return _tiff_shape(p)[0]
+
+
+def _tiff_compression(p: Path) -> str | None:
+    """Name and code of level 0's TIFF compression (e.g. ``"JPEG2000 (34712)"``), if readable."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tf:
+            c = tf.pages.first.compression
+            return f"{getattr(c, 'name', c)} ({int(c)})"
+    except Exception:  # only used to word an error message
+        return None
+
+
 def _looks_like_image(p: Path) -> bool:
-    if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
-        return True
-    if p.suffix.lower() in SLIDE_SUFFIXES:
-        return False
+    """Whether Pillow recognises the file's content as an image (whatever its extension)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(p) as img:
             return img.format is not None
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return False
 
 

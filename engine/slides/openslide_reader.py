@@ -13,6 +13,7 @@ import numpy as np
 
 from engine.errors import SlideOpenError
 from engine.slides.base import SlideInfo, SlideReader
+from engine.slides.mpp import mpp_from_ome, plausible_pair
 from engine.slides.resample import striped_thumbnail
 
 # Decoded-tile cache per open slide. OpenSlide's default (32 MiB) is smaller than one row of
@@ -49,6 +50,21 @@ def _positive_float(value: str | None) -> float | None:
     if not math.isfinite(f) or f <= 0:
         return None
     return f
+
+
+def file_mpp(props: dict[str, str]) -> tuple[float, float] | None:
+    """Level-0 ``(mpp_x, mpp_y)`` from OpenSlide properties, or ``None`` when not plausible.
+
+    OpenSlide reports generic TIFF resolution tags as mpp, so a 72 dpi TIFF would claim
+    353 um/px and an Aperio ``MPP = 0`` or ``1000`` passes through; such values are dropped
+    (the user is asked for ``--mpp``) instead of silently producing a wrong heatmap. OME-TIFF
+    files, which OpenSlide reads as generic TIFF, record mpp in their OME-XML.
+    """
+    raw_x = props.get("openslide.mpp-x")
+    raw_y = props.get("openslide.mpp-y")
+    if raw_x is not None or raw_y is not None:
+        return plausible_pair(raw_x, raw_y)
+    return mpp_from_ome(props.get("tiff.ImageDescription"))
 
 
 def rgba_to_rgb_white(rgba: np.ndarray) -> np.ndarray:
@@ -98,13 +114,7 @@ class OpenSlideReader(SlideReader):
     def _read_info(self) -> SlideInfo:
         s = self._slide
         props = {str(k): str(v) for k, v in s.properties.items()}
-        mpp_x = _positive_float(props.get("openslide.mpp-x"))
-        mpp_y = _positive_float(props.get("openslide.mpp-y"))
-        if mpp_x is not None and mpp_y is None:
-            mpp_y = mpp_x
-        if mpp_y is not None and mpp_x is None:
-            mpp_x = mpp_y
-        mpp = (mpp_x, mpp_y) if mpp_x is not None and mpp_y is not None else None
+        mpp = file_mpp(props)
         return SlideInfo(
             path=self._path,
             vendor=props.get("openslide.vendor") or "openslide",

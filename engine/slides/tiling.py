@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.errors import ConfigError, MissingMppError, NoTissueError
 from engine.slides.base import SlideReader
+from engine.slides.mpp import is_square
 from engine.slides.tissue import TissueMask
 
 MAX_TILE_PX = 4096
@@ -200,6 +201,12 @@ def plan_tiles(
             raise MissingMppError(
                 f"{info.name}: the slide does not record its resolution (microns per pixel); supply one with --mpp"
             )
+        if not is_square(info.mpp):
+            # square tiles over non-square pixels would stretch every tile the model sees
+            raise ConfigError(
+                f"{info.name}: the slide's pixels are not square ({info.mpp[0]:g} x {info.mpp[1]:g} um); "
+                "MetaScope tiles square pixels only: resample the slide, or pass --mpp to use one value"
+            )
         slide_mpp = info.mpp_or(None)
         from_user = info.mpp_from_user
 
@@ -243,6 +250,12 @@ def plan_tiles(
             chunks_frac.append(frac[keep])
 
     if not chunks_xy:
+        if w0 < tile0 and h0 < tile0:
+            raise NoTissueError(
+                f"{info.name}: the image ({w0}x{h0} px) is smaller than one {cfg.tile_size_px} px tile at "
+                f"{cfg.target_mpp:g} um/px ({tile0}x{tile0} px at {slide_mpp:g} um/px); "
+                "check its mpp, or use a larger image"
+            )
         raise NoTissueError(
             f"{info.name}: no tile has at least {cfg.min_tissue_fraction:.0%} tissue "
             f"({cfg.tile_size_px} px tiles at {cfg.target_mpp:g} um/px)"

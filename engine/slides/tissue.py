@@ -12,18 +12,33 @@ import numpy as np
 
 from engine.slides.base import SlideReader
 
-# Saturation threshold bounds (0-1). The floor keeps scanner noise on blank glass from being
-# split into "tissue"; the ceiling keeps pale stroma when the slide is mostly dense tissue and
-# Otsu would split the tissue itself.
-SAT_THRESHOLD_MIN = 0.05
+# Saturation threshold bounds (0-1). The floor keeps scanner noise on glass from being split
+# into "tissue"; the ceiling keeps pale stroma when the slide is mostly dense tissue and Otsu
+# would split the tissue itself. The ceiling also scales with the tissue's own saturation
+# (CEILING_OF_MEDIAN x its median), so a faintly stained slide keeps its pale stroma too.
+SAT_THRESHOLD_MIN = 0.04
 SAT_THRESHOLD_MAX = 0.15
-# Pixels this bright on every channel are glass, this dark on every channel are pen, dirt or
-# the slide edge.
-WHITE_MIN = 225
+CEILING_OF_MEDIAN = 0.5
+# Optical density (log10, after white balance to the glass colour) below which a pixel is glass:
+# ~6 grey levels below the glass, well above JPEG and sensor noise after smoothing.
+GLASS_OD_MAX = 0.025
+# Pixels this dark on every channel are the slide edge, a scanner border or dirt.
 BLACK_MAX = 40
 # Marker ink: in H&E (pink eosin, purple hematoxylin) green is the weakest channel and red is
 # never the weakest by a margin; green ink has green above red, blue ink red far below blue.
 PEN_MARGIN = 15
+# Black/grey marker: dark and nearly neutral (dense H&E is dark but strongly purple).
+DARK_INK_MAX = 120
+DARK_INK_SAT = 0.25
+# Red marker: red far above both green and blue (eosin has blue well above green).
+RED_INK_MARGIN = 90
+# Glass estimate: the brightest, nearly neutral pixels. A slide whose glass is tinted or dim
+# (white balance differs between scanners) is normalised so its glass becomes white.
+GLASS_SAT_MAX = 0.12
+GLASS_MIN_LUMINANCE = 160.0
+GLASS_MIN_FRACTION = 0.005
+# A thumbnail is greyscale when fewer than this share of its non-glass pixels carry colour.
+GREY_COLOUR_FRACTION = 0.02
 # Objects smaller than this area are specks (dust, debris); holes smaller than this are filled.
 MIN_OBJECT_UM2 = 20_000.0  # ~140 x 140 um
 MAX_HOLE_UM2 = 60_000.0
@@ -128,12 +143,51 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
+def glass_colour(rgb: np.ndarray) -> np.ndarray:
+    """Estimate the colour of bare glass in an RGB thumbnail.
+
+    The glass is the brightest, nearly neutral part of a slide: pixels within a few grey levels
+    of the 99th luminance percentile whose saturation is low. When there are too few such
+    pixels (a patch or a photo filled with tissue) or they are dark, white is assumed.
+
+    Args:
+        rgb: ``uint8`` ``(H, W, 3)``.
+
+    Returns:
+        ``float32`` ``(3,)`` RGB of the glass (each 1-255).
+    """
+    white = np.full(3, 255.0, np.float32)
+    if rgb.size == 0:
+        return white
+    img = rgb.reshape(-1, 3)
+    # a subsample is plenty for percentiles and keeps this cheap on 2048 px thumbnails
+    if img.shape[0] > 262_144:
+        img = img[:: img.shape[0] // 262_144 + 1]
+    img = img.astype(np.float32)
+    lum = img.mean(axis=1)
+    mx = img.max(axis=1)
+    sat = (mx - img.min(axis=1)) / np.maximum(mx, 1.0)
+    top = float(np.percentile(lum, 99))
+    bright = (lum >= top - 12.0) & (sat <= GLASS_SAT_MAX)
+    if bright.sum() < GLASS_MIN_FRACTION * lum.size or top < GLASS_MIN_LUMINANCE:
+        return white
+    colour = np.median(img[bright], axis=0)
+    return np.clip(colour, GLASS_MIN_LUMINANCE, 255.0).astype(np.float32)
+
+
 def tissue_from_rgb(
     rgb: np.ndarray,
     downsample: float,
     mpp: float | None = None,
 ) -> TissueMask:
     """Tissue mask of an RGB thumbnail.
+
+    Steps: white-balance to the glass colour (:func:`glass_colour`); glass is what stays near
+    white (optical density below :data:`GLASS_OD_MAX`); black borders and marker ink are
+    excluded; the rest is split by Otsu's threshold on saturation (bounded, see
+    :data:`SAT_THRESHOLD_MIN`). A greyscale thumbnail has no saturation to use, so there any
+    non-glass, non-black pixel is tissue. Then small gaps are closed, small holes filled and
+    specks dropped.
 
     Args:
         rgb: ``uint8`` ``(H, W, 3)`` thumbnail.
@@ -146,22 +200,42 @@ def tissue_from_rgb(
     """
     from scipy import ndimage
 
-    img = rgb.astype(np.int16)
+    raw = rgb.astype(np.float32)
+    glass = glass_colour(rgb)
+    img = np.minimum(raw * (255.0 / glass), 255.0)
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
     mx = img.max(axis=2)
     mn = img.min(axis=2)
-    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1), 0).astype(np.float32)
+    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0).astype(np.float32)
+    od = np.log10(255.0 / np.maximum(mn, 1.0)).astype(np.float32)
     # smooth out JPEG noise and single nuclei before thresholding
     sat = ndimage.uniform_filter(sat, size=3)
+    od = ndimage.uniform_filter(od, size=3)
 
-    background = (mn >= WHITE_MIN) | (mx <= BLACK_MAX)
-    pen = (g > r + PEN_MARGIN) | ((r <= g) & (b > r + 3 * PEN_MARGIN))
-    candidates = ~background & ~pen
-    if not candidates.any():
-        return TissueMask(np.zeros(rgb.shape[:2], dtype=bool), downsample, 0.0, "otsu-saturation(empty)")
-    t = otsu_threshold(sat[candidates])
-    t = float(min(max(t, SAT_THRESHOLD_MIN), SAT_THRESHOLD_MAX))
-    mask = candidates & (sat > t)
+    black = raw.max(axis=2) <= BLACK_MAX
+    not_glass = (od > GLASS_OD_MAX) & ~black
+    coloured = not_glass & (sat > SAT_THRESHOLD_MIN)
+    n_not_glass = int(not_glass.sum())
+    if n_not_glass and coloured.sum() < GREY_COLOUR_FRACTION * n_not_glass:
+        # a greyscale image: density is all there is to go on
+        mask = not_glass
+        t = 0.0
+        method = f"od-greyscale(t={GLASS_OD_MAX:.3f})"
+    else:
+        dark_ink = (mx <= DARK_INK_MAX) & (sat < DARK_INK_SAT)
+        red_ink = (r > g + RED_INK_MARGIN) & (r > b + RED_INK_MARGIN)
+        pen = (g > r + PEN_MARGIN) | ((r <= g) & (b > r + 3 * PEN_MARGIN)) | dark_ink | red_ink
+        # smoothing spreads ink colour one pixel onto the glass beside a stroke: drop that fringe
+        pen = ndimage.binary_dilation(pen, structure=np.ones((3, 3), bool))
+        candidates = not_glass & ~pen
+        if not candidates.any():
+            return TissueMask(np.zeros(rgb.shape[:2], dtype=bool), downsample, 0.0, "otsu-saturation(empty)")
+        values = sat[candidates]
+        ceiling = min(SAT_THRESHOLD_MAX, CEILING_OF_MEDIAN * float(np.median(values)))
+        t = otsu_threshold(values)
+        t = float(min(max(t, SAT_THRESHOLD_MIN), max(ceiling, SAT_THRESHOLD_MIN)))
+        mask = candidates & (sat > t)
+        method = f"otsu-saturation(t={t:.3f})"
 
     npx = mask.size
     if mpp is not None:
@@ -178,7 +252,7 @@ def tissue_from_rgb(
     mask = _fill_small_holes(mask, max_hole)
     mask = _remove_small_objects(mask, min_obj)
     frac = float(mask.mean()) if npx else 0.0
-    return TissueMask(mask, float(downsample), frac, f"otsu-saturation(t={t:.3f})")
+    return TissueMask(mask, float(downsample), frac, method)
 
 
 def detect_tissue(reader: SlideReader, max_size: int = 2048, *, target_mpp: float | None = None) -> TissueMask:
