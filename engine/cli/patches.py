@@ -22,7 +22,7 @@ from engine.train.config import CACHE_MODES, CLASS_WEIGHTING, DEVICES, SCHEDULES
 DATA_FORMATS = ("auto", "kaggle", "folders", "pcam_h5", "annotated_slides", "images")
 # options of ``train patches`` that map 1:1 onto TrainConfig fields (dest -> field)
 _TRAIN_FIELDS = {
-    "data": "data", "format": "fmt", "mpp": "mpp", "arch": "arch", "weights": "weights", "epochs": "epochs",
+    "data": "data", "format": "fmt", "mpp": "mpp", "resize": "resize", "arch": "arch", "weights": "weights", "epochs": "epochs",
     "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "schedule": "schedule",
     "warmup_epochs": "warmup_epochs", "class_weighting": "class_weighting", "val_fraction": "val_fraction",
     "split": "split", "patience": "patience", "seed": "seed", "device": "device", "workers": "num_workers",
@@ -46,6 +46,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--format", choices=DATA_FORMATS, help="dataset format (default: detect)")
     p.add_argument("--mpp", type=float, help="microns per pixel of the patches when the dataset does not say")
+    p.add_argument("--resize", type=int, metavar="PX", help="train on patches resized to PX pixels (the model's mpp scales)")
     p.add_argument("--arch", choices=architecture_names(), help="architecture (default seed_cnn)")
     p.add_argument("--weights", metavar="FILE", help="initialise from a local weights file (.pt/.pth)")
     p.add_argument("--epochs", type=int, help="maximum epochs (default 10)")

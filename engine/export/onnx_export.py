@@ -210,8 +210,8 @@ def export_onnx(
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"the model file must end in .onnx, got {out.name}")
     total = 4
-    report(progress, ProgressEvent("export", 0, total, "loading checkpoint"))
-    ck = load_trained(source)
+    ck = load_trained(source)  # before any progress output: a bad path is a one-line error
+    report(progress, ProgressEvent("export", 0, total, "checkpoint loaded"))
     model = _build(ck)
     module = _Features(model) if features else model
     size = int(ck["input_size"])

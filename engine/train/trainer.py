@@ -75,7 +75,8 @@ def data_fingerprint(ds: Any) -> str:
 def _open_dataset(cfg: TrainConfig) -> Any:
     from engine.data import open_dataset
 
-    return open_dataset(cfg.data, fmt=cfg.fmt, mpp=cfg.mpp, labelled=True)
+    opts = {} if cfg.resize is None else {"resize": (cfg.resize, cfg.resize)}
+    return open_dataset(cfg.data, fmt=cfg.fmt, mpp=cfg.mpp, labelled=True, **opts)
 
 
 def check_trainable(ds: Any) -> None:
