@@ -145,7 +145,14 @@ def _open_with_openslide(p: Path, vendor: str, is_tiff: bool) -> SlideReader:
         if not is_tiff:
             raise
         return _tifffile_fallback(p, exc)
-    if is_tiff and vendor == "generic-tiff" and reader.info.level_count == 1 and _tifffile_levels(p) > 1:
+    if not (is_tiff and vendor == "generic-tiff" and reader.info.level_count == 1):
+        return reader
+    levels, _pixels, planes = _tiff_shape(p)
+    if planes is not None:
+        # OpenSlide would show the first channel as if it were the slide
+        reader.close()
+        raise SlideOpenError(planes)
+    if levels > 1:
         from engine.slides.tifffile_reader import TiffFileReader
 
         try:
@@ -163,12 +170,9 @@ def _tifffile_fallback(p: Path, openslide_error: SlideOpenError) -> SlideReader:
     try:
         return TiffFileReader(p)
     except SlideOpenError as exc:
-        codec = _tiff_compression(p)
-        if codec is not None:
-            raise SlideOpenError(
-                f"{p}: the slide's image data uses {codec} compression, which neither OpenSlide nor "
-                "the installed codecs can decode; convert it (e.g. with vips tiffsave --compression jpeg)"
-            ) from exc
+        problem = _codec_problem(p)
+        if problem is not None:
+            raise SlideOpenError(problem) from exc
         raise openslide_error from exc
 
 
@@ -181,39 +185,45 @@ def _open_plain_tiff(p: Path) -> SlideReader:
     from engine.slides.image_reader import ImageReader
     from engine.slides.tifffile_reader import TiffFileReader
 
-    levels, pixels = _tiff_shape(p)
+    levels, pixels, planes = _tiff_shape(p)
+    if planes is not None:
+        raise SlideOpenError(planes)
     if levels > 1 or pixels > PLAIN_IMAGE_MAX_PIXELS:
         return TiffFileReader(p)
+    problem = _codec_problem(p)
+    if problem is not None:
+        raise SlideOpenError(problem)
     return ImageReader(p)
 
 
-def _tiff_shape(p: Path) -> tuple[int, int]:
-    """``(pyramid levels, level-0 pixels)`` that tifffile sees; ``(0, 0)`` when it cannot parse."""
+def _codec_problem(p: Path) -> str | None:
     import tifffile
+
+    from engine.slides.tifffile_reader import codec_problem
+
+    try:
+        with tifffile.TiffFile(p) as tf:
+            return codec_problem(tf.pages.first, str(p))
+    except Exception:  # damaged files are judged by the reader that opens them next
+        return None
+
+
+def _tiff_shape(p: Path) -> tuple[int, int, str | None]:
+    """``(pyramid levels, level-0 pixels, several-planes message)`` as tifffile sees the file.
+
+    ``(0, 0, None)`` when tifffile cannot parse it (the reader that opens it next judges).
+    """
+    import tifffile
+
+    from engine.slides.tifffile_reader import planes_problem
 
     try:
         with tifffile.TiffFile(p) as tf:
             series = tf.series[0]
             page = series.keyframe
-            return len(series.levels), int(page.imagewidth) * int(page.imagelength)
+            return len(series.levels), int(page.imagewidth) * int(page.imagelength), planes_problem(series, str(p))
     except Exception:  # damaged files are judged by the reader that opens them next
-        return 0, 0
-
-
-def _tifffile_levels(p: Path) -> int:
-    return _tiff_shape(p)[0]
-
-
-def _tiff_compression(p: Path) -> str | None:
-    """Name and code of level 0's TIFF compression (e.g. ``"JPEG2000 (34712)"``), if readable."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(p) as tf:
-            c = tf.pages.first.compression
-            return f"{getattr(c, 'name', c)} ({int(c)})"
-    except Exception:  # only used to word an error message
-        return None
+        return 0, 0, None
 
 
 def _looks_like_image(p: Path) -> bool:

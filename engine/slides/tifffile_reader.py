@@ -43,12 +43,41 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def codec_problem(page: Any, path: str) -> str | None:
+    """A one-line message when no installed codec decodes ``page``'s compression, else ``None``."""
+    import tifffile
+
+    code = int(page.compression)
+    if code == 1 or code in tifffile.TIFF.DECOMPRESSORS:
+        return None
+    name = getattr(page.compression, "name", str(code))
+    return (
+        f"{path}: the image data uses TIFF compression {code} ({name}), which MetaScope cannot decode; "
+        "convert the file (e.g. with vips tiffsave --compression jpeg --tile --pyramid)"
+    )
+
+
+def planes_problem(series: Any, path: str) -> str | None:
+    """A one-line message when a tifffile series has several planes (channels, z, time)."""
+    extra = [ax for ax in series.axes if ax not in "YXS"]
+    if not any(series.shape[series.axes.index(ax)] > 1 for ax in extra):
+        return None
+    shape = "x".join(str(n) for n in series.shape)
+    return (
+        f"{path}: the image has several planes ({series.axes} {shape}: channels, z-stack or time); "
+        "MetaScope reads RGB or greyscale slides"
+    )
+
+
 class _Level:
     """One pyramid level: a tifffile page read by segments (or a memory map)."""
 
     def __init__(self, page: Any, fd: int, path: str) -> None:
         import tifffile
 
+        problem = codec_problem(page, path)
+        if problem is not None:
+            raise SlideOpenError(problem)
         self.page = page
         self.fd = fd
         self.path = path
@@ -153,13 +182,9 @@ class TiffFileReader(SlideReader):
         base = series.keyframe
         if base is None:
             raise SlideOpenError(f"{self._path}: the TIFF holds no image")
-        extra = [ax for ax in series.axes if ax not in "YXS"]
-        if any(series.shape[series.axes.index(ax)] > 1 for ax in extra):
-            shape = "x".join(str(n) for n in series.shape)
-            raise SlideOpenError(
-                f"{self._path}: the image has several planes ({series.axes} {shape}: channels, z-stack or time); "
-                "MetaScope reads RGB or greyscale slides"
-            )
+        problem = planes_problem(series, self._path)
+        if problem is not None:
+            raise SlideOpenError(problem)
         self._check_samples(base)
         pages = [lvl.keyframe for lvl in series.levels]
         if len(pages) == 1:

@@ -221,6 +221,14 @@ def plan_tiles(
     rows = _grid_count(h0, tile0, stride0)
     cols = _grid_count(w0, tile0, stride0)
 
+    if w0 < tile0 and h0 < tile0 and tissue is not None and tissue.fraction_in_rects(
+        np.zeros(1), np.zeros(1), np.full(1, float(tile0)), np.full(1, float(tile0))
+    )[0] < max(cfg.min_tissue_fraction, 1e-9):
+        raise NoTissueError(
+            f"{info.name}: the image ({w0}x{h0} px) is smaller than one {cfg.tile_size_px} px tile at "
+            f"{cfg.target_mpp:g} um/px ({tile0}x{tile0} px at {slide_mpp:g} um/px); "
+            "check its mpp, or analyse it whole"
+        )
     if tissue is not None and tissue.is_empty:
         raise NoTissueError(f"{info.name}: no tissue found on the slide")
 
@@ -250,12 +258,6 @@ def plan_tiles(
             chunks_frac.append(frac[keep])
 
     if not chunks_xy:
-        if w0 < tile0 and h0 < tile0:
-            raise NoTissueError(
-                f"{info.name}: the image ({w0}x{h0} px) is smaller than one {cfg.tile_size_px} px tile at "
-                f"{cfg.target_mpp:g} um/px ({tile0}x{tile0} px at {slide_mpp:g} um/px); "
-                "check its mpp, or use a larger image"
-            )
         raise NoTissueError(
             f"{info.name}: no tile has at least {cfg.min_tissue_fraction:.0%} tissue "
             f"({cfg.tile_size_px} px tiles at {cfg.target_mpp:g} um/px)"

@@ -43,6 +43,8 @@ GREY_COLOUR_FRACTION = 0.02
 MIN_OBJECT_UM2 = 20_000.0  # ~140 x 140 um
 MAX_HOLE_UM2 = 60_000.0
 # Used when the slide has no mpp: the same areas expressed in mask pixels at max_size 2048.
+# ... and never more than this share of the image (a patch is all "one object").
+SMALL_IMAGE_FRACTION = 0.02
 MIN_OBJECT_FRACTION = 2e-5
 MAX_HOLE_FRACTION = 6e-5
 
@@ -240,8 +242,9 @@ def tissue_from_rgb(
     npx = mask.size
     if mpp is not None:
         px_um2 = (downsample * mpp) ** 2
-        min_obj = MIN_OBJECT_UM2 / px_um2
-        max_hole = MAX_HOLE_UM2 / px_um2
+        # on a patch or a small crop the physical speck size would be the whole image
+        min_obj = min(MIN_OBJECT_UM2 / px_um2, SMALL_IMAGE_FRACTION * npx)
+        max_hole = min(MAX_HOLE_UM2 / px_um2, SMALL_IMAGE_FRACTION * npx)
     else:
         min_obj = MIN_OBJECT_FRACTION * npx
         max_hole = MAX_HOLE_FRACTION * npx
