@@ -179,12 +179,13 @@ def cache_root(slide_path: str | os.PathLike[str]) -> Path:
     return cache_dir() / CACHE_SUBDIR / slide_key(slide_path)
 
 
-def cache_folder(slide_path: str | os.PathLike[str], model: ModelChoice) -> Path:
-    """Folder holding the cached result of (slide, model)."""
-    return cache_root(slide_path) / model.sha256[:24]
+def cache_folder(slide_path: str | os.PathLike[str], model: ModelChoice, mpp: float | None = None) -> Path:
+    """Folder holding the cached result of (slide, model), and the user's mpp when one was given."""
+    name = model.sha256[:24] if mpp is None else f"{model.sha256[:24]}-mpp{mpp:.6g}"
+    return cache_root(slide_path) / name
 
 
-def load_cached(slide_path: str, model: ModelChoice) -> HeatmapData | None:
+def load_cached(slide_path: str, model: ModelChoice, mpp: float | None = None) -> HeatmapData | None:
     """The cached result of (slide, model), or None when there is none.
 
     Raises:
@@ -193,7 +194,7 @@ def load_cached(slide_path: str, model: ModelChoice) -> HeatmapData | None:
     from engine.infer.outputs import load_heatmap_result
 
     try:
-        folder = cache_folder(slide_path, model)
+        folder = cache_folder(slide_path, model, mpp)
     except OSError:
         return None
     if not (folder / "heatmap.json").is_file():
@@ -205,11 +206,13 @@ def load_cached(slide_path: str, model: ModelChoice) -> HeatmapData | None:
 
 
 # -- compute ---------------------------------------------------------------------------------
-def run_heatmap(slide_path: str, model: ModelChoice, progress: ProgressCallback | None = None,
-                cancel: CancelToken | None = None, partial: PartialCallback | None = None) -> HeatmapData:
+def run_heatmap(slide_path: str, model: ModelChoice, mpp: float | None = None,
+                progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                partial: PartialCallback | None = None) -> HeatmapData:
     """Compute the heatmap of (slide, model), streaming batches to ``partial``, then cache it.
 
     ``partial`` receives one :class:`HeatmapStarted` and then a :class:`HeatmapBatch` per batch.
+    ``mpp`` (microns per level-0 pixel) is the user's value for a slide that records none.
 
     Raises:
         MetaScopeError: the slide or model is unusable (one-line message for a dialog).
@@ -228,11 +231,11 @@ def run_heatmap(slide_path: str, model: ModelChoice, progress: ProgressCallback 
         if partial is not None:
             partial(HeatmapBatch(np.array(rows), np.array(cols), np.array(probs, dtype=np.float32)))
 
-    with open_slide(slide_path) as reader:
-        result = compute_heatmap(reader, model.path, InferenceConfig(), progress=progress, cancel=cancel,
+    with open_slide(slide_path, mpp=mpp) as reader:
+        result = compute_heatmap(reader, model.path, InferenceConfig(mpp=mpp), progress=progress, cancel=cancel,
                                  on_batch=on_batch, on_start=on_start)
         check_cancel(cancel)
-        folder = cache_folder(slide_path, model)
+        folder = cache_folder(slide_path, model, mpp)
         # the cache is one folder written atomically: a cancel here leaves the old state
         write_heatmap_outputs(result, folder.parent, reader=reader, folder_name=folder.name, cancel=cancel)
     return HeatmapData(result, slide_path, model, str(folder))

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QScrollArea,
     QSplitter,
@@ -74,7 +75,9 @@ class SlideView(QWidget):
         self._misc_workers: set[Worker] = set()
         self._heatmap_pool = QThreadPool(self)
         self._heatmap_pool.setMaxThreadCount(1)
-        self._pending_run_after_models = False
+        self._pending_run_model: str | None = None  # run a heatmap as soon as this model is listed
+        self._user_mpp: dict[str, float] = {}  # resolution typed in for slides that record none
+        self._regions: list[tuple[float, int, int]] = []
 
         threads = max(1, int(settings.get("viewer/tile_threads")))
         cache_mb = max(32, int(settings.get("viewer/tile_cache_mb")))
@@ -233,15 +236,27 @@ class SlideView(QWidget):
             self._models_watcher.addPath(str(folder))
 
     def _on_models_listed(self, models: list[hj.ModelChoice]) -> None:
-        self._models = {m.path: m for m in models}
-        wanted = self.heatmap_panel.current_model() or self.settings.get("heatmap/model")
-        self.heatmap_panel.set_models([(m.label, m.path, m.tooltip) for m in models], wanted)
+        listed = {m.path: m for m in models}
+        # models chosen with Browse (or described while the list was read) stay selectable
+        for path, old in self._models.items():
+            if path not in listed and not old.in_library and Path(path).is_file():
+                listed[path] = old
+        self._models = listed
+        wanted = self._pending_run_model or self.heatmap_panel.current_model() or self.settings.get("heatmap/model")
+        self.heatmap_panel.set_models([(m.label, m.path, m.tooltip) for m in listed.values()], wanted)
+        current = self._current_choice()
+        self.heatmap_panel.model_info.setText(current.description if current else "")
         self._update_enabled()
         self.models_refreshed.emit()
-        self._try_load_cached()
-        if self._pending_run_after_models:
-            self._pending_run_after_models = False
-            self._run_or_load_cached()
+        if self._pending_run_model in listed:
+            self._start_pending_run()
+        else:
+            self._try_load_cached()
+
+    def _start_pending_run(self) -> None:
+        """The demo journey: once its model is known, show the cached heatmap or compute it."""
+        self._pending_run_model = None
+        self._run_or_load_cached()
 
     def select_model(self, path: str) -> None:
         """Choose a model file (adds it to the list if needed)."""
@@ -259,12 +274,11 @@ class SlideView(QWidget):
         self._models[choice.path] = choice
         self.heatmap_panel.add_and_select_model(choice.label, choice.path, choice.tooltip)
         self._on_model_selected(choice.path)
-        if self._pending_run_after_models:
-            self._pending_run_after_models = False
-            self._run_or_load_cached()
+        if self._pending_run_model == choice.path:
+            self._start_pending_run()
 
     def _on_model_describe_failed(self, message: str, user_error: bool, details: str) -> None:
-        self._pending_run_after_models = False
+        self._pending_run_model = None
         self.heatmap_panel.set_models([(m.label, m.path, m.tooltip) for m in self._models.values()],
                                       self.settings.get("heatmap/model"))
         show_error(self, "Cannot use this model", message, "" if user_error else details)
@@ -349,7 +363,7 @@ class SlideView(QWidget):
         if self.reader is None or choice is None or self.running:
             return False
         try:
-            data = hj.load_cached(self.slide_path, choice)
+            data = hj.load_cached(self.slide_path, choice, self._user_mpp.get(self.slide_path))
         except MetaScopeError as exc:
             self.status_message.emit(f"Ignoring an unreadable cached heatmap: {exc}", 8000)
             return False
@@ -394,20 +408,39 @@ class SlideView(QWidget):
         """Open the demo slide with the demo model and show (or compute) its heatmap."""
         if not self.open_slide(slide_path):
             return
-        self._pending_run_after_models = True
+        self._pending_run_model = str(Path(model_path).resolve())
         self.select_model(model_path)
 
     def _run_or_load_cached(self) -> None:
         if not self._try_load_cached():
             self.run_heatmap()
 
+    def _ask_mpp(self) -> float | None:
+        """The resolution of a slide that records none, asked once per slide; None if declined."""
+        if self.slide_path in self._user_mpp:
+            return self._user_mpp[self.slide_path]
+        value, ok = QInputDialog.getDouble(
+            self, "Slide resolution needed",
+            "This slide does not record its resolution, which the model needs to read tiles at the right\n"
+            "magnification. Enter the microns per pixel of the full-resolution image\n"
+            "(about 0.25 for a 40x scan, 0.5 for 20x):", 0.5, 0.01, 100.0, 4)
+        if not ok:
+            return None
+        self._user_mpp[self.slide_path] = value
+        return value
+
     def run_heatmap(self) -> None:
         """Compute the heatmap of the open slide with the chosen model, in a worker."""
         choice = self._current_choice()
         if self.reader is None or choice is None or self.running:
             return
+        mpp = None
+        if self.reader.info.mpp is None:
+            mpp = self._ask_mpp()
+            if mpp is None:
+                return
         self._show_result(None)
-        worker = Worker(hj.run_heatmap, self.slide_path, choice)
+        worker = Worker(hj.run_heatmap, self.slide_path, choice, mpp)
         worker.signals.progress.connect(self._on_worker_progress)
         worker.signals.partial.connect(self._on_worker_partial)
         worker.signals.finished.connect(self._on_worker_finished)

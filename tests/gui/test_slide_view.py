@@ -441,3 +441,31 @@ def test_grid_summary_counts_tiles_at_the_display_threshold(synthetic_svs: Synth
     html = hj.summary_html(data, 0.5)
     assert "2 tiles at or above 0.50" in html and "0.950" in html and "66.7%" in html
     assert "No tile at or above 0.99" in hj.summary_html(data, 0.99)
+
+
+def test_slide_without_mpp_asks_for_the_resolution(qtbot, window: MainWindow, monkeypatch,
+                                                   synthetic_tiff_no_mpp: SyntheticSlide,
+                                                   demo_model_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from PySide6.QtWidgets import QInputDialog
+
+    asked: list[str] = []
+    answer = [(0.0, False)]
+
+    def fake_get_double(parent, title, label, *args):  # type: ignore[no-untyped-def]
+        asked.append(label)
+        return answer[0]
+
+    monkeypatch.setattr(QInputDialog, "getDouble", staticmethod(fake_get_double))
+    view = _view(window)
+    window.open_path(synthetic_tiff_no_mpp.path)
+    assert view.properties.fields["Resolution"].text() == "not recorded"
+    _select_model(qtbot, view, demo_model_path)
+    view.run_heatmap()
+    assert len(asked) == 1 and "microns per pixel" in asked[0]
+    assert not view.running  # declined: nothing runs
+    answer[0] = (0.5, True)
+    _run_and_wait(qtbot, view)
+    assert len(asked) == 2 and view.result is not None
+    assert view.result.result.mpp == pytest.approx(0.5) and view.result.result.mpp_source == "user"
+    window.open_path(synthetic_tiff_no_mpp.path)  # the typed-in resolution finds the cached result
+    assert view.result is not None and len(asked) == 2
