@@ -251,7 +251,9 @@ def tissue_from_rgb(
 
     # close small gaps between tissue fragments, then fill small holes (nuclei-free lumens
     # and fat inside tissue) and drop specks
-    mask = ndimage.binary_closing(mask, structure=np.ones((3, 3), bool), iterations=1, border_value=0)
+    # (padded with the edge values: a zero border would erode tissue cut off at the slide edge)
+    padded = np.pad(mask, 1, mode="edge")
+    mask = ndimage.binary_closing(padded, structure=np.ones((3, 3), bool), iterations=1)[1:-1, 1:-1]
     mask = _fill_small_holes(mask, max_hole)
     mask = _remove_small_objects(mask, min_obj)
     frac = float(mask.mean()) if npx else 0.0
