@@ -476,14 +476,21 @@ class SlideView(QWidget):
         if self.sender() is not (self._worker.signals if self._worker else None):
             return
         frac = event.fraction
+        counting = event.stage in ("heatmap", "inference") and frac is not None and bool(event.total)
         text = event.message or event.stage.capitalize()
-        if event.stage == "inference" and frac is not None and event.total:
+        if counting:
             eta = event.metrics.get("eta_s") if event.metrics else None
-            if eta is None and frac > 0.02:
+            if eta is None and frac is not None and frac > 0.02:
                 elapsed = time.monotonic() - self._worker_started
                 eta = elapsed * (1 - frac) / frac
             text = f"{event.step:,} / {event.total:,} tiles · {format_eta(eta)}"
-        self.heatmap_panel.set_progress(frac if event.stage == "inference" else None, text)
+            if event.message:
+                text += f" · {event.message}"
+        elif event.stage == "tissue":
+            text = "Finding tissue…"
+        elif event.stage == "tiling":
+            text = f"Planning tiles: {event.message}" if event.message else "Planning tiles…"
+        self.heatmap_panel.set_progress(frac if counting else None, text)
 
     def _on_worker_partial(self, chunk: object) -> None:
         if self.sender() is not (self._worker.signals if self._worker else None):

@@ -398,6 +398,8 @@ def test_first_start_runs_the_demo_journey(qtbot, dialogs, monkeypatch, syntheti
     qtbot.waitUntil(lambda: view.running, timeout=20_000)
     qtbot.waitUntil(lambda: view.viewer.overlay is not None and view.viewer.overlay.analysed_count() > 0,
                     timeout=HEATMAP_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: " tiles · " in view.heatmap_panel.progress_label.text(), timeout=HEATMAP_TIMEOUT_MS)
+    assert "left" in view.heatmap_panel.progress_label.text()  # tiles done / total with an ETA
     window.statusBar().clearMessage()
     _save(window, artifacts_dir, "heatmap-running.png")
     assert view.slide_path == str(synthetic_svs.path.resolve())
