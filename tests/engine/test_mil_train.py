@@ -190,3 +190,16 @@ def test_metrics_multiclass_auc_and_ci() -> None:
     assert m["auc"] > 0.95 and m["auc_ci95"][0] <= m["auc"] <= m["auc_ci95"][1]
     assert set(m["auc_per_class"]) == {"N0", "N+(1-2)", "N+(>2)"}
     assert m["sensitivity"] == 1.0 and m["specificity"] == 1.0
+
+
+@pytest.mark.slow
+def test_five_fold_cross_validation_all_slides_held_out_once(mil_cohort, mil_features, tmp_path: Path) -> None:
+    """The full flow on every slide: 5-fold patient-level CV, out-of-fold AUC of both models."""
+    features, _ = mil_features
+    image = train_mil(_cfg(mil_cohort, features, folds=5, epochs=30, n_boot=1000), tmp_path / "image").metrics
+    fused = train_mil(_cfg(mil_cohort, features, folds=5, epochs=30, n_boot=1000, clinical=CLINICAL), tmp_path / "fused").metrics
+    print(f"\nMIL 5-fold OOF AUC image {image['auc']:.3f} {image['auc_ci95']}, fused {fused['auc']:.3f} {fused['auc_ci95']}")
+    print(f"accuracy image {image['accuracy']:.3f} fused {fused['accuracy']:.3f}")
+    assert image["n"] == fused["n"] == 40
+    assert image["auc"] >= 0.9 and fused["auc"] >= 0.9
+    assert fused["auc"] > image["auc"]
