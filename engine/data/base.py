@@ -47,9 +47,10 @@ def infer_positive_class(class_names: Sequence[str], positive: str | int | None 
 
     Args:
         class_names: the dataset's class names, in index order.
-        positive: a class name or index chosen by the user; ``None`` infers it: a tumour-like
-            name (``1``, ``tumor``, ``metastasis``, ...), else the class that is not normal-like
-            in a two-class set, else the last class.
+        positive: a class name or index chosen by the user; ``None`` infers it: the highest
+            of numbered classes (``0/1``, ``1/2``), else a tumour-like name (``tumor``,
+            ``metastasis``, ...), else the class that is not normal-like in a two-class set,
+            else the last class.
 
     Returns:
         The index, or ``-1`` for a dataset without classes.
@@ -68,6 +69,10 @@ def infer_positive_class(class_names: Sequence[str], positive: str | int | None 
     if not names:
         return -1
     lower = [n.strip().lower() for n in names]
+    if all(n.lstrip("-").isdigit() for n in lower):
+        # numbered classes (0/1, 1/2, grades 0-3) are in numeric order: the highest number is
+        # the class to detect (with 1/2 coding, "1" is not "yes")
+        return len(names) - 1
     hits = [i for i, n in enumerate(lower) if _POSITIVE_RE.match(n)]
     if len(hits) == 1:
         return hits[0]
@@ -262,27 +267,39 @@ def _to_rgb_uint8(img: Any) -> np.ndarray:
         hi = float(arr.max()) or 1.0
         arr = (arr / (65535.0 if hi > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        # transparent pixels are glass/background: white, as the slide readers show them
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
+        a = rgba[..., 3:4]
+        return ((rgba[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
 
 
 def _tifffile_read(data: bytes) -> np.ndarray:
-    """Fallback for TIFF flavours Pillow cannot decode (tiled, JPEG 2000, planar, 16-bit)."""
+    """Fallback for TIFF flavours Pillow cannot decode (tiled, JPEG 2000, planar, 16-bit).
+
+    Pixels are converted as the slide readers convert them (palette colours, alpha over white).
+    """
     import tifffile
 
-    arr = tifffile.imread(io.BytesIO(data))
+    from engine.slides.image_reader import to_rgb_uint8
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tf:
+        page = tf.pages.first
+        arr = page.asarray()
+        if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
+            cmap = np.asarray(page.colormap)
+            lut = ((cmap >> 8) if cmap.max() > 255 else cmap).astype(np.uint8).T
+            arr = lut[np.clip(arr.astype(np.int64), 0, lut.shape[0] - 1)]
+        elif page.photometric == tifffile.PHOTOMETRIC.MINISWHITE and arr.dtype.kind in "ui":
+            arr = np.iinfo(arr.dtype).max - arr
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] < 3:
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] > 4):
         raise ValueError(f"unsupported TIFF layout {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        hi = float(arr.max()) or 1.0
-        arr = (arr.astype(np.float64) / (65535.0 if hi > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(to_rgb_uint8(arr))
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:

@@ -30,6 +30,7 @@ from engine.data.tables import (
     peek_header,
     read_table,
     strip_ext,
+    table_files,
 )
 from engine.errors import DatasetError
 
@@ -58,7 +59,7 @@ def _resolve_kaggle(path: Path, csv_path: str | os.PathLike[str] | None, images:
     elif (path / "train_labels.csv").is_file() and (path / "train").is_dir():
         csv_file = path / "train_labels.csv"
     else:
-        all_csvs = sorted(path.glob("*.csv"))
+        all_csvs = table_files(path)
         csvs = [p for p in all_csvs if is_label_csv(p)] or (all_csvs if len(all_csvs) == 1 else [])
         if not csvs:
             raise DatasetError(f"{path}: no CSV with 'id' and 'label' columns found next to the images")
@@ -166,7 +167,9 @@ def open_kaggle(
     if extra > 0:
         warnings.append(f"{extra} images in {folder.name}/ are not listed in {csv_file.name} (ignored)")
     if label_col is not None:
-        labels, names, positive = code_labels([r[label_col] for r in keep], class_names, positive_class)
+        labels, names, positive = code_labels(
+            [r[label_col] for r in keep], class_names, positive_class, notes=warnings
+        )
     else:
         labels = np.full(len(keep), -1, np.int64)
         names = tuple(class_names or ())

@@ -11,7 +11,7 @@ from engine.data.base import IMAGE_EXTS, PatchDataset
 from engine.data.files import class_folders, is_label_csv, open_folders, open_images, open_kaggle
 from engine.data.pcam_h5 import H5_EXTS, PCamH5Dataset, find_pairs, resolve_pair
 from engine.data.slides import ANNOTATION_EXTS, SLIDE_EXTS
-from engine.data.tables import list_images, peek_header
+from engine.data.tables import list_images, peek_header, table_files
 from engine.errors import DatasetError
 
 FORMATS = ("kaggle", "folders", "pcam_h5", "annotated_slides", "images")
@@ -48,7 +48,7 @@ def detect_format(path: Path, labelled: bool = True) -> str:
         return "kaggle" if labelled else "images"
     if _has_annotated_slides(path):
         return "annotated_slides"
-    csvs = list(path.glob("*.csv"))
+    csvs = table_files(path)
     has_images = bool(list_images(path))
     if csvs and has_images:
         return "kaggle"  # images next to a CSV: a Kaggle layout (its CSV is checked on opening)
