@@ -20,6 +20,8 @@ from engine.slides.resample import striped_thumbnail
 # 256 px JPEG tiles across a 40,000 px slide, so a row-major tile scan would decode every source
 # tile twice; 128 MiB holds two such rows.
 DEFAULT_CACHE_BYTES = 128 * 1024 * 1024
+# Property recording a resolution the file claims but that is not plausible (see file_mpp).
+IGNORED_MPP_PROPERTY = "metascope.ignored-mpp"
 
 
 def _openslide() -> Any:
@@ -115,6 +117,10 @@ class OpenSlideReader(SlideReader):
         s = self._slide
         props = {str(k): str(v) for k, v in s.properties.items()}
         mpp = file_mpp(props)
+        raw = (props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
+        if mpp is None and any(v is not None for v in raw):
+            # say what the file claimed, so "no mpp" is not read as "the file is silent"
+            props[IGNORED_MPP_PROPERTY] = " x ".join(str(v) for v in raw if v is not None)
         return SlideInfo(
             path=self._path,
             vendor=props.get("openslide.vendor") or "openslide",

@@ -198,6 +198,12 @@ def plan_tiles(
         from_user = info.mpp is None or info.mpp_from_user or abs(info.mpp_or(None) - slide_mpp) > 1e-9
     else:
         if info.mpp is None:
+            claimed = info.properties.get("metascope.ignored-mpp")
+            if claimed:
+                raise MissingMppError(
+                    f"{info.name}: the slide's recorded resolution ({claimed} um/px) is not a plausible "
+                    "microscope resolution; supply the right one with --mpp"
+                )
             raise MissingMppError(
                 f"{info.name}: the slide does not record its resolution (microns per pixel); supply one with --mpp"
             )
