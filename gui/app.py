@@ -19,6 +19,9 @@ from gui.settings import APPLICATION, ORGANIZATION, Settings
 STARTUP_PROBE_ENV = "METASCOPE_STARTUP_PROBE"
 # Set by tests: never start the demo journey automatically.
 NO_DEMO_ENV = "METASCOPE_NO_DEMO"
+# Set with the start-up probe (installer verification): save a PNG of the main window to this
+# path just before the probe quits.
+SCREENSHOT_ENV = "METASCOPE_SCREENSHOT"
 # Modules the viewer must not pull in at start-up (torch: seconds of import, a bigger installer).
 HEAVY_MODULES = ("torch", "matplotlib", "onnx", "onnxruntime")
 
@@ -90,6 +93,10 @@ def _install_startup_probe(app: QApplication, window: MainWindow, t0: float) -> 
 
     def finish() -> None:
         print(f"later_torch_imported={int('torch' in sys.modules)}", flush=True)
+        shot = os.environ.get(SCREENSHOT_ENV)
+        if shot:
+            saved = window.grab().save(shot, "PNG")
+            print(f"screenshot={shot if saved else 'FAILED'}", flush=True)
         window.close()
         app.quit()
 
