@@ -372,6 +372,9 @@ class TiffFileReader(SlideReader):
         return striped_thumbnail(self, max_size)
 
     def close(self) -> None:
+        # drop memory maps so the file is not held open (Windows locks mapped files)
+        for lv in getattr(self, "_levels", ()):
+            lv.memmap = None
         fd = getattr(self, "_fd", None)
         if fd is not None:
             os.close(fd)

@@ -433,3 +433,37 @@ def test_copy_of_real_slide_renamed_and_read_only(shared_data: Path, tmp_path: P
     finally:
         os.chmod(dst, 0o644)
 
+
+
+def test_tifffile_backend_concurrent_reads_are_consistent(tmp_path: Path, texture_rgb: tuple[np.ndarray, np.ndarray]) -> None:
+    """The heatmap pipeline reads tiles from several threads; results match a single thread."""
+    import threading
+
+    rgb = texture_rgb[0]
+    path = tmp_path / "j2k.tif"
+    tifffile.imwrite(path, rgb, tile=(128, 128), photometric="rgb", compression="jpeg2000", metadata=None)
+    with TiffFileReader(path, cache_bytes=200_000) as r:  # a tiny cache: constant eviction
+        coords = [(x, y) for x in range(-50, W, 97) for y in range(-50, H, 89)]
+        expected = {c: rgb_window(rgb, c, 100) for c in coords}
+        errors: list[tuple[int, int]] = []
+
+        def worker() -> None:
+            for c in coords:
+                if not np.array_equal(r.read_region(c, 0, (100, 100)), expected[c]):
+                    errors.append(c)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
+def rgb_window(rgb: np.ndarray, xy: tuple[int, int], side: int) -> np.ndarray:
+    """``rgb[y:y+side, x:x+side]`` with white outside the image."""
+    out = np.full((side, side, 3), 255, np.uint8)
+    x, y = xy
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + side, rgb.shape[1]), min(y + side, rgb.shape[0])
+    out[y0 - y : y1 - y, x0 - x : x1 - x] = rgb[y0:y1, x0:x1]
+    return out
