@@ -146,25 +146,26 @@ def _plan(slide: Path, session: ModelSession) -> tuple[Any, float]:
     return plan, time.perf_counter() - t0
 
 
-def _run_pipeline(slide: Path, plan: Any, model: Any, idx: np.ndarray, cfg: InferenceConfig) -> float:
+def _run_pipeline(slide: Path, plan: Any, model: Any, idx: np.ndarray, cfg: InferenceConfig) -> tuple[float, float]:
+    """Returns (tiles/s, CPU ms per tile of this process)."""
     from engine.slides.open import open_slide
 
     with open_slide(slide) as reader:  # fresh reader: empty tile cache
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         n = 0
-        for i, _ in iter_tile_outputs(reader, plan, model, batch_size=cfg.batch_size, read_workers=cfg.resolved_read_workers,
-                                      indices=idx):
+        for i, _ in iter_tile_outputs(reader, plan, model, batch_size=cfg.batch_size,
+                                      read_workers=cfg.resolved_read_workers, indices=idx):
             n += len(i)
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / n
 
 
-def _inference_only(session: ModelSession, batches: list[np.ndarray]) -> float:
-    t0 = time.perf_counter()
+def _inference_only(session: ModelSession, batches: list[np.ndarray]) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     for b in batches:
         session.run(b)
         n += b.shape[0]
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / n
 
 
 def _ready_batches(slide: Path, plan: Any, session: ModelSession, idx: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -195,13 +196,15 @@ def measure_throughput(slide: Path, model_path: Path, tiles: int, repeats: int, 
     _inference_only(session_spin, batches[:4])
     rows = []
     for r in range(repeats):
-        a = _run_pipeline(slide, plan, _NoModel(session_pipe), idx, cfg)
-        b_nospin = _inference_only(session_pipe, batches)
-        b_spin = _inference_only(session_spin, batches)
-        c = _run_pipeline(slide, plan, session_pipe, idx, cfg)
+        a, a_cpu = _run_pipeline(slide, plan, _NoModel(session_pipe), idx, cfg)
+        b_nospin, b_cpu = _inference_only(session_pipe, batches)
+        b_spin, _ = _inference_only(session_spin, batches)
+        c, c_cpu = _run_pipeline(slide, plan, session_pipe, idx, cfg)
         b = max(b_spin, b_nospin)  # the faster inference setting makes L (and the target) stricter
         lim = 1.0 / (1.0 / a + 1.0 / b)
-        rows.append({"a": a, "b": b, "b_nospin": b_nospin, "b_spin": b_spin, "c": c, "L": lim, "ratio": c / lim})
+        rows.append({"a": a, "b": b, "b_nospin": b_nospin, "b_spin": b_spin, "c": c, "L": lim, "ratio": c / lim,
+                     "a_cpu_ms": a_cpu, "b_cpu_ms": b_cpu, "c_cpu_ms": c_cpu,
+                     "cpu_overhead": c_cpu / (a_cpu + b_cpu)})
         print(f"  repeat {r + 1}/{repeats}: a {a:6.0f}  b {b:6.0f}  c {c:6.0f}  L {lim:6.0f}  c/L {c / lim:.2f}",
               file=sys.stderr, flush=True)
     med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
@@ -305,6 +308,12 @@ def report_markdown(tp: dict[str, Any], mem: dict[str, Any] | None, load: tuple[
         + "; ".join(f"a {r['a']:.0f}, b {r['b']:.0f}, c {r['c']:.0f}, c/L {r['ratio']:.2f}" for r in tp["repeats"]),
         "",
         f"Tissue detection + tiling of the whole 40k slide: {tp['plan_s']:.1f} s (not part of c).",
+        "",
+        "CPU time per tile (this process, all threads; less sensitive to other processes than wall time): "
+        f"read {m['a_cpu_ms']:.2f} ms + inference {m['b_cpu_ms']:.2f} ms (spinning off) = "
+        f"{m['a_cpu_ms'] + m['b_cpu_ms']:.2f} ms; full pipeline {m['c_cpu_ms']:.2f} ms per tile, i.e. the "
+        f"pipeline costs {m['cpu_overhead']:.2f}x the CPU of its parts. With {available_cores()} cores kept busy "
+        f"that is at most {available_cores() * 1000 / m['c_cpu_ms']:.0f} tiles/s on an otherwise idle machine.",
         "",
     ]
     if mem is not None:
