@@ -54,20 +54,16 @@ def augment_batch(
     def draw(lo: float, hi: float) -> torch.Tensor:
         return _uniform(g, global_n, lo, hi)[sl].to(dev)
 
-    if cfg.flips:
+    # geometric: random transpose + horizontal + vertical flip draw uniformly from all 8
+    # rotations/reflections (the dihedral group), three masked selects and no per-sample loop
+    if cfg.rot90 and x.shape[-1] == x.shape[-2]:
+        tr = (torch.rand(global_n, generator=g) < 0.5)[sl].to(dev)
+        x = torch.where(tr[:, None, None, None], x.transpose(-1, -2), x)
+    if cfg.flips or cfg.rot90:
         hflip = (torch.rand(global_n, generator=g) < 0.5)[sl].to(dev)
         vflip = (torch.rand(global_n, generator=g) < 0.5)[sl].to(dev)
         x = torch.where(hflip[:, None, None, None], x.flip(-1), x)
         x = torch.where(vflip[:, None, None, None], x.flip(-2), x)
-    if cfg.rot90 and x.shape[-1] == x.shape[-2]:
-        k = torch.randint(0, 4, (global_n,), generator=g)[sl]
-        # rotate the subset per k; 3 rotations of a batch at most, no per-sample Python loop
-        out = x.clone()
-        for r in (1, 2, 3):
-            sel = (k == r).nonzero().flatten().to(dev)
-            if sel.numel():
-                out[sel] = torch.rot90(x[sel], r, dims=(-2, -1))
-        x = out
     if cfg.hed > 0:
         x = _hed_jitter(x, draw, cfg.hed)
     if cfg.brightness > 0:
@@ -80,7 +76,8 @@ def augment_batch(
         s = draw(1 - cfg.saturation, 1 + cfg.saturation)[:, None, None, None]
         gray = _gray(x)
         x = (x - gray) * s + gray
-    return x.clamp_(0.0, 1.0)
+    # contiguous NCHW: strided views would send the convolutions down slow paths
+    return x.clamp_(0.0, 1.0).contiguous()
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -94,8 +91,11 @@ def _hed_jitter(x: torch.Tensor, draw, strength: float) -> torch.Tensor:
     beta = torch.stack([draw(-strength, strength) for _ in range(3)], dim=1)  # n x 3
     hed_from_rgb = _HED_FROM_RGB.to(device=dev, dtype=dt)
     rgb_from_hed = _RGB_FROM_HED.to(device=dev, dtype=dt)
-    od = -torch.log(x.clamp(min=1e-6))  # n x 3 x H x W optical density
-    conc = torch.einsum("nchw,cd->ndhw", od, hed_from_rgb)  # n x 3(HED) x H x W
-    conc = conc * alpha[:, :, None, None] + beta[:, :, None, None]
-    od2 = torch.einsum("ndhw,dc->nchw", conc, rgb_from_hed)
-    return torch.exp(-od2)
+    # the jitter is affine in optical density, so it folds into one 3x3 matrix and one offset
+    # per patch: od' = od @ (M_hed diag(alpha) M_rgb) + beta @ M_rgb
+    mats = hed_from_rgb[None] * alpha[:, None, :] @ rgb_from_hed  # n x 3 x 3
+    offs = beta @ rgb_from_hed  # n x 3
+    n, c, h, w = x.shape
+    od = -torch.log(x.clamp(min=1e-6)).reshape(n, c, h * w)  # n x 3 x HW optical density
+    od2 = torch.bmm(mats.transpose(1, 2), od) + offs[:, :, None]  # n x 3 x HW
+    return torch.exp(-od2).reshape(n, c, h, w)

@@ -33,7 +33,8 @@ class AugmentConfig:
 
     Attributes:
         flips: random horizontal and vertical flips.
-        rot90: random rotations by multiples of 90 degrees.
+        rot90: random rotations by multiples of 90 degrees (with ``flips``: all 8 rotations and
+            reflections, drawn as a random transpose plus random flips).
         brightness: max relative brightness change (0.1 = +-10 %), 0 = off.
         contrast: max relative contrast change, 0 = off.
         saturation: max relative saturation change, 0 = off.
