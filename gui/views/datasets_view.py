@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shiboken6
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
@@ -436,6 +437,9 @@ class DatasetsView(QWidget):
     def _on_thumbs_partial(self, worker: Worker, chunk: list[tuple[int, Any]], names: list[str]) -> None:
         if self._workers.get("thumbs") is not worker or self._dataset is None:
             return  # a newer filter replaced this one
+        if not shiboken6.isValid(self.thumbs):
+            worker.cancel()  # the view was closed while samples were still being read
+            return
         labels = self._dataset.labels
         for i, arr in chunk:
             k = int(labels[i])
