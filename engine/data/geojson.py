@@ -7,6 +7,7 @@ Polygon or MultiPolygon geometry in level-0 pixels and ``properties.classificati
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,47 @@ def _geometries(geom: dict[str, Any]) -> Iterator[tuple[Ring, ...]]:
             yield from _geometries(g)
 
 
+def _polygons(geom: Any, path: Path) -> tuple[tuple[Ring, ...], ...]:
+    if not isinstance(geom, dict):
+        return ()
+    try:
+        return tuple(_geometries(geom))
+    except ValueError as exc:
+        raise DatasetError(f"{path}: bad polygon coordinates ({exc})") from None
+
+
+def _features(path: Path, bare_geometry: bool = False) -> list[dict[str, Any]]:
+    """The features of a GeoJSON file (a FeatureCollection, a Feature or a list of features).
+
+    Args:
+        path: the file.
+        bare_geometry: also accept a lone geometry (wrapped as one unclassified feature).
+
+    Raises:
+        DatasetError: the file is missing, not JSON, or not GeoJSON features.
+    """
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"GeoJSON file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"cannot read GeoJSON {path}: {exc}") from None
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    if kind == "FeatureCollection":
+        features = doc.get("features") or []
+    elif kind == "Feature":
+        features = [doc]
+    elif isinstance(doc, list):
+        features = doc
+    elif bare_geometry and kind in ("Polygon", "MultiPolygon", "GeometryCollection"):
+        features = [{"type": "Feature", "geometry": doc}]
+    else:
+        raise DatasetError(f"{path}: not GeoJSON (expected a FeatureCollection or a list of features)")
+    if not all(isinstance(f, dict) for f in features):
+        raise DatasetError(f"{path}: a feature is not a JSON object")
+    return features
+
+
 def read_annotations(path: Path) -> tuple[list[Annotation], list[str]]:
     """Read the classified polygon annotations of a QuPath GeoJSON export.
 
@@ -96,25 +138,9 @@ def read_annotations(path: Path) -> tuple[list[Annotation], list[str]]:
     Raises:
         DatasetError: the file is missing, not JSON, or not GeoJSON features.
     """
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(f"annotation file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"cannot read annotations {path}: {exc}") from None
-    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-        features = doc.get("features") or []
-    elif isinstance(doc, dict) and doc.get("type") == "Feature":
-        features = [doc]
-    elif isinstance(doc, list):
-        features = doc
-    else:
-        raise DatasetError(f"{path}: not GeoJSON (expected a FeatureCollection or a list of features)")
     out: list[Annotation] = []
     skipped = {"detections": 0, "unclassified": 0, "not polygons": 0}
-    for feat in features:
-        if not isinstance(feat, dict):
-            raise DatasetError(f"{path}: a feature is not a JSON object")
+    for feat in _features(path):
         props = feat.get("properties") or {}
         if str(props.get("objectType", "annotation")).lower() in ("detection", "cell", "tile"):
             skipped["detections"] += 1
@@ -123,16 +149,47 @@ def read_annotations(path: Path) -> tuple[list[Annotation], list[str]]:
         if name is None:
             skipped["unclassified"] += 1
             continue
-        try:
-            polys = tuple(_geometries(feat.get("geometry") or {}))
-        except ValueError as exc:
-            raise DatasetError(f"{path}: bad polygon coordinates ({exc})") from None
+        polys = _polygons(feat.get("geometry"), path)
         if not polys:
             skipped["not polygons"] += 1
             continue
         out.append(Annotation(name, polys))
     warnings = [f"{path.name}: {n} {what} skipped" for what, n in skipped.items() if n]
     return out, warnings
+
+
+def read_region_rings(path: str | os.PathLike[str]) -> list[Ring]:
+    """Every polygon ring of a GeoJSON region of interest, classified or not.
+
+    Accepts what :func:`read_annotations` accepts plus a bare geometry; holes are rings too
+    (inside-ness uses the even-odd rule of :func:`points_in_rings`).
+
+    Returns:
+        Level-0 ``float64`` ``(K, 2)`` rings.
+
+    Raises:
+        DatasetError: unreadable file or no polygon in it.
+    """
+    p = Path(path)
+    rings = [r for f in _features(p, bare_geometry=True) for poly in _polygons(f.get("geometry"), p) for r in poly]
+    if not rings:
+        raise DatasetError(f"region file {p.name} holds no polygon")
+    return rings
+
+
+def points_in_rings(points: np.ndarray, rings: list[Ring]) -> np.ndarray:
+    """Even-odd point-in-polygon test of ``points (N, 2)`` against all rings -> bool ``(N,)``."""
+    x, y = points[:, 0][:, None], points[:, 1][:, None]
+    inside = np.zeros(points.shape[0], dtype=bool)
+    for ring in rings:
+        x0, y0 = ring[:, 0][None, :], ring[:, 1][None, :]
+        x1, y1 = np.roll(ring[:, 0], -1)[None, :], np.roll(ring[:, 1], -1)[None, :]
+        crosses = (y0 > y) != (y1 > y)
+        # horizontal edges divide by zero; they never cross (crosses is False there)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xc = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= (crosses & (x < xc)).sum(axis=1) % 2 == 1
+    return inside
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -12,7 +12,6 @@ reported and the others continue. ``FEATURES_DIR/extraction.json`` records the o
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.data.geojson import points_in_rings, read_region_rings
 from engine.errors import ConfigError, MetaScopeError, ModelPackageError, NoTissueError
 from engine.fileio import atomic_write_json, ensure_writable_dir
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
@@ -161,70 +161,6 @@ def resolve_tiling(extractor: Extractor, cfg: FeatureConfig) -> tuple[int, float
     return size, float(mpp)
 
 
-# -- regions of interest -----------------------------------------------------------------------
-
-
-def read_roi_polygons(path: str | os.PathLike[str]) -> list[np.ndarray]:
-    """Polygon rings (level-0 ``(K, 2)`` arrays) of a GeoJSON file, as QuPath exports it.
-
-    Accepts a FeatureCollection, a Feature, a list of Features or a bare geometry; Polygon and
-    MultiPolygon geometries; holes are rings too (inside-ness uses the even-odd rule).
-
-    Raises:
-        DatasetError: unreadable file or no polygon in it.
-    """
-    from engine.errors import DatasetError
-
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"cannot read ROI file {p.name}: {exc}") from exc
-    geoms: list[dict[str, Any]] = []
-
-    def collect(obj: Any) -> None:
-        if isinstance(obj, list):
-            for o in obj:
-                collect(o)
-        elif isinstance(obj, dict):
-            kind = obj.get("type")
-            if kind == "FeatureCollection":
-                collect(obj.get("features", []))
-            elif kind == "Feature":
-                collect(obj.get("geometry"))
-            elif kind == "GeometryCollection":
-                collect(obj.get("geometries", []))
-            elif kind in ("Polygon", "MultiPolygon"):
-                geoms.append(obj)
-
-    collect(data)
-    rings: list[np.ndarray] = []
-    for g in geoms:
-        polys = [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"]
-        for poly in polys:
-            for ring in poly:
-                arr = np.asarray(ring, dtype=np.float64).reshape(-1, 2)
-                if arr.shape[0] >= 3:
-                    rings.append(arr)
-    if not rings:
-        raise DatasetError(f"ROI file {p.name} holds no polygon")
-    return rings
-
-
-def points_in_rings(points: np.ndarray, rings: list[np.ndarray]) -> np.ndarray:
-    """Even-odd point-in-polygon test of ``points (N, 2)`` against all rings -> bool ``(N,)``."""
-    x, y = points[:, 0][:, None], points[:, 1][:, None]
-    inside = np.zeros(points.shape[0], dtype=bool)
-    for ring in rings:
-        x0, y0 = ring[:, 0][None, :], ring[:, 1][None, :]
-        x1, y1 = np.roll(ring[:, 0], -1)[None, :], np.roll(ring[:, 1], -1)[None, :]
-        crosses = (y0 > y) != (y1 > y)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            xc = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
-        inside ^= (crosses & (x < xc)).sum(axis=1) % 2 == 1
-    return inside
-
-
 # -- one slide -------------------------------------------------------------------------------
 
 
@@ -249,7 +185,7 @@ def plan_slide(
     tissue = detect_tissue(reader, target_mpp=mpp * tile_size / 8)
     plan = plan_tiles(reader, tiling, tissue, mpp=cfg.slide_mpp)
     if roi is not None:
-        rings = read_roi_polygons(roi)
+        rings = read_region_rings(roi)
         centres = plan.level0_xy.astype(np.float64) + plan.tile_size_level0 / 2.0
         keep = points_in_rings(centres, rings)
         if not keep.any():
