@@ -14,7 +14,7 @@ import numpy as np
 from engine.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
 from engine.mil.clinical import Subgroup
 from engine.mil.cohort import CohortEntry
-from engine.mil.metrics import classification_metrics, plot_confusion, plot_roc, subgroup_metrics
+from engine.mil.metrics import classification_metrics, plot_confusion, plot_slide_roc, subgroup_metrics
 
 
 def write_evaluation(
@@ -63,8 +63,8 @@ def write_evaluation(
     auc = metrics["auc"]
     lo, hi = metrics["auc_ci95"]
     label = f"{title}  AUC {auc:.3f} ({lo:.3f}-{hi:.3f})" if np.isfinite(auc) and np.isfinite(lo) else title
-    plot_roc(y, probs, class_names, out / "roc.png", title=label)
-    plot_confusion(np.array(metrics["confusion_matrix"]), class_names, out / "confusion.png", title=title)
+    plot_slide_roc(y, probs, class_names, out / "roc.png", title=label)
+    plot_confusion(np.array(metrics["confusion_matrix"]), class_names, out / "confusion.png", title=title or "confusion matrix")
     return metrics
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from engine.errors import DatasetError, ModelPackageError
 from engine.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
-from engine.train.metrics import bootstrap_auc_ci, classification_metrics, roc_curve
+from engine.train.metrics import bootstrap_ci95, classification_metrics, plot_roc, save_figure
 
 N_BOOT = 1000
 
@@ -123,31 +123,6 @@ def _load(model_path: str | os.PathLike[str], device: str) -> Any:
     return session
 
 
-def _bootstrap(y: np.ndarray, probs: np.ndarray, positive: int, seed: int = 0) -> dict[str, list[float]]:
-    """Percentile bootstrap 95 % CIs of AUC, accuracy, sensitivity, specificity."""
-    score = probs[:, positive]
-    pos = y == positive
-    pred_pos = (score >= 0.5) if probs.shape[1] == 2 else (probs.argmax(1) == positive)
-    correct = (probs.argmax(1) == y) if probs.shape[1] > 2 else (pred_pos == pos)
-    lo, hi = bootstrap_auc_ci(pos, score, N_BOOT, seed=seed)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, y.size, (N_BOOT, y.size))
-    acc = correct[idx].mean(1)
-    tp = (pos & pred_pos)[idx].sum(1)
-    npos = pos[idx].sum(1)
-    tn = (~pos & ~pred_pos)[idx].sum(1)
-    nneg = (~pos)[idx].sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sens = tp / npos
-        spec = tn / nneg
-
-    def ci(v: np.ndarray) -> list[float]:
-        v = v[np.isfinite(v)]
-        return [float(x) for x in np.quantile(v, [0.025, 0.975])] if v.size >= 10 else [float("nan")] * 2
-
-    return {"auc": [lo, hi], "accuracy": ci(acc), "sensitivity": ci(sens), "specificity": ci(spec)}
-
-
 def evaluate(
     model_path: str | os.PathLike[str],
     data: str | os.PathLike[str],
@@ -191,7 +166,7 @@ def evaluate(
     positive = int(meta.positive_class)
     m = classification_metrics(y, probs, positive)
     report(progress, ProgressEvent("metrics", 0, 1, "bootstrap confidence intervals"))
-    cis = _bootstrap(y, probs, positive)
+    cis = bootstrap_ci95(y, probs, positive, n_boot=N_BOOT)
     result: dict[str, Any] = {
         "model": session.describe(),
         "data": {"path": str(data), "patches": int(len(ds)), "format": getattr(ds, "fmt", None), "mpp": ds.mpp,
@@ -229,27 +204,11 @@ def _write_predictions(path: Path, ids: list[str], probs: np.ndarray, class_name
 
 
 def _plots(out: Path, y_pos: np.ndarray, score: np.ndarray, pos_name: str, auc: float, ci: list[float]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    """``roc.png`` and ``calibration.png`` (10 bins) of the positive class vs rest."""
     from matplotlib.figure import Figure
 
-    from engine.fileio import atomic_path
-
-    files = []
-    fpr, tpr, _ = roc_curve(y_pos, score)
-    fig = Figure(figsize=(5, 5), dpi=100)
-    ax = fig.add_subplot()
-    ax.plot(fpr, tpr, lw=2, label=f"AUC {auc:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
-           title=f"ROC: {pos_name} vs rest", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(out / "roc.png") as tmp:
-        fig.savefig(tmp, format="png")
-    files.append(out / "roc.png")
-
+    plot_roc([(f"AUC {auc:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f})", y_pos, score)], out / "roc.png",
+             title=f"ROC: {pos_name} vs rest")
     bins = np.linspace(0, 1, 11)
     which = np.clip(np.digitize(score, bins) - 1, 0, 9)
     centres, frac, counts = [], [], []
@@ -267,11 +226,8 @@ def _plots(out: Path, y_pos: np.ndarray, score: np.ndarray, pos_name: str, auc: 
     ax1.legend(loc="upper left")
     ax2.bar((bins[:-1] + bins[1:]) / 2, counts, width=0.09)
     ax2.set(xlabel=f"predicted probability of {pos_name}", ylabel="patches", xlim=(0, 1))
-    fig.tight_layout()
-    with atomic_path(out / "calibration.png") as tmp:
-        fig.savefig(tmp, format="png")
-    files.append(out / "calibration.png")
-    return files
+    save_figure(fig, out / "calibration.png")
+    return [out / "roc.png", out / "calibration.png"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,16 @@
-"""Classification metrics in numpy: AUC (with bootstrap CI), confusion matrix, sensitivity, ...
+"""Classification metrics in numpy, shared by patch training and slide-level MIL: AUC (binary
+and one-vs-rest macro) with bootstrap CIs, ROC curve, confusion matrix, sensitivity and
+specificity, and the ROC / confusion-matrix PNG figures.
 
 No scikit-learn dependency; the AUC is the Mann-Whitney statistic with average ranks for ties,
-which equals the area under the empirical ROC curve.
+which equals the area under the empirical ROC curve. matplotlib is imported inside the plotting
+functions only.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -49,25 +54,78 @@ def macro_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
 def bootstrap_auc_ci(
     y_true: np.ndarray, score: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the binary AUC.
+    """Percentile bootstrap confidence interval of the AUC, resampling cases with replacement.
 
-    Resamples patients/patches with replacement ``n_boot`` times; resamples holding one class only
-    are skipped. Returns ``(low, high)``; NaNs when fewer than 10 usable resamples.
+    Args:
+        y_true: ``(N,)`` labels: 0/1 (or bool) with a 1-D ``score``, class indices with 2-D.
+        score: ``(N,)`` positive-class scores (binary AUC), or ``(N, C)`` class probabilities
+            (:func:`macro_auc`).
+        n_boot: resamples; those whose AUC is undefined (one class only) are skipped.
+
+    Returns:
+        ``(low, high)``; NaNs when fewer than ``max(10, n_boot // 10)`` resamples were usable.
     """
-    y = np.asarray(y_true).astype(bool)
     s = np.asarray(score, dtype=np.float64)
+    y = np.asarray(y_true).astype(bool) if s.ndim == 1 else np.asarray(y_true, dtype=np.int64)
+    auc = roc_auc if s.ndim == 1 else macro_auc
     rng = np.random.default_rng(seed)
     n = y.size
     vals = []
     for _ in range(n_boot):
         idx = rng.integers(0, n, n)
-        a = roc_auc(y[idx], s[idx])
+        a = auc(y[idx], s[idx])
         if not np.isnan(a):
             vals.append(a)
-    if len(vals) < 10:
+    if len(vals) < max(10, n_boot // 10):
         return float("nan"), float("nan")
     lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def bootstrap_ci95(
+    y_true: np.ndarray, probs: np.ndarray, positive_class: int = 1, n_boot: int = 1000, seed: int = 0
+) -> dict[str, list[float]]:
+    """Percentile bootstrap 95 % CIs of AUC, accuracy, sensitivity and specificity.
+
+    Predictions are made as in :func:`classification_metrics` (threshold 0.5 on the positive
+    class for binary models, argmax otherwise).
+
+    Args:
+        y_true: ``(N,)`` int class indices.
+        probs: ``(N, C)`` class probabilities.
+        positive_class: class for AUC, sensitivity and specificity (one-vs-rest when C > 2).
+
+    Returns:
+        ``{"auc" | "accuracy" | "sensitivity" | "specificity": [low, high]}``; NaNs where fewer
+        than 10 resamples define the metric.
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    score = p[:, positive_class]
+    pos = y == positive_class
+    pred_pos = (score >= 0.5) if p.shape[1] == 2 else (p.argmax(1) == positive_class)
+    correct = (p.argmax(1) == y) if p.shape[1] > 2 else (pred_pos == pos)
+    lo, hi = bootstrap_auc_ci(pos, score, n_boot, seed=seed)
+    rng = np.random.default_rng(seed)
+    # resample indices in chunks: one (n_boot, N) index array is 8 GB for 1000 x 1M patches
+    chunk = max(1, (1 << 22) // max(y.size, 1))
+    parts = []
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, y.size, (min(chunk, n_boot - start), y.size))
+        parts.append(
+            np.stack(
+                [correct[idx].sum(1), (pos & pred_pos)[idx].sum(1), pos[idx].sum(1), (~pos & ~pred_pos)[idx].sum(1)], 1
+            )
+        )
+    n_correct, tp, n_pos, tn = np.concatenate(parts).T.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = {"accuracy": n_correct / y.size, "sensitivity": tp / n_pos, "specificity": tn / (y.size - n_pos)}
+
+    def ci(v: np.ndarray) -> list[float]:
+        v = v[np.isfinite(v)]
+        return [float(x) for x in np.quantile(v, [0.025, 0.975])] if v.size >= 10 else [float("nan")] * 2
+
+    return {"auc": [lo, hi], **{k: ci(v) for k, v in rates.items()}}
 
 
 def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,6 +160,19 @@ def _safe_div(a: float, b: float) -> float:
     return float(a / b) if b else float("nan")
 
 
+def binary_counts(truth_pos: np.ndarray, pred_pos: np.ndarray) -> tuple[float, float, float, float]:
+    """``(tp, fn, fp, tn)`` of bool ``(N,)`` truth and prediction ("is positive")."""
+    t = np.asarray(truth_pos, dtype=bool)
+    p = np.asarray(pred_pos, dtype=bool)
+    return float((t & p).sum()), float((t & ~p).sum()), float((~t & p).sum()), float((~t & ~p).sum())
+
+
+def sensitivity_specificity(truth_pos: np.ndarray, pred_pos: np.ndarray) -> tuple[float, float]:
+    """Sensitivity (recall of positives) and specificity of bool ``(N,)`` arrays; NaN when undefined."""
+    tp, fn, fp, tn = binary_counts(truth_pos, pred_pos)
+    return _safe_div(tp, tp + fn), _safe_div(tn, tn + fp)
+
+
 def classification_metrics(
     y_true: np.ndarray, probs: np.ndarray, positive_class: int = 1, threshold: float = 0.5
 ) -> dict[str, Any]:
@@ -128,10 +199,7 @@ def classification_metrics(
     cm = confusion_matrix(y, pred, c)
     pos_true = y == positive_class
     pos_pred = pred == positive_class
-    tp = float((pos_true & pos_pred).sum())
-    fn = float((pos_true & ~pos_pred).sum())
-    fp = float((~pos_true & pos_pred).sum())
-    tn = float((~pos_true & ~pos_pred).sum())
+    tp, fn, fp, tn = binary_counts(pos_true, pos_pred)
     sens = _safe_div(tp, tp + fn)
     prec = _safe_div(tp, tp + fp)
     f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
@@ -148,3 +216,65 @@ def classification_metrics(
         "n": int(y.size),
         "confusion_matrix": cm.tolist(),
     }
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
+    """Write a matplotlib ``Figure`` to a PNG atomically (never a half-written file)."""
+    from engine.fileio import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def plot_roc(
+    curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | os.PathLike[str], title: str = "ROC"
+) -> None:
+    """ROC curves to a PNG.
+
+    Args:
+        curves: per curve ``(legend label, (N,) bool truth, (N,) score)``; curves whose truth
+            holds one class only are left out (their ROC is undefined).
+        path: the PNG to write.
+    """
+    # a bare Figure, not pyplot: no global state, safe in worker threads and next to Qt
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5), dpi=100)
+    ax = fig.add_subplot()
+    for label, truth, score in curves:
+        t = np.asarray(truth, dtype=bool)
+        if t.all() or not t.any():
+            continue
+        fpr, tpr, _ = roc_curve(t, score)
+        ax.plot(fpr, tpr, lw=2, label=label)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+           title=title, xlim=(0, 1), ylim=(0, 1.01))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_confusion(
+    cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str], title: str = "confusion matrix"
+) -> None:
+    """Confusion matrix ``(C, C)`` (rows true, columns predicted) to a PNG."""
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(cm)
+    side = 1.2 * len(class_names)
+    fig = Figure(figsize=(side + 2.5, side + 2), dpi=100)
+    ax = fig.add_subplot()
+    ax.imshow(cm, cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            dark = cm[i, j] > cm.max() / 2
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if dark else "black")
+    ax.set_xticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    save_figure(fig, path)

@@ -103,7 +103,12 @@ def check_trainable(ds: Any) -> None:
         raise DatasetError(f"patches must be square, got {w}x{h} px")
 
 
-def _split(cfg: TrainConfig, ds: Any) -> tuple[np.ndarray, np.ndarray, str]:
+def training_split(cfg: TrainConfig, ds: Any) -> tuple[np.ndarray, np.ndarray, str]:
+    """The run's ``(train_idx, val_idx, strategy)``: deterministic in the config and the data.
+
+    Raises:
+        DatasetError: a split too small to train or validate on.
+    """
     from engine.data import split_dataset
 
     strategy = cfg.split
@@ -292,7 +297,7 @@ def _train(run: _Run, ds: Any, fingerprint: str, resume: bool, torch: Any) -> Tr
 
         report_ = validate_dataset(ds, progress=run.progress, cancel=run.cancel)
         report_.raise_if_errors()
-    train_idx, val_idx, strategy = _split(cfg, ds)
+    train_idx, val_idx, strategy = training_split(cfg, ds)
     labels_all = np.asarray(ds.labels, dtype=np.int64)
     data_summary = {
         **_describe(ds),

@@ -1,0 +1,103 @@
+"""Evaluate a training run's best checkpoint on the validation split it was trained with.
+
+This is what the training view shows after a run (``RUN_DIR/evaluation.json``); the same metric
+and confidence-interval code as ``metascope evaluate`` (:mod:`engine.train.metrics`). torch and
+the metrics are imported when a run is evaluated, not on import (the run views import this).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from engine.fileio import atomic_write_json
+
+EVALUATION_NAME = "evaluation.json"
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    progress: Any = None,
+    cancel: Any = None,
+    batch_size: int = 128,
+) -> dict[str, Any]:
+    """Evaluate a run's best model on its validation split; writes ``RUN_DIR/evaluation.json``.
+
+    The dataset is reopened and split exactly as the trainer did (same strategy, fraction and
+    seed), and its fingerprint is checked so changed data is reported instead of evaluated.
+
+    Returns:
+        ``{"metrics": {auc, accuracy, sensitivity, specificity, precision, f1, loss, n},
+        "ci": {metric: [low, high]} (95 % percentile bootstrap, :func:`bootstrap_ci95`),
+        "roc": {"fpr": [...], "tpr": [...]} (positive class vs rest), "confusion_matrix": C x C
+        (rows: true class), "class_names", "positive_class", "epoch", "n_val"}``.
+
+    Raises:
+        ConfigError: no trained model or config in the run folder.
+        DatasetError: the data changed since training, or cannot be read.
+        Cancelled: ``cancel`` was set (checked per batch).
+    """
+    import numpy as np
+    import torch
+
+    from engine.data.open import open_dataset
+    from engine.errors import DatasetError
+    from engine.export.onnx_export import load_trained
+    from engine.jobs import ProgressEvent, check_cancel, report
+    from engine.models import build_model
+    from engine.train.config import TrainConfig
+    from engine.train.metrics import bootstrap_ci95, classification_metrics, roc_curve
+    from engine.train.runfolder import load_run_config
+    from engine.train.trainer import data_fingerprint, training_split
+
+    run = Path(run_dir)
+    stored = load_run_config(run)
+    cfg = TrainConfig.from_dict(stored["config"])
+    ck = load_trained(run)
+    # identifies the model evaluated: a resumed run replaces best.pt and this result goes stale
+    model_stamp = Path(ck["source"]).stat().st_mtime_ns
+    report(progress, ProgressEvent("evaluate", 0, None, "opening the dataset"))
+    ds = open_dataset(cfg.data, fmt=cfg.fmt, mpp=cfg.mpp, labelled=True)
+    if stored.get("fingerprint") not in (None, data_fingerprint(ds)):
+        raise DatasetError(
+            f"the data at {cfg.data} changed since this run was trained; cannot rebuild its validation split"
+        )
+    _, val_idx, strategy = training_split(cfg, ds)
+    names = list(ck["class_names"])
+    positive = int(ck.get("positive_class", 1))
+    model = build_model(ck["arch"], len(names), int(ck["input_size"]))
+    model.load_state_dict(ck["model"])
+    model.eval()
+    mean = torch.tensor(ck["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(ck["std"], dtype=torch.float32).view(1, 3, 1, 1)
+    probs = np.zeros((len(val_idx), len(names)), np.float64)
+    with torch.inference_mode():
+        for start in range(0, len(val_idx), batch_size):
+            check_cancel(cancel)
+            idx = val_idx[start : start + batch_size]
+            x = torch.from_numpy(ds.read_many(idx)).permute(0, 3, 1, 2).float().div_(255.0)
+            probs[start : start + len(idx)] = torch.softmax(model((x - mean) / std), dim=1).double().numpy()
+            done = start + len(idx)
+            report(progress, ProgressEvent("evaluate", done, len(val_idx), f"predicting {done}/{len(val_idx)}"))
+    y = np.asarray(ds.labels, dtype=np.int64)[val_idx]
+    m = classification_metrics(y, probs, positive)
+    is_pos = y == positive
+    score = probs[:, positive]
+    ci = bootstrap_ci95(y, probs, positive)
+    fpr, tpr, _ = roc_curve(is_pos, score)
+    result = {
+        "metrics": {k: m[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "loss", "n")},
+        "ci": ci,
+        "roc": {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]},
+        "confusion_matrix": m["confusion_matrix"],
+        "class_names": names,
+        "positive_class": positive,
+        "epoch": ck.get("epoch"),
+        "n_val": int(len(val_idx)),
+        "split": strategy,
+        "model_file": Path(ck["source"]).name,
+        "model_mtime_ns": model_stamp,
+    }
+    atomic_write_json(run / EVALUATION_NAME, result)
+    return result
