@@ -90,6 +90,20 @@ class SlideInfo:
         }
 
 
+def checked_region_size(info: SlideInfo, level: int, size: tuple[int, int]) -> tuple[int, int]:
+    """Validate a :meth:`SlideReader.read_region` request; returns its ``(w, h)`` in pixels.
+
+    Raises:
+        ValueError: ``level`` does not exist or ``size`` is not positive.
+    """
+    if not 0 <= level < info.level_count:
+        raise ValueError(f"level {level} out of range (slide has {info.level_count})")
+    w, h = int(size[0]), int(size[1])
+    if w <= 0 or h <= 0:
+        raise ValueError(f"region size must be positive, got {size}")
+    return w, h
+
+
 class SlideReader(abc.ABC):
     """A whole-slide image (or a plain image) opened for reading. Use as a context manager.
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from engine.errors import SlideOpenError
 from engine.slides.base import ArrayReader
-from engine.slides.mpp import mpp_from_ome, mpp_from_resolution
+from engine.slides.mpp import mpp_from_ome, mpp_from_tiff_tags
 
 # Refuse to decode plain images above this many pixels (~1.5 GB of RGB): such files should be
 # converted to a pyramidal TIFF, and decoding them would exhaust a workstation's memory.
@@ -55,6 +55,30 @@ def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def tiff_to_rgb(raw: np.ndarray, photometric: int, colormap: np.ndarray | None) -> np.ndarray:
+    """Decoded TIFF samples ``(H, W)`` or ``(H, W, S)`` to ``uint8`` RGB ``(H, W, 3)``.
+
+    Palette indices go through the colour map, min-is-white grey is inverted and CMYK
+    (``SEPARATED``) is converted; anything else is :func:`to_rgb_uint8`.
+    """
+    import tifffile
+
+    p = tifffile.PHOTOMETRIC
+    if photometric == p.PALETTE and colormap is not None:
+        cmap = np.asarray(colormap)
+        # 16-bit colour map entries (TIFF) -> 8-bit RGB lookup
+        lut = ((cmap >> 8) if cmap.max() > 255 else cmap).astype(np.uint8).T
+        idx = raw if raw.ndim == 2 else raw[..., 0]
+        return lut[np.clip(idx.astype(np.int64), 0, lut.shape[0] - 1)]
+    if photometric == p.MINISWHITE and raw.dtype.kind in "ui":
+        raw = np.iinfo(raw.dtype).max - raw
+    if photometric == p.SEPARATED and raw.ndim == 3 and raw.shape[2] >= 4:
+        cmy = to_rgb_uint8(raw[..., :3]).astype(np.uint16)
+        k = to_rgb_uint8(raw[..., 3:4])[..., :1].astype(np.uint16)
+        return ((255 - cmy) * (255 - k) // 255).astype(np.uint8)
+    return to_rgb_uint8(raw)
+
+
 def _read_tiff(path: str) -> tuple[np.ndarray, tuple[float, float] | None, dict[str, str]]:
     import tifffile
 
@@ -62,37 +86,15 @@ def _read_tiff(path: str) -> tuple[np.ndarray, tuple[float, float] | None, dict[
         page = tf.pages.first
         if page.imagewidth * page.imagelength > MAX_PIXELS:
             raise SlideOpenError(f"{path}: the image is too large to open as a plain image; convert it to a pyramidal TIFF")
-        tags = page.tags
-
-        def ratio(name: str) -> float | None:
-            tag = tags.get(name)
-            if tag is None:
-                return None
-            v = tag.value
-            if isinstance(v, tuple) and len(v) == 2:
-                return v[0] / v[1] if v[1] else None
-            return float(v)
-
-        unit = tags.get("ResolutionUnit")
         mpp = mpp_from_ome(tf.ome_metadata) if tf.is_ome else None
         if mpp is None:
-            mpp = mpp_from_resolution(ratio("XResolution"), ratio("YResolution"), int(unit.value) if unit is not None else None)
+            mpp = mpp_from_tiff_tags(page.tags)
         arr = page.asarray()
-        if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
-            # palette images store indices; the colour map (16-bit entries) gives the colours
-            cmap = np.asarray(page.colormap)
-            lut = ((cmap >> 8) if cmap.max() > 255 else cmap).astype(np.uint8).T
-            arr = lut[np.clip(arr.astype(np.int64), 0, lut.shape[0] - 1)]
-        elif page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:
-            arr = np.iinfo(arr.dtype).max - arr if arr.dtype.kind in "ui" else arr
         props = {"tiff.Compression": str(page.compression.name), "tiff.Photometric": str(page.photometric.name)}
         # a planar (C, H, W) page
         if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
             arr = np.moveaxis(arr, 0, 2)
-        if page.photometric == tifffile.PHOTOMETRIC.SEPARATED and arr.ndim == 3 and arr.shape[2] >= 4:
-            cmy = to_rgb_uint8(arr[..., :3]).astype(np.uint16)
-            k = to_rgb_uint8(arr[..., 3:4])[..., :1].astype(np.uint16)
-            arr = ((255 - cmy) * (255 - k) // 255).astype(np.uint8)
+        arr = tiff_to_rgb(arr, page.photometric, page.colormap)
     return arr, mpp, props
 
 

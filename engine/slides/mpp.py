@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 # Microscope resolutions span ~0.1 um/px (100x oil) to ~10 um/px (1.25x overview). Outside this
 # range the value is a print resolution or a unit error, not a scan.
@@ -85,6 +86,22 @@ def mpp_from_resolution(x_res: float | None, y_res: float | None, unit: int | st
     except (TypeError, ValueError, ZeroDivisionError):
         return None
     return plausible_pair(mx, my)
+
+
+def mpp_from_tiff_tags(tags: Any) -> tuple[float, float] | None:
+    """:func:`mpp_from_resolution` of a tifffile page's ``tags`` (rational or float values)."""
+
+    def ratio(name: str) -> float | None:
+        tag = tags.get(name)
+        if tag is None:
+            return None
+        v = tag.value
+        if isinstance(v, tuple) and len(v) == 2:
+            return v[0] / v[1] if v[1] else None
+        return float(v)
+
+    unit = tags.get("ResolutionUnit")
+    return mpp_from_resolution(ratio("XResolution"), ratio("YResolution"), int(unit.value) if unit is not None else None)
 
 
 def mpp_from_aperio(description: str | None) -> float | None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import SlideOpenError
-from engine.slides.base import SlideInfo, SlideReader
+from engine.slides.base import SlideInfo, SlideReader, checked_region_size
 from engine.slides.mpp import mpp_from_ome, plausible_pair
 from engine.slides.resample import striped_thumbnail
 
@@ -140,11 +140,7 @@ class OpenSlideReader(SlideReader):
             SlideOpenError: the slide data cannot be decoded (damaged or truncated file).
             ValueError: ``level`` does not exist or ``size`` is not positive.
         """
-        if not 0 <= level < self.info.level_count:
-            raise ValueError(f"level {level} out of range (slide has {self.info.level_count})")
-        w, h = int(size[0]), int(size[1])
-        if w <= 0 or h <= 0:
-            raise ValueError(f"region size must be positive, got {size}")
+        w, h = checked_region_size(self.info, level, size)
         try:
             img = self._slide.read_region((int(level0_xy[0]), int(level0_xy[1])), int(level), (w, h))
         except self._openslide.OpenSlideError as exc:

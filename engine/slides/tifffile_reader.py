@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from engine.errors import SlideOpenError
-from engine.slides.base import SlideInfo, SlideReader
-from engine.slides.image_reader import to_rgb_uint8
-from engine.slides.mpp import mpp_from_aperio, mpp_from_ome, mpp_from_resolution
+from engine.slides.base import SlideInfo, SlideReader, checked_region_size
+from engine.slides.image_reader import tiff_to_rgb
+from engine.slides.mpp import mpp_from_aperio, mpp_from_ome, mpp_from_tiff_tags
 from engine.slides.resample import striped_thumbnail
 
 # Decoded segments kept per open slide (see OpenSlideReader.DEFAULT_CACHE_BYTES for the sizing).
@@ -253,19 +253,7 @@ class TiffFileReader(SlideReader):
             a = mpp_from_aperio(desc)
             mpp = (a, a) if a is not None else None
         if mpp is None:
-            tags = base.tags
-
-            def ratio(name: str) -> float | None:
-                tag = tags.get(name)
-                if tag is None:
-                    return None
-                v = tag.value
-                if isinstance(v, tuple) and len(v) == 2:
-                    return v[0] / v[1] if v[1] else None
-                return float(v)
-
-            unit = tags.get("ResolutionUnit")
-            mpp = mpp_from_resolution(ratio("XResolution"), ratio("YResolution"), int(unit.value) if unit is not None else None)
+            mpp = mpp_from_tiff_tags(base.tags)
         props = {
             "tiff.Compression": str(base.compression.name),
             "tiff.Photometric": str(base.photometric.name),
@@ -326,23 +314,6 @@ class TiffFileReader(SlideReader):
                         out[ya - y : yb - y, xa - x : xb - x] = part
         return out
 
-    def _to_rgb(self, lv: _Level, raw: np.ndarray) -> np.ndarray:
-        import tifffile
-
-        p = tifffile.PHOTOMETRIC
-        if lv.colormap is not None:
-            cmap = np.asarray(lv.colormap)
-            # 16-bit colour map entries (TIFF) -> 8-bit RGB lookup
-            lut = (cmap >> 8).astype(np.uint8).T if cmap.max() > 255 else cmap.astype(np.uint8).T
-            idx = np.clip(raw[..., 0].astype(np.int64), 0, lut.shape[0] - 1)
-            return lut[idx]
-        if lv.photometric == p.MINISWHITE and raw.dtype.kind in "ui":
-            raw = np.iinfo(raw.dtype).max - raw
-        if lv.photometric == p.SEPARATED and raw.shape[2] >= 4:
-            cmyk = to_rgb_uint8(raw[..., :3]).astype(np.uint16), to_rgb_uint8(raw[..., 3:4])[..., :1].astype(np.uint16)
-            return ((255 - cmyk[0]) * (255 - cmyk[1]) // 255).astype(np.uint8)
-        return to_rgb_uint8(raw)
-
     def read_region(self, level0_xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """See :meth:`SlideReader.read_region`.
 
@@ -350,11 +321,7 @@ class TiffFileReader(SlideReader):
             SlideOpenError: the slide data cannot be decoded (damaged or truncated file).
             ValueError: ``level`` does not exist or ``size`` is not positive.
         """
-        if not 0 <= level < self.info.level_count:
-            raise ValueError(f"level {level} out of range (slide has {self.info.level_count})")
-        w, h = int(size[0]), int(size[1])
-        if w <= 0 or h <= 0:
-            raise ValueError(f"region size must be positive, got {size}")
+        w, h = checked_region_size(self.info, level, size)
         lv = self._levels[level]
         ds = self.info.level_downsamples[level]
         x = int(math.floor(level0_xy[0] / ds))
@@ -364,7 +331,7 @@ class TiffFileReader(SlideReader):
         x1, y1 = min(x + w, lv.width), min(y + h, lv.height)
         if x1 > x0 and y1 > y0:
             raw = self._raw_region(lv, level, x0, y0, x1 - x0, y1 - y0)
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._to_rgb(lv, raw)
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = tiff_to_rgb(raw, lv.photometric, lv.colormap)
         return out
 
     def thumbnail(self, max_size: int) -> np.ndarray:
