@@ -68,11 +68,11 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
-    # numpy scalars/arrays and paths show up in metadata; keep json.dumps happy without numpy import
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars/arrays and paths (no numpy import needed)."""
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, os.PathLike):

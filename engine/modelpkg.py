@@ -187,6 +187,16 @@ def read_metadata(onnx_path: str | os.PathLike[str]) -> ModelMetadata:
     return ModelMetadata.from_dict(raw)
 
 
+def embed_metadata(model: Any, meta: ModelMetadata) -> None:
+    """Put ``meta`` into a loaded ``onnx.ModelProto`` in place, replacing any earlier entry."""
+    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = meta.to_json()
+
+
 def write_metadata(onnx_path: str | os.PathLike[str], meta: ModelMetadata, out_path: str | os.PathLike[str] | None = None) -> Path:
     """Embed ``meta`` into the ONNX file (atomically), replacing any earlier entry."""
     import onnx
@@ -196,12 +206,7 @@ def write_metadata(onnx_path: str | os.PathLike[str], meta: ModelMetadata, out_p
     src = Path(onnx_path)
     dst = Path(out_path) if out_path is not None else src
     model = onnx.load(str(src))
-    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key = METADATA_KEY
-    entry.value = meta.to_json()
+    embed_metadata(model, meta)
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
     return dst

@@ -302,18 +302,13 @@ def _embed(path: Path, meta: ModelMetadata) -> None:
     """Add the metadata entry to the ONNX file in place (it is still the temporary file)."""
     import onnx
 
-    from engine.modelpkg import METADATA_KEY
+    from engine.modelpkg import embed_metadata
 
     try:
         proto = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError and friends
         raise ModelPackageError(f"the exported ONNX file cannot be read back: {type(exc).__name__}") from exc
-    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    entry = proto.metadata_props.add()
-    entry.key = METADATA_KEY
-    entry.value = meta.to_json()
+    embed_metadata(proto, meta)
     proto.producer_name = "MetaScope"
     proto.producer_version = __version__
     onnx.save(proto, str(path))

@@ -35,7 +35,7 @@ def available_cores() -> int:
         try:
             return max(1, len(os.sched_getaffinity(0)))
         except OSError:
-            pass
+            pass  # affinity unreadable (some containers): all cores is the honest fallback
     return max(1, os.cpu_count() or 1)
 
 

@@ -31,7 +31,7 @@ def best_fold(run: Path) -> int:
         try:
             return int(json.loads(metrics.read_text(encoding="utf-8"))["best_fold"])
         except (OSError, ValueError, KeyError, TypeError):
-            pass
+            pass  # an unfinished or older metrics.json: the fold files below say the same
     folds = sorted(run.glob("fold_*.json"))
     if not folds:
         raise ConfigError(f"{run} has no finished fold to export (training not finished; resume it with --resume)")

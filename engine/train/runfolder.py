@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError, MetaScopeError
-from engine.fileio import atomic_path, atomic_write_json
+from engine.fileio import atomic_path, atomic_write_json, json_default
 
 CONFIG_NAME = "config.json"
 EVENTS_NAME = "events.jsonl"
@@ -44,7 +44,7 @@ class EventLog:
     def write(self, event: str, **fields: Any) -> dict[str, Any]:
         rec = {"event": event, "time": round(time.time(), 3), **fields}
         if self.enabled:
-            line = json.dumps(rec, default=_default, allow_nan=True) + "\n"
+            line = json.dumps(rec, default=json_default, allow_nan=True) + "\n"
             # O_APPEND + one write: concurrent readers see whole lines only
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
@@ -52,14 +52,6 @@ class EventLog:
             finally:
                 os.close(fd)
         return rec
-
-
-def _default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def read_events(run_dir: str | os.PathLike[str], start: int = 0) -> tuple[list[dict[str, Any]], int]:
