@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from engine.cli.progress import TerminalProgress
+
 FORMAT_CHOICES = ("auto", "kaggle", "folders", "pcam_h5", "annotated_slides", "images")
 
 
@@ -85,7 +87,6 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from engine.cli.progress import TerminalProgress
     from engine.data import validate_dataset
     from engine.jobs import CancelToken
 

@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import add_device_option
+from engine.cli.progress import TerminalProgress
+
 
 def _cols(text: str | None) -> tuple[str, ...]:
     return tuple(c.strip() for c in (text or "").split(",") if c.strip())
@@ -68,7 +71,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
     p.add_argument("--max-tiles", type=int, default=None, help="at most this many tiles per slide (most tissue first)")
     p.add_argument("--slide-mpp", type=float, default=None, help="level-0 um/px for slides that do not record it")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_option(p)
     labels_opt(p)
     p.set_defaults(handler=_features)
 
@@ -112,7 +115,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
     p.add_argument("--roi", default=None, help="GeoJSON region of interest")
     p.add_argument("--slide-mpp", type=float, default=None, help="level-0 um/px if the slide does not record it")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_option(p)
     p.set_defaults(handler=_predict)
 
     t = groups["train"].add_parser(
@@ -130,17 +133,11 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_option(t)
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN_DIR")
     t.add_argument("--config", default=None, help="JSON file with the full training configuration")
     labels_opt(t)
     t.set_defaults(handler=_train)
-
-
-def _progress() -> Any:
-    from engine.cli.progress import TerminalProgress
-
-    return TerminalProgress()
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -170,7 +167,7 @@ def _features(args: argparse.Namespace) -> int:
         device=args.device,
         slide_mpp=args.slide_mpp,
     )
-    bar = _progress()
+    bar = TerminalProgress()
     try:
         rep = extract_cohort(cohort, args.extractor, args.out, cfg, progress=bar)
     finally:
@@ -207,7 +204,7 @@ def _train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
         )
-    bar = _progress()
+    bar = TerminalProgress()
     try:
         result = train_mil(cfg, args.out, resume=args.resume, progress=bar)  # type: ignore[arg-type]
     finally:
@@ -257,7 +254,7 @@ def _predict(args: argparse.Namespace) -> int:
     from engine.slides.open import open_slide
 
     clinical = parse_clinical_arg(args.clinical)
-    bar = _progress()
+    bar = TerminalProgress()
     try:
         pred = predict_slide(
             args.slide,

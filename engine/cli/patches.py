@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import add_device_option
+from engine.cli.progress import TerminalProgress
 from engine.jobs import CancelToken
 from engine.models.registry import architecture_names
-from engine.train.config import CACHE_MODES, CLASS_WEIGHTING, DEVICES, SCHEDULES, SPLITS
+from engine.train.config import CACHE_MODES, CLASS_WEIGHTING, SCHEDULES, SPLITS
 
 DATA_FORMATS = ("auto", "kaggle", "folders", "pcam_h5", "annotated_slides", "images")
 # options of ``train patches`` that map 1:1 onto TrainConfig fields (dest -> field)
@@ -60,7 +62,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--split", choices=SPLITS, help="validation split (default auto: grouped when the data has groups)")
     p.add_argument("--patience", type=int, help="early stopping patience in epochs, 0 = off (default 5)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--device", choices=DEVICES, help="auto (CUDA when available), cpu or cuda")
+    add_device_option(p, default=None)
     p.add_argument("--workers", type=int, help="data-loading worker processes when not cached (default 0)")
     p.add_argument("--cache", choices=CACHE_MODES, help="decode patches into memory (default auto: when they fit in 4 GiB)")
     p.add_argument("--dropout", type=float, help="dropout rate for networks with dropout")
@@ -113,7 +115,7 @@ def _common_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=DATA_FORMATS, default="auto", help="dataset format (default: detect)")
     p.add_argument("--mpp", type=float, help="microns per pixel of the patches when the dataset does not say")
     p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_option(p)
     p.add_argument("--batch-size", type=int, default=256, help="patches per inference call (default 256)")
 
 
@@ -183,7 +185,6 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from engine.cli.progress import TerminalProgress
     from engine.runs import StopFileWatcher
     from engine.train.trainer import train
 
@@ -213,7 +214,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from engine.cli.progress import TerminalProgress
     from engine.export import export_onnx
 
     bar = TerminalProgress()
@@ -230,7 +230,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from engine.cli.progress import TerminalProgress
     from engine.train.evaluate import evaluate
 
     bar = TerminalProgress()
@@ -253,7 +252,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from engine.cli.progress import TerminalProgress
     from engine.train.evaluate import predict
 
     bar = TerminalProgress()

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.options import add_device_option
+from engine.cli.progress import TerminalProgress
 from engine.errors import MetaScopeError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 # The self-test passes when the demo heatmap separates tumour from non-tumour tiles this well.
 SELFTEST_MIN_AUC = 0.9
 
@@ -43,7 +44,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     hm.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files")
     hm.add_argument("--model", required=True, metavar="MODEL", help="MetaScope model package (.onnx)")
     hm.add_argument("--out", required=True, metavar="DIR", help="output folder (one sub-folder per slide)")
-    hm.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="inference device (default: auto)")
+    add_device_option(hm)
     hm.add_argument("--mpp", type=float, default=None, help="microns per pixel for slides that do not record one")
     hm.add_argument("--batch-size", type=int, default=64, help="tiles per inference batch (default 64)")
     hm.add_argument("--threshold", type=float, default=0.5, help="probability counted as positive (default 0.5)")
@@ -62,7 +63,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
             "the result files, and check that the heatmap is high inside the known tumour and low outside."
         ),
     )
-    st.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="inference device (default: auto)")
+    add_device_option(st)
     st.set_defaults(handler=_selftest)
 
 
@@ -102,7 +103,6 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _heatmap(args: argparse.Namespace) -> int:
-    from engine.cli.progress import TerminalProgress
     from engine.fileio import ensure_writable_dir
     from engine.infer.outputs import safe_name, write_heatmap_outputs
     from engine.infer.pipeline import InferenceConfig, compute_heatmap
@@ -171,7 +171,6 @@ def _selftest(args: argparse.Namespace) -> int:
     import tempfile
     import time
 
-    from engine.cli.progress import TerminalProgress
     from engine.demo import demo_truth, ensure_demo_assets, score_against_truth
     from engine.infer.outputs import load_heatmap_result, write_heatmap_outputs
     from engine.infer.pipeline import InferenceConfig, compute_heatmap
