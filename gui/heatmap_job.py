@@ -1,7 +1,9 @@
 """Qt-free jobs behind the slide view: listing models, computing and caching heatmaps, exporting.
 
-Every function here runs on a worker thread (``gui.workers.Worker``) and talks to the GUI only
-through its return value and the ``progress``/``partial`` callbacks.
+Every function here runs in the background and talks to the GUI only through its return value
+and the ``progress``/``partial`` callbacks: :func:`run_heatmap` in a child process
+(``gui.workers.ProcessWorker``, so its compute never holds the GUI process's GIL), the short
+jobs on a worker thread (``gui.workers.Worker``). Nothing here imports Qt or torch.
 
 Results are cached per (slide, model) under ``engine.paths.cache_dir()/heatmaps``: the slide is
 identified by its path, size and modification time (hashing a multi-gigabyte slide would take
@@ -45,9 +47,11 @@ class ModelChoice:
 
 @dataclass(frozen=True, slots=True)
 class HeatmapStarted:
-    """Sent once the tiles are planned: the empty (NaN) grid and where it lies on the slide."""
+    """Sent once the tiles are planned: the grid's ``(rows, cols)`` and where it lies on the slide
+    (level-0 pixels). The receiver starts from an all-NaN grid of that shape."""
 
-    grid: np.ndarray
+    shape: tuple[int, int]
+    n_tiles: int
     origin_xy: tuple[float, float]
     stride: float
     tile_size: float
@@ -147,9 +151,10 @@ def list_models(extra_paths: list[str], progress: ProgressCallback | None = None
         except (ModelPackageError, OSError):
             return
 
-    # import the inference runtime now, while the user is still looking at the new window: its
-    # import holds the GIL for ~0.1 s, which would otherwise stall the GUI when Run is pressed
-    import engine.infer.pipeline  # noqa: F401
+    # heatmaps are computed in a child process, but this process reads cached results and
+    # exports them: import that code now, in the background, rather than on the GUI thread
+    # when a cached heatmap is first shown (the import holds the GIL for ~0.1 s)
+    import engine.infer.outputs  # noqa: F401
 
     for entry in ModelLibrary().entries():
         check_cancel(cancel)
@@ -224,7 +229,8 @@ def run_heatmap(slide_path: str, model: ModelChoice, mpp: float | None = None,
 
     def on_start(plan: Any, grid: np.ndarray) -> None:
         if partial is not None:
-            partial(HeatmapStarted(grid.copy(), (float(plan.origin_level0[0]), float(plan.origin_level0[1])),
+            partial(HeatmapStarted((int(grid.shape[0]), int(grid.shape[1])), int(plan.n_tiles),
+                                   (float(plan.origin_level0[0]), float(plan.origin_level0[1])),
                                    float(plan.stride_level0), float(plan.tile_size_level0)))
 
     def on_batch(rows: np.ndarray, cols: np.ndarray, probs: np.ndarray) -> None:
@@ -238,6 +244,9 @@ def run_heatmap(slide_path: str, model: ModelChoice, mpp: float | None = None,
         folder = cache_folder(slide_path, model, mpp)
         # the cache is one folder written atomically: a cancel here leaves the old state
         write_heatmap_outputs(result, folder.parent, reader=reader, folder_name=folder.name, cancel=cancel)
+    # the tile plan (tissue mask included) is not needed for display or export: keep the
+    # result that travels back to the GUI process small
+    result.plan = None
     return HeatmapData(result, slide_path, model, str(folder))
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PySide6.QtCore import QFileSystemWatcher, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
@@ -38,7 +39,7 @@ from gui.widgets.overview_map import OverviewMap
 from gui.widgets.properties_panel import PropertiesPanel
 from gui.widgets.slide_viewer import SlideViewer
 from gui.widgets.tiles import TileScheduler, rgb_to_qimage
-from gui.workers import Worker
+from gui.workers import ProcessWorker, Worker
 
 SLIDE_FILTER = (
     "Slides and images (*.svs *.tif *.tiff *.ndpi *.mrxs *.scn *.bif *.vms *.vmu *.svslide *.dcm "
@@ -70,11 +71,11 @@ class SlideView(QWidget):
         self.slide_path: str = ""
         self.result: hj.HeatmapData | None = None
         self._models: dict[str, hj.ModelChoice] = {}
-        self._worker: Worker | None = None
+        self._worker: ProcessWorker | None = None
         self._worker_started = 0.0
         self._misc_workers: set[Worker] = set()
-        self._heatmap_pool = QThreadPool(self)
-        self._heatmap_pool.setMaxThreadCount(1)
+        # what computes a heatmap in the child process (a module-level, picklable function)
+        self.heatmap_job: Any = hj.run_heatmap
         self._pending_run_model: str | None = None  # run a heatmap as soon as this model is listed
         self._user_mpp: dict[str, float] = {}  # resolution typed in for slides that record none
         self._regions: list[tuple[float, int, int]] = []
@@ -440,7 +441,7 @@ class SlideView(QWidget):
             if mpp is None:
                 return
         self._show_result(None)
-        worker = Worker(hj.run_heatmap, self.slide_path, choice, mpp)
+        worker = ProcessWorker(self.heatmap_job, self.slide_path, choice, mpp)
         worker.signals.progress.connect(self._on_worker_progress)
         worker.signals.partial.connect(self._on_worker_partial)
         worker.signals.finished.connect(self._on_worker_finished)
@@ -451,7 +452,7 @@ class SlideView(QWidget):
         self.heatmap_panel.set_progress(None, "Finding tissue…")
         self._update_enabled()
         self._repaint_timer.start()
-        self._heatmap_pool.start(worker)
+        worker.start()
         self.status_message.emit(f"Computing heatmap with {choice.label}…", 0)
 
     def cancel_heatmap(self, wait: bool = False) -> None:
@@ -462,7 +463,7 @@ class SlideView(QWidget):
         self.heatmap_panel.progress_label.setText("Cancelling…")
         self.heatmap_panel.cancel_button.setEnabled(False)
         if wait:
-            self._heatmap_pool.waitForDone(30000)
+            self._worker.wait()
             # the terminal signal is still queued; apply its effect now so a new slide starts clean
             self._end_run()
             self._show_result(None)
@@ -496,7 +497,8 @@ class SlideView(QWidget):
         if self.sender() is not (self._worker.signals if self._worker else None):
             return  # a cancelled run's last batches
         if isinstance(chunk, hj.HeatmapStarted):
-            overlay = HeatmapOverlay(chunk.grid.copy(), GridGeometry(chunk.origin_xy, chunk.stride, chunk.tile_size))
+            grid = np.full(chunk.shape, np.nan, dtype=np.float32)
+            overlay = HeatmapOverlay(grid, GridGeometry(chunk.origin_xy, chunk.stride, chunk.tile_size))
             self._apply_overlay_settings(overlay)
             self.viewer.set_overlay(overlay)
             self.overview.update()

@@ -74,18 +74,25 @@ class GridGeometry:
 
 
 class HeatmapOverlay:
-    """A probability grid (float32, NaN where no tissue was analysed) and how to show it."""
+    """A value grid (float32 0-1, NaN where no tissue was analysed) and how to show it.
 
-    def __init__(self, grid: np.ndarray, geometry: GridGeometry) -> None:
+    The rendered image is kept between updates: :meth:`update_cells` colours only the cells of
+    the new batch, so a live run costs the GUI thread per batch, not per grid.
+    """
+
+    def __init__(self, grid: np.ndarray, geometry: GridGeometry, value_label: str = "tumour probability") -> None:
         if grid.ndim != 2:
             raise ValueError("heatmap grid must be 2-D (rows, cols)")
         self.grid = grid
         self.geometry = geometry
+        self.value_label = value_label
         self.colormap = "heat"
         self.threshold = 0.5
         self.opacity = 0.5
         self.visible = True
         self._image: QImage | None = None
+        self._pixels: np.ndarray | None = None  # (rows, cols, 4) view of _image's memory
+        self._lut: np.ndarray | None = None  # (256, 4) BGRA colours of the current colormap
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -98,35 +105,50 @@ class HeatmapOverlay:
         return x, y, cols * self.geometry.stride, rows * self.geometry.stride
 
     def invalidate(self) -> None:
-        """Forget the rendered image (the grid or a display setting changed)."""
+        """Forget the rendered image (a display setting changed)."""
         self._image = None
+        self._pixels = None
+        self._lut = None
 
-    def update_cells(self, rows: np.ndarray, cols: np.ndarray, probs: np.ndarray) -> None:
-        """Write one finished batch into the grid."""
-        self.grid[np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp)] = np.asarray(probs, np.float32)
-        self._image = None
+    def update_cells(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+        """Write one finished batch into the grid, recolouring only those cells."""
+        r = np.asarray(rows, dtype=np.intp)
+        c = np.asarray(cols, dtype=np.intp)
+        v = np.asarray(values, dtype=np.float32)
+        self.grid[r, c] = v
+        if self._pixels is not None:
+            self._pixels[r, c] = self._colours(v)
 
     def image(self) -> QImage:
-        """The grid as ARGB32 (one pixel per cell); cells below the threshold are transparent."""
+        """The grid as premultiplied ARGB32 (one pixel per cell); cells below the threshold are
+        transparent."""
         if self._image is None:
-            self._image = self._render()
-        return self._image
+            self._render()
+        return self._image  # type: ignore[return-value]
 
-    def _render(self) -> QImage:
+    def _colours(self, values: np.ndarray) -> np.ndarray:
+        """Premultiplied BGRA ``uint8`` ``(..., 4)`` of ``values`` (transparent: NaN or below threshold)."""
+        lut = self._lut
+        if lut is None:
+            rgb = colormap_lut(self.colormap)
+            lut = np.empty((256, 4), dtype=np.uint8)
+            lut[:, 0], lut[:, 1], lut[:, 2], lut[:, 3] = rgb[:, 2], rgb[:, 1], rgb[:, 0], 255
+            self._lut = lut
+        valid = np.isfinite(values)
+        shown = valid & (np.where(valid, values, -1.0) >= self.threshold)
+        idx = np.clip(np.nan_to_num(values, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        out = lut[idx]
+        out[~shown] = 0  # premultiplied alpha: transparent pixels carry no colour
+        return out
+
+    def _render(self) -> None:
         rows, cols = self.shape
-        g = self.grid
-        valid = np.isfinite(g)
-        shown = valid & (np.where(valid, g, -1.0) >= self.threshold)
-        idx = np.clip(np.nan_to_num(g, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        rgb = colormap_lut(self.colormap)[idx]
-        bgra = np.zeros((rows, cols, 4), dtype=np.uint8)
-        bgra[..., 0] = rgb[..., 2]
-        bgra[..., 1] = rgb[..., 1]
-        bgra[..., 2] = rgb[..., 0]
-        bgra[..., 3] = np.where(shown, 255, 0).astype(np.uint8)
-        bgra[~shown, :3] = 0  # premultiplied alpha: transparent pixels carry no colour
-        buf = np.ascontiguousarray(bgra)
-        return QImage(buf.data, cols, rows, 4 * cols, QImage.Format.Format_ARGB32_Premultiplied).copy()
+        img = QImage(cols, rows, QImage.Format.Format_ARGB32_Premultiplied)
+        # write straight into the image's own memory (rows may be padded to bytesPerLine)
+        mem = np.frombuffer(img.bits(), dtype=np.uint8).reshape(rows, img.bytesPerLine())
+        pixels = mem[:, : 4 * cols].reshape(rows, cols, 4)
+        pixels[...] = self._colours(self.grid)
+        self._image, self._pixels = img, pixels
 
     def value_at(self, x0: float, y0: float) -> tuple[float, tuple[int, int, int, int]] | None:
         """Probability and level-0 tile rect ``(x, y, w, h)`` under a level-0 point, or None."""

@@ -23,7 +23,6 @@ from PySide6.QtGui import (
     QPainter,
     QPaintEvent,
     QPen,
-    QRegion,
     QResizeEvent,
     QWheelEvent,
 )
@@ -40,6 +39,7 @@ KEY_STEP = 1.5
 FALLBACK_LEVELS = 3  # coarser cached levels drawn under missing tiles
 SMOOTH_DELAY_S = 0.15  # navigation pause after which frames are drawn with bilinear scaling
 BACKGROUND = QColor(226, 228, 232)
+TILE_REPAINT_MS = 25  # arriving tiles are painted together, at most every 25 ms
 
 
 class SlideViewer(QWidget):
@@ -83,6 +83,10 @@ class SlideViewer(QWidget):
         self._smooth_timer.setSingleShot(True)
         self._smooth_timer.setInterval(int(SMOOTH_DELAY_S * 1000) + 10)
         self._smooth_timer.timeout.connect(self.update)
+        self._tile_repaint_timer = QTimer(self)
+        self._tile_repaint_timer.setSingleShot(True)
+        self._tile_repaint_timer.setInterval(TILE_REPAINT_MS)
+        self._tile_repaint_timer.timeout.connect(self.update)
         self.missing_tiles = 0
         self.opened_at = 0.0
         self.first_paint_s: float | None = None
@@ -315,29 +319,38 @@ class SlideViewer(QWidget):
                         smooth: bool) -> None:
         """Blurrier stand-ins where wanted tiles are missing: the thumbnail, then coarser cached tiles.
 
-        Drawing is clipped to the missing tiles (``None``: everywhere), so a fully loaded view
-        costs nothing here.
+        Drawing is clipped to the bounding box of the missing tiles (``None``: everywhere), so a
+        fully loaded view costs nothing here; the loaded tiles drawn afterwards cover the rest of
+        the box. The box is one clip rectangle and the overlap tests are plain arithmetic: every
+        Qt call that releases the GIL is a chance for a tile thread to hold up this paint.
         """
-        clip = QRegion()
+        cache = self.scheduler.cache
         if missing is None:
-            clip = QRegion(self.rect())
+            holes = [(0.0, 0.0, float(self.width()), float(self.height()))]
         else:
+            holes = []
             for key in missing:
-                clip += self._tile_rect(key).toAlignedRect()
+                r = self._tile_rect(key)
+                holes.append((r.left(), r.top(), r.right(), r.bottom()))
+        box = (min(h[0] for h in holes), min(h[1] for h in holes), max(h[2] for h in holes), max(h[3] for h in holes))
+        fallback: list[tuple[QRectF, QImage]] = []
+        for li in range(min(target + FALLBACK_LEVELS, len(self.scheduler.levels) - 1), target, -1):
+            for key in self._visible_tiles(li):
+                img = cache.peek(key)
+                if img is None:
+                    continue
+                rect = self._tile_rect(key)
+                x0, y0, x1, y1 = rect.left(), rect.top(), rect.right(), rect.bottom()
+                if any(x0 < h[2] and h[0] < x1 and y0 < h[3] and h[1] < y1 for h in holes):
+                    fallback.append((rect, img))
         p.save()
-        p.setClipRegion(clip)
+        p.setClipRect(QRectF(box[0], box[1], box[2] - box[0], box[3] - box[1]))
         p.fillRect(slide_rect, Qt.GlobalColor.white)
         p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
         if self.thumbnail is not None:
             p.drawImage(slide_rect, self.thumbnail)
-        cache = self.scheduler.cache
-        for li in range(min(target + FALLBACK_LEVELS, len(self.scheduler.levels) - 1), target, -1):
-            for key in self._visible_tiles(li):
-                img = cache.peek(key)
-                if img is not None:
-                    rect = self._tile_rect(key)
-                    if clip.intersects(rect.toAlignedRect()):
-                        p.drawImage(rect, img)
+        for rect, img in fallback:
+            p.drawImage(rect, img)
         p.restore()
 
     def _note_paint(self, missing: int) -> None:
@@ -390,7 +403,9 @@ class SlideViewer(QWidget):
 
     # -- scheduler slots -------------------------------------------------------------------
     def _on_scheduler_tile_loaded(self, key: TileKey) -> None:
-        self.update()
+        # tiles arrive one by one: repaint once for all that arrive within a few milliseconds
+        if not self._tile_repaint_timer.isActive():
+            self._tile_repaint_timer.start()
 
     def _on_scheduler_tile_failed(self, key: TileKey, message: str) -> None:
         self.tile_failed.emit(message)

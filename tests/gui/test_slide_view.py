@@ -254,8 +254,9 @@ def test_heatmap_fills_in_over_the_tumour_and_is_cached(qtbot, window: MainWindo
     assert "cache" in view.heatmap_panel.progress_label.text()
 
 
-def test_cancel_midway_keeps_no_cache_and_the_app_usable(qtbot, window: MainWindow, synthetic_svs: SyntheticSlide,
-                                                         demo_model_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def slow_heatmap_job(slide_path, model, mpp=None, progress=None, cancel=None, partial=None):  # type: ignore[no-untyped-def]
+    """The heatmap job of a slow workstation (runs in the child process): small batches, each
+    taking a while, so Cancel arrives long before the end."""
     import engine.infer.pipeline as pipeline
 
     real = pipeline.compute_heatmap
@@ -263,11 +264,18 @@ def test_cancel_midway_keeps_no_cache_and_the_app_usable(qtbot, window: MainWind
     def slow_compute(*args, on_batch=None, **kwargs):  # type: ignore[no-untyped-def]
         def slow_batch(r, c, p):  # type: ignore[no-untyped-def]
             on_batch(r, c, p)
-            time.sleep(0.3)  # a slow workstation: Cancel arrives long before the end
+            time.sleep(0.3)
 
         return real(*args, on_batch=slow_batch, **{**kwargs, "cfg": pipeline.InferenceConfig(batch_size=16)})
 
-    monkeypatch.setattr(pipeline, "compute_heatmap", lambda s, m, cfg=None, **kw: slow_compute(s, m, **kw))
+    pipeline.compute_heatmap = lambda s, m, cfg=None, **kw: slow_compute(s, m, **kw)
+    return hj.run_heatmap(slide_path, model, mpp, progress=progress, cancel=cancel, partial=partial)
+
+
+def test_cancel_midway_keeps_no_cache_and_the_app_usable(qtbot, window: MainWindow, synthetic_svs: SyntheticSlide,
+                                                         demo_model_path: Path) -> None:  # type: ignore[no-untyped-def]
+    view = _view(window)
+    view.heatmap_job = slow_heatmap_job
     view = _view(window)
     window.open_path(synthetic_svs.path)
     _select_model(qtbot, view, demo_model_path)
@@ -283,7 +291,7 @@ def test_cancel_midway_keeps_no_cache_and_the_app_usable(qtbot, window: MainWind
     # still usable: navigate, then a full run
     view.viewer.zoom_by(2.0)
     _wait_tiles(qtbot, view)
-    monkeypatch.setattr(pipeline, "compute_heatmap", real)
+    view.heatmap_job = hj.run_heatmap
     _run_and_wait(qtbot, view)
     assert view.result is not None
 
