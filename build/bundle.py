@@ -135,21 +135,26 @@ IMAGECODECS_MODULES = tuple(
 )
 # Packages whose sub-modules are all bundled: the CLI imports its command modules by name.
 COLLECT_PACKAGES = ("engine", "gui")
-# Data files left out of every bundle: Qt's translations of its own dialogs (the app is in
-# English; 7 MB), matplotlib's sample data and STIX fonts (plots use DejaVu Sans).
-DROP_DATA_PREFIXES = (
-    "PySide6/Qt/translations/",
-    "matplotlib/mpl-data/sample_data/",
-    "matplotlib/mpl-data/fonts/ttf/STIX",
-)
-# Binaries left out (glob on the bundle path):
+# Full flavour only: the torch.onnx exporter's ops library (registered by import) ...
+FULL_COLLECT_PACKAGES = ("onnxscript",)
+# ... which builds ONNX functions by parsing their Python source (inspect.getsource), so its .py
+# files must ship next to the compiled archive.
+FULL_MODULE_COLLECTION_MODE = {"onnxscript": "pyz+py"}
+# Files left out of the bundle (glob on the bundle path; PyInstaller files ELF programs found
+# among package data as binaries, so the patterns apply to both lists):
+# - Qt's translations of its own dialogs (the app is in English; 7 MB); matplotlib's sample data
+#   and STIX fonts (plots use DejaVu Sans).
 # - Qt's GTK3 platform theme would drag in a private copy of cairo, pango, atk and gdk-pixbuf
 #   (~8 MB) yet still needs the system's GTK 3; without it Qt draws with its own style.
 # - Platforms for embedded devices and remote framebuffers (eglfs, linuxfb, vnc, Vulkan display)
 #   and their input plugins; QtNetwork and the EGLFS libraries go with them. A workstation uses
 #   xcb (X11) or wayland; offscreen and minimal stay for headless runs.
 # - Image formats no slide, icon or screenshot uses.
-DROP_BINARY_PATTERNS = (
+# - The C++ test programs, test libraries and protobuf compiler the torch wheel ships (~100 MB).
+DROP_PATTERNS = (
+    "PySide6/Qt/translations/*",
+    "matplotlib/mpl-data/sample_data/*",
+    "matplotlib/mpl-data/fonts/ttf/STIX*",
     "PySide6/Qt/plugins/platformthemes/libqgtk3.so",
     "PySide6/Qt/plugins/platforms/libqeglfs.so",
     "PySide6/Qt/plugins/platforms/libqlinuxfb.so",
@@ -161,14 +166,37 @@ DROP_BINARY_PATTERNS = (
     "PySide6/Qt/plugins/imageformats/libqicns.so",
     "PySide6/Qt/plugins/imageformats/libqtga.so",
     "PySide6/Qt/plugins/imageformats/libqwbmp.so",
+    "torch/test/*",
+    "torch/bin/*Test",
+    "torch/bin/test_*",
+    "torch/bin/protoc*",
+    "torch/bin/*.pt",
+    "torch/bin/*.ptl",
+    "torch/bin/upgrader_models/*",
+    "torch/lib/libaoti_custom_ops.so",
+    "torch/lib/libbackend_with_compiler.so",
+    "torch/lib/libjitbackend_test.so",
+    "torch/lib/libtorchbind_test.so",
 )
 # Libraries that may go when nothing left in the bundle links to them: the system libraries
 # PyInstaller copied to the top level, and Qt's own libraries.
 PRUNABLE_PREFIXES = ("PySide6/Qt/lib/",)
 
 
+def _matches(dest: str, patterns: tuple[str, ...]) -> bool:
+    import fnmatch
+
+    dest = dest.replace("\\", "/")
+    return any(fnmatch.fnmatch(dest, pattern) for pattern in patterns)
+
+
+def prune_datas(datas: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """``datas`` without :data:`DROP_PATTERNS`."""
+    return [d for d in datas if not _matches(d[0], DROP_PATTERNS)]
+
+
 def prune_binaries(binaries: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-    """Drop :data:`DROP_BINARY_PATTERNS`, then the system libraries only they needed (Linux).
+    """Drop :data:`DROP_PATTERNS`, then the system libraries only those files needed (Linux).
 
     PyInstaller copies every library a collected binary links to into the bundle's top level.
     After removing binaries, a top-level library that no remaining binary links to (directly or
@@ -177,12 +205,7 @@ def prune_binaries(binaries: list[tuple[str, str, str]]) -> list[tuple[str, str,
     Args:
         binaries: PyInstaller TOC entries ``(bundle path, source path, type)``.
     """
-    import fnmatch
-
-    def dropped(dest: str) -> bool:
-        return any(fnmatch.fnmatch(dest.replace("\\", "/"), pattern) for pattern in DROP_BINARY_PATTERNS)
-
-    kept = [b for b in binaries if not dropped(b[0])]
+    kept = [b for b in binaries if not _matches(b[0], DROP_PATTERNS)]
     if not sys.platform.startswith("linux") or len(kept) == len(binaries):
         return kept
     from PyInstaller.depend.bindepend import get_imports
@@ -204,6 +227,16 @@ def prune_binaries(binaries: list[tuple[str, str, str]]) -> list[tuple[str, str,
         if prunable(dest) and Path(dest).name in needed:
             needed.update(Path(name).name for name, _path in get_imports(src))
     return [b for b in kept if not prunable(b[0]) or Path(b[0]).name in needed]
+
+
+def collect_packages(flavour: str) -> tuple[str, ...]:
+    """Packages whose every sub-module goes into ``flavour``."""
+    return COLLECT_PACKAGES + (FULL_COLLECT_PACKAGES if check_flavour(flavour) == "full" else ())
+
+
+def module_collection_mode(flavour: str) -> dict[str, str]:
+    """PyInstaller ``module_collection_mode`` of ``flavour``."""
+    return dict(FULL_MODULE_COLLECTION_MODE) if check_flavour(flavour) == "full" else {}
 
 
 def check_flavour(flavour: str) -> str:

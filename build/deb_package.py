@@ -136,7 +136,7 @@ def depends(bundle_root: Path) -> list[str]:
         detail = "; ".join(f"{k} (needed by {', '.join(v[:2])})" for k, v in unknown.items())
         raise PackagingError(
             f"the bundle needs system libraries with no known Debian package: {detail}. "
-            "Add them to SONAME_PACKAGES in build/debian.py (or bundle them)."
+            "Add them to SONAME_PACKAGES in build/deb_package.py (or bundle them)."
         )
     packages = sorted({SONAME_PACKAGES[k] for k in libs} - {GLIBC_PACKAGE})
     return [f"{GLIBC_PACKAGE} (>= {minimum_glibc(bundle_root)})", *packages]

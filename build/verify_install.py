@@ -139,6 +139,15 @@ class Verifier:
         self.check(
             rc == 2 and "error:" in out and "Traceback" not in out, "bad input: one-line error, exit 2", out[-300:]
         )
+        if self.flavour == "viewer":
+            data = self.home / "tiny-patches"
+            _write_toy_patches(data, per_class=4)
+            rc, out, _ = self.run_app(["train", "patches", "--data", str(data), "--out", str(self.home / "run")])
+            self.check(
+                rc == 2 and "full edition" in out and "Traceback" not in out,
+                "viewer: training says it needs the full edition (exit 2, no traceback)",
+                out[-500:],
+            )
         for run in ("first", "second"):
             rc, out, seconds = self.run_app(["selftest"])
             passed = rc == 0 and "self-test passed" in out
@@ -215,7 +224,7 @@ class Verifier:
         _write_toy_patches(data)
         run = self.home / "runs" / "tiny"
         args = ["train", "patches", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "16",
-                "--workers", "1", "--cache", "off", "--device", "cpu"]  # fmt: skip
+                "--workers", "1", "--cache", "none", "--device", "cpu"]  # fmt: skip
         rc, out, seconds = self.run_app(args)
         self.check(rc == 0, "train patches in the bundle (spawned data-loader worker)", out.strip()[-1500:])
         self.facts["train_one_epoch_s"] = round(seconds, 1)

@@ -28,6 +28,10 @@ COMMAND_MODULES = (
 )
 
 
+# Packages the viewer edition (build/metascope.spec, flavour "viewer") does not bundle.
+TRAINING_ONLY_MODULES = frozenset({"torch", "torchvision", "onnxscript"})
+
+
 class UsageError(MetaScopeError):
     """Bad command-line usage."""
 
@@ -82,7 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ncancelled", file=sys.stderr)
         return 130
-    except Exception:  # unexpected: keep the traceback for a bug report
+    except Exception as exc:  # unexpected: keep the traceback for a bug report
+        if isinstance(exc, ModuleNotFoundError) and exc.name in TRAINING_ONLY_MODULES:
+            # the viewer installer leaves PyTorch out: training and torch-based export are unavailable
+            print(
+                "error: this command needs PyTorch, which this MetaScope installation (viewer edition) does not "
+                "include; install the full edition",
+                file=sys.stderr,
+            )
+            return 2
         traceback.print_exc()
         print("error: unexpected failure (see the traceback above); please report it", file=sys.stderr)
         return 1
