@@ -39,6 +39,13 @@ class ModelChoice:
     sha256: str
     description: str
     in_library: bool = False
+    task: str = "patch_classification"
+    mil: Any = None  # gui.mil_job.MilModelInfo for slide-level models
+
+    @property
+    def is_mil(self) -> bool:
+        """A slide-level (MIL) model: class probabilities and an attention map, not a heatmap."""
+        return self.task == "mil_aggregator"
 
     @property
     def tooltip(self) -> str:
@@ -105,13 +112,27 @@ def _describe(path: Path, sha256: str | None = None, in_library: bool = False) -
     from engine.modelpkg import read_metadata, sha256_file
 
     meta = read_metadata(path)
+    auc = meta.metrics.get("auc") if isinstance(meta.metrics, dict) else None
+    if meta.task == "mil_aggregator":
+        from gui.mil_job import describe_mil
+
+        info = describe_mil(meta)
+        parts = ["slide-level (attention MIL)", f"classes: {', '.join(meta.class_names)}"]
+        if info.clinical:
+            parts.append(f"clinical: {', '.join(f.name for f in info.clinical)}")
+        if isinstance(auc, (int, float)):
+            parts.append(f"AUC {auc:.3f}")
+        parts.append(f"features: {info.extractor_name}"
+                     + ("" if info.extractor_path else " (not in the model library)"))
+        return ModelChoice(str(path.resolve()), meta.name or path.stem, sha256 or sha256_file(path),
+                           " · ".join(parts), in_library, meta.task, info)
     if meta.task != "patch_classification":
         raise ModelPackageError(
-            f"{path.name} is a {meta.task.replace('_', ' ')} model; a heatmap needs a patch classification model"
+            f"{path.name} is a {meta.task.replace('_', ' ')} model; slides need a patch classification model "
+            "(heatmap) or a slide-level MIL model"
         )
     parts = [f"{meta.input_size} px", f"{meta.input_mpp:g} µm/px" if meta.input_mpp else "resolution not recorded",
              f"classes: {', '.join(meta.class_names)}"]
-    auc = meta.metrics.get("auc") if isinstance(meta.metrics, dict) else None
     if isinstance(auc, (int, float)):
         parts.append(f"validation AUC {auc:.3f}")
     return ModelChoice(str(path.resolve()), meta.name or path.stem, sha256 or sha256_file(path), " · ".join(parts),
@@ -123,16 +144,17 @@ def describe_model(path: str, progress: ProgressCallback | None = None, cancel: 
     """Read a model file chosen by the user.
 
     Raises:
-        ModelPackageError: not a MetaScope patch classification model.
+        ModelPackageError: not a MetaScope patch classification or slide-level MIL model.
     """
     return _describe(Path(path))
 
 
 def list_models(extra_paths: list[str], progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                 partial: PartialCallback | None = None) -> list[ModelChoice]:
-    """Library models, the bundled starter models, the demo model (if generated) and ``extra_paths``.
+    """Library models, the bundled starter models, the demo model (if generated) and ``extra_paths``:
+    patch classifiers (heatmaps) and slide-level MIL models.
 
-    Unreadable files and models of other tasks are left out.
+    Unreadable files and models of other tasks (feature extractors) are left out.
     """
     from engine.demo import DEMO_MODEL_FILE
     from engine.library import ModelLibrary
@@ -292,7 +314,7 @@ def summary_html(data: HeatmapData, threshold: float) -> str:
         rows.append(("Tissue area", f"{float(s['tissue_area_mm2']):.1f} mm²"))
     runtime = data.result.timing.get("total_s") if data.result.timing else None
     if runtime:
-        rows.append(("Computed in", f"{float(runtime):.1f} s"))
+        rows.append(("Engine time", f"{float(runtime):.1f} s"))
     rows.append(("Model", html.escape(data.model.label)))
     body = "".join(f"<tr><td style='color:#546e7a; padding-right:10px'>{k}</td><td>{v}</td></tr>" for k, v in rows)
     return f"<p style='margin-bottom:4px'><b>{html.escape(verdict)}</b></p><table>{body}</table>"

@@ -33,6 +33,7 @@ from gui import heatmap_job as hj
 from gui.dialogs import confirm, show_error, show_warning
 from gui.icons import icon
 from gui.settings import Settings
+from gui.views.slide_mil import SlidePredictionMixin
 from gui.widgets.heatmap_overlay import GridGeometry, HeatmapOverlay
 from gui.widgets.heatmap_panel import BROWSE, HeatmapPanel, format_eta
 from gui.widgets.overview_map import OverviewMap
@@ -50,8 +51,8 @@ SIDE_PANEL_WIDTH = 340
 EMPTY_TEXT = "Open a slide with File > Open, or drop a slide file here."
 
 
-class SlideView(QWidget):
-    """The "load a slide and see a heatmap" journey in one view."""
+class SlideView(SlidePredictionMixin, QWidget):
+    """The "load a slide and see a heatmap" journey in one view (and slide-level MIL prediction)."""
 
     status_message = Signal(str, int)
     slide_opened = Signal(str)  # path ("" when closed)
@@ -76,6 +77,7 @@ class SlideView(QWidget):
         self._misc_workers: set[Worker] = set()
         # what computes a heatmap in the child process (a module-level, picklable function)
         self.heatmap_job: Any = hj.run_heatmap
+        self._init_prediction()
         self._pending_run_model: str | None = None  # run a heatmap as soon as this model is listed
         self._user_mpp: dict[str, float] = {}  # resolution typed in for slides that record none
         self._regions: list[tuple[float, int, int]] = []
@@ -205,7 +207,7 @@ class SlideView(QWidget):
         has_slide = self.reader is not None
         for a in (self.zoom_in_action, self.zoom_out_action, self.fit_action, self.one_to_one_action):
             a.setEnabled(has_slide)
-        self.export_action.setEnabled(self.result is not None and not self.running)
+        self.export_action.setEnabled((self.result is not None or self.prediction is not None) and not self.running)
         self.associated_action.setEnabled(has_slide and bool(self.reader and self.reader.info.associated_images))
         self.heatmap_panel.set_running(self.running)
         if not has_slide:
@@ -247,6 +249,7 @@ class SlideView(QWidget):
         self.heatmap_panel.set_models([(m.label, m.path, m.tooltip) for m in listed.values()], wanted)
         current = self._current_choice()
         self.heatmap_panel.model_info.setText(current.description if current else "")
+        self._apply_model_mode(current)
         self._update_enabled()
         self.models_refreshed.emit()
         if self._pending_run_model in listed:
@@ -301,6 +304,7 @@ class SlideView(QWidget):
         self.settings.set("heatmap/model", path)
         choice = self._models.get(path)
         self.heatmap_panel.model_info.setText(choice.description if choice else "")
+        self._apply_model_mode(choice)
         self._update_enabled()
         if not self.running:
             self._show_result(None)
@@ -361,7 +365,7 @@ class SlideView(QWidget):
     def _try_load_cached(self, announce_missing: bool = True) -> bool:
         """Show the cached heatmap of (slide, model) if there is one; True when shown."""
         choice = self._current_choice()
-        if self.reader is None or choice is None or self.running:
+        if self.reader is None or choice is None or choice.is_mil or self.running:
             return False
         try:
             data = hj.load_cached(self.slide_path, choice, self._user_mpp.get(self.slide_path))
@@ -431,9 +435,13 @@ class SlideView(QWidget):
         return value
 
     def run_heatmap(self) -> None:
-        """Compute the heatmap of the open slide with the chosen model, in a worker."""
+        """Compute the heatmap of the open slide with the chosen model, in a child process (for a
+        slide-level model: predict the slide, see :meth:`run_prediction`)."""
         choice = self._current_choice()
         if self.reader is None or choice is None or self.running:
+            return
+        if choice.is_mil:
+            self.run_prediction()
             return
         mpp = None
         if self.reader.info.mpp is None:
@@ -442,11 +450,7 @@ class SlideView(QWidget):
                 return
         self._show_result(None)
         worker = ProcessWorker(self.heatmap_job, self.slide_path, choice, mpp)
-        worker.signals.progress.connect(self._on_worker_progress)
-        worker.signals.partial.connect(self._on_worker_partial)
-        worker.signals.finished.connect(self._on_worker_finished)
-        worker.signals.failed.connect(self._on_worker_failed)
-        worker.signals.cancelled.connect(self._on_worker_cancelled)
+        self._connect_run(worker)
         self._worker = worker
         self._worker_started = time.monotonic()
         self.heatmap_panel.set_progress(None, "Finding tissue…")
@@ -454,6 +458,13 @@ class SlideView(QWidget):
         self._repaint_timer.start()
         worker.start()
         self.status_message.emit(f"Computing heatmap with {choice.label}…", 0)
+
+    def _connect_run(self, worker: ProcessWorker) -> None:
+        worker.signals.progress.connect(self._on_worker_progress)
+        worker.signals.partial.connect(self._on_worker_partial)
+        worker.signals.finished.connect(self._on_worker_finished)
+        worker.signals.failed.connect(self._on_worker_failed)
+        worker.signals.cancelled.connect(self._on_worker_cancelled)
 
     def cancel_heatmap(self, wait: bool = False) -> None:
         """Stop a running heatmap; with ``wait`` block until its thread has returned."""
@@ -477,7 +488,7 @@ class SlideView(QWidget):
         if self.sender() is not (self._worker.signals if self._worker else None):
             return
         frac = event.fraction
-        counting = event.stage in ("heatmap", "inference") and frac is not None and bool(event.total)
+        counting = event.stage in ("heatmap", "inference", "features") and frac is not None and bool(event.total)
         text = event.message or event.stage.capitalize()
         if counting:
             eta = event.metrics.get("eta_s") if event.metrics else None
@@ -491,6 +502,8 @@ class SlideView(QWidget):
             text = "Finding tissue…"
         elif event.stage == "tiling":
             text = f"Planning tiles: {event.message}" if event.message else "Planning tiles…"
+        elif event.stage == "aggregate":
+            text = "Scoring the slide…"
         self.heatmap_panel.set_progress(frac if counting else None, text)
 
     def _on_worker_partial(self, chunk: object) -> None:
@@ -512,20 +525,28 @@ class SlideView(QWidget):
             self.viewer.update()
             self.overview.update()
 
-    def _on_worker_finished(self, data: hj.HeatmapData) -> None:
+    def _on_worker_finished(self, data: Any) -> None:
         self._end_run()
-        self._show_result(data)
         secs = time.monotonic() - self._worker_started
-        self.heatmap_panel.set_progress(1.0, f"Done: {data.n_tiles:,} tiles in {secs:.1f} s.")
-        self.status_message.emit(f"Heatmap done in {secs:.1f} s", 8000)
+        if isinstance(data, hj.HeatmapData):
+            self._show_result(data)
+            self.heatmap_panel.set_progress(1.0, f"Done: {data.n_tiles:,} tiles in {secs:.1f} s.")
+            self.status_message.emit(f"Heatmap done in {secs:.1f} s", 8000)
+        else:
+            self._show_prediction(data)
+            self.heatmap_panel.set_progress(1.0, f"Done: {int(data.attention.size):,} tiles in {secs:.1f} s.")
+            self.status_message.emit(f"Slide predicted as {data.predicted_class} in {secs:.1f} s", 8000)
         self.heatmap_finished.emit()
 
     def _on_worker_failed(self, message: str, user_error: bool, details: str) -> None:
         self._end_run()
         self._show_result(None)
-        self.heatmap_panel.reset_progress("The heatmap could not be computed.")
+        mil = self.heatmap_panel.mil_mode
+        self.heatmap_panel.reset_progress("The prediction could not be made." if mil
+                                          else "The heatmap could not be computed.")
         self.heatmap_failed.emit(message)
-        title = "Cannot run this model on this slide" if user_error else "Heatmap failed"
+        title = "Cannot run this model on this slide" if user_error else ("Prediction failed" if mil
+                                                                          else "Heatmap failed")
         show_error(self, title, message, "" if user_error else details)
 
     def _on_worker_cancelled(self) -> None:
@@ -534,17 +555,20 @@ class SlideView(QWidget):
         self._end_run()
         self._show_result(None)
         self.heatmap_panel.reset_progress("Cancelled. Nothing was saved.")
-        self.status_message.emit("Heatmap cancelled", 5000)
+        self.status_message.emit("Prediction cancelled" if self.heatmap_panel.mil_mode else "Heatmap cancelled", 5000)
         self.heatmap_cancelled.emit()
         self._try_load_cached(announce_missing=False)
 
     def _show_result(self, data: hj.HeatmapData | None) -> None:
         """Show a complete result (or clear the overlay, summary and region list)."""
         self.result = data
+        self._clear_prediction()
         if data is None:
             self.viewer.set_overlay(None)
             self.viewer.highlight = None
-            self.heatmap_panel.set_summary_html("Run a heatmap to see the slide-level result.")
+            self.heatmap_panel.set_summary_html("Predict the slide to see its class probabilities."
+                                                if self.heatmap_panel.mil_mode
+                                                else "Run a heatmap to see the slide-level result.")
             self.heatmap_panel.set_regions([])
             self._regions = []
         else:
@@ -552,14 +576,26 @@ class SlideView(QWidget):
             self._apply_overlay_settings(overlay)
             self.viewer.set_overlay(overlay)
             self.heatmap_panel.set_summary_html(hj.summary_html(data, self.heatmap_panel.threshold))
-            self._regions = overlay.top_regions(10)
-            self.heatmap_panel.set_regions([
-                (p, "x {:,}, y {:,}".format(*(int(v) for v in overlay.geometry.tile_rect(r, c)[:2])))
-                for p, r, c in self._regions
-            ])
+            self._refresh_regions()
             self.heatmap_loaded.emit()
         self.overview.update()
         self._update_enabled()
+
+    def _refresh_regions(self) -> None:
+        """The region list: the highest distinct cells at or above the display threshold."""
+        overlay = self.viewer.overlay
+        panel = self.heatmap_panel
+        if overlay is None:
+            self._regions = []
+            panel.set_regions([])
+            return
+        self._regions = [r for r in overlay.top_regions(10) if r[0] >= panel.threshold]
+        attention = self.prediction is not None
+        panel.set_regions(
+            [(v, "x {:,}, y {:,}".format(*(int(t) for t in overlay.geometry.tile_rect(r, c)[:2])))
+             for v, r, c in self._regions],
+            value_name="attention" if attention else "p =",
+            empty_text=f"No tile at or above {panel.threshold:.2f}.")
 
     # -- overlay controls ------------------------------------------------------------------
     def _apply_overlay_settings(self, overlay: HeatmapOverlay) -> None:
@@ -576,9 +612,12 @@ class SlideView(QWidget):
         self.settings.set("heatmap/visible", panel.overlay_visible)
         self.overlay_action.setChecked(panel.overlay_visible)
         if self.viewer.overlay is not None:
+            threshold_changed = self.viewer.overlay.threshold != panel.threshold
             self._apply_overlay_settings(self.viewer.overlay)
             self.viewer.update()
             self.overview.update()
+            if threshold_changed and not self.running:
+                self._refresh_regions()
         if self.result is not None:
             self.heatmap_panel.set_summary_html(hj.summary_html(self.result, panel.threshold))
 
@@ -601,7 +640,8 @@ class SlideView(QWidget):
         x0, y0, prob, _rect = info  # type: ignore[misc]
         text = f"x {x0:,}  y {y0:,}"
         if prob is not None:
-            text = f"p = {prob:.2f}  ·  {text}"
+            name = "attention" if self.prediction is not None else "p ="
+            text = f"{name} {prob:.2f}  ·  {text}"
         self.hover_text_changed.emit(text)
 
     def _on_viewer_view_changed(self) -> None:
@@ -614,16 +654,21 @@ class SlideView(QWidget):
 
     # -- export ----------------------------------------------------------------------------
     def export_dialog(self) -> None:
-        if self.result is None:
+        if self.result is None and self.prediction is None:
             return
         start = self.settings.get("dialogs/last_export_dir") or str(Path.home())
-        folder = QFileDialog.getExistingDirectory(self, "Export heatmap to folder", start)
+        what = "prediction" if self.prediction is not None else "heatmap"
+        folder = QFileDialog.getExistingDirectory(self, f"Export {what} to folder", start)
         if folder:
             self.settings.set("dialogs/last_export_dir", folder)
             self.export_to(folder)
 
     def export_to(self, folder: str | os.PathLike[str]) -> None:
-        """Write overlay PNG, GeoJSON and CSV of the current result into ``folder/<slide name>/``."""
+        """Write overlay PNG, GeoJSON and CSV of the current result into ``folder/<slide name>/``
+        (for a slide-level prediction: its JSON, attention map and tile CSV)."""
+        if self.prediction is not None:
+            self.export_prediction_to(str(folder))
+            return
         if self.result is None:
             return
         worker = Worker(hj.export_result, self.result, str(folder))
@@ -633,12 +678,12 @@ class SlideView(QWidget):
         self._start_misc(worker)
 
     def _on_export_finished(self, out_dir: str) -> None:
-        self.status_message.emit(f"Heatmap exported to {out_dir}", 10000)
+        self.status_message.emit(f"Exported to {out_dir}", 10000)
         self.export_finished.emit(out_dir)
 
     def _on_export_failed(self, message: str, user_error: bool, details: str) -> None:
         self.status_message.emit("Export failed", 8000)
-        show_error(self, "Cannot export the heatmap", message, "" if user_error else details)
+        show_error(self, "Cannot export the result", message, "" if user_error else details)
 
     # -- label and macro images ------------------------------------------------------------
     def show_associated_images(self) -> None:

@@ -170,10 +170,13 @@ class HeatmapOverlay:
         cells apart so the list shows distinct regions rather than neighbours of one hotspot."""
         g = self.grid
         flat = np.where(np.isfinite(g), g, -np.inf).ravel()
-        order = np.argsort(flat)[::-1]
+        # only the best few hundred cells can be picked: partition (linear) before sorting them
+        k = min(flat.size, max(n * 50, 500))
+        best = np.argpartition(flat, flat.size - k)[flat.size - k:] if k < flat.size else np.arange(flat.size)
+        order = best[np.argsort(flat[best], kind="stable")[::-1]]
         picked: list[tuple[float, int, int]] = []
         cols = g.shape[1]
-        for i in order[: max(n * 50, 500)]:
+        for i in order:
             v = flat[i]
             if not np.isfinite(v):
                 break

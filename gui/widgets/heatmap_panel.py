@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPaintEvent, QPixmap
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPaintEvent, QPixmap, QResizeEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QListWidget,
     QListWidgetItem,
     QProgressBar,
@@ -28,6 +29,7 @@ from PySide6.QtWidgets import (
 
 from gui.icons import icon
 from gui.widgets.heatmap_overlay import COLORMAPS, colormap_color, colormap_lut
+from gui.widgets.mil_widgets import ClassProbabilities, ClinicalForm
 
 BROWSE = "__browse__"
 
@@ -73,8 +75,41 @@ class ColorBar(QWidget):
         p.end()
 
 
+class WrappingLabel(QLabel):
+    """A word-wrapped rich-text label that keeps the height its text needs at its current width
+    (inside a scroll area a plain wrapped label can be squeezed and cut off)."""
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802 - Qt API
+        # the layouts use the minimum height kept below instead: a height-for-width child makes
+        # the boxes around it (and the scroll area) size themselves for the wrong width
+        return False
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self._fit_height()
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt API
+        super().setText(text)
+        self._fit_height()
+
+    def _fit_height(self) -> None:
+        needed = self.heightForWidth(max(1, self.width()))
+        if needed > 0 and needed != self.minimumHeight():
+            self.setMinimumHeight(needed)
+            # enclosing boxes cache their minimum size in their parents' layouts: refresh them
+            # once this layout pass is over (a request made during the pass is lost)
+            QTimer.singleShot(0, self._notify_parents)
+
+    def _notify_parents(self) -> None:
+        w = self.parentWidget()
+        while w is not None and not w.isWindow():
+            w.updateGeometry()
+            w = w.parentWidget()
+
+
 class HeatmapPanel(QWidget):
-    """Controls for computing and displaying a heatmap."""
+    """Controls for computing and displaying a heatmap, or a slide-level (MIL) prediction with its
+    attention map (:meth:`set_mode`): the same overlay controls serve both."""
 
     run_requested = Signal()
     cancel_requested = Signal()
@@ -87,6 +122,8 @@ class HeatmapPanel(QWidget):
         root = QVBoxLayout(self)
         root.setContentsMargins(0, 0, 0, 0)
         root.setSpacing(8)
+        # never squeeze the boxes below what their text needs: the scroll area around scrolls
+        root.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
 
         run_box = QGroupBox("Model")
         run_layout = QVBoxLayout(run_box)
@@ -120,6 +157,17 @@ class HeatmapPanel(QWidget):
         run_layout.addWidget(self.progress_label)
         root.addWidget(run_box)
 
+        self.clinical_box = QGroupBox("Clinical data")
+        clinical_layout = QVBoxLayout(self.clinical_box)
+        hint = QLabel("Values this model uses. Leave a field blank when it is not known.")
+        hint.setWordWrap(True)
+        hint.setStyleSheet("color: #607d8b;")
+        clinical_layout.addWidget(hint)
+        self.clinical_form = ClinicalForm()
+        clinical_layout.addWidget(self.clinical_form)
+        self.clinical_box.setVisible(False)
+        root.addWidget(self.clinical_box)
+
         overlay_box = QGroupBox("Overlay")
         form = QFormLayout(overlay_box)
         self.show_check = QCheckBox("Show heatmap")
@@ -151,18 +199,23 @@ class HeatmapPanel(QWidget):
             lab.setAlignment(align)
             ticks.addWidget(lab, 1)
         scale.addLayout(ticks)
-        form.addRow("Probability:", self._wrap(scale))
+        self._scale_field = self._wrap(scale)
+        form.addRow("Probability:", self._scale_field)
+        self._overlay_form = form
 
-        result_box = QGroupBox("Slide result")
+        self.result_box = result_box = QGroupBox("Slide result")
         result_layout = QVBoxLayout(result_box)
-        self.summary_label = QLabel("Run a heatmap to see the slide-level result.")
+        self.class_bars = ClassProbabilities()
+        self.class_bars.setVisible(False)
+        result_layout.addWidget(self.class_bars)
+        self.summary_label = WrappingLabel("Run a heatmap to see the slide-level result.")
         self.summary_label.setWordWrap(True)
         self.summary_label.setTextFormat(Qt.TextFormat.RichText)
         self.summary_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         result_layout.addWidget(self.summary_label)
         root.addWidget(result_box)
 
-        regions_box = QGroupBox("Most suspicious regions")
+        self.regions_box = regions_box = QGroupBox("Most suspicious regions")
         regions_layout = QVBoxLayout(regions_box)
         self.regions_list = QListWidget()
         self.regions_list.setToolTip("Click a region to go there")
@@ -233,6 +286,44 @@ class HeatmapPanel(QWidget):
         data = self.model_combo.itemData(index)
         self.model_changed.emit(BROWSE if data == BROWSE else str(data or ""))
 
+    # -- mode -------------------------------------------------------------------------------
+    @property
+    def mil_mode(self) -> bool:
+        return self.clinical_box.isVisibleTo(self)
+
+    def set_mode(self, mil: bool) -> None:
+        """Heatmap controls (patch classifier) or slide-level prediction controls (MIL model)."""
+        self.clinical_box.setVisible(mil)
+        self.class_bars.setVisible(mil and bool(self.class_bars.predicted))
+        if mil:
+            self.run_button.setText("Predict Slide")
+            self.run_button.setToolTip("Predict the slide-level class with the chosen model and show which "
+                                       "regions drove the call")
+            self.show_check.setText("Show attention map")
+            self.threshold_slider.setToolTip("Tiles with less attention (relative to the most) are not coloured")
+            self.result_box.setTitle("Slide-level prediction")
+            self.regions_box.setTitle("Highest-attention regions")
+        else:
+            self.run_button.setText("Run Heatmap")
+            self.run_button.setToolTip("Compute the tumour-probability heatmap of this slide with the chosen model")
+            self.show_check.setText("Show heatmap")
+            self.threshold_slider.setToolTip("Tiles below this probability are not coloured")
+            self.result_box.setTitle("Slide result")
+            self.regions_box.setTitle("Most suspicious regions")
+        label = self._overlay_form.labelForField(self._scale_field)
+        if isinstance(label, QLabel):
+            label.setText("Attention:" if mil else "Probability:")
+
+    def set_class_probabilities(self, class_names: list[str] | tuple[str, ...] | None,
+                                probabilities: list[float] | None) -> None:
+        """Show (or, with None, clear) the bar list of a slide-level prediction."""
+        if class_names is None or probabilities is None:
+            self.class_bars.clear()
+            self.class_bars.setVisible(False)
+            return
+        self.class_bars.set_probabilities(class_names, probabilities)
+        self.class_bars.setVisible(True)
+
     # -- run state --------------------------------------------------------------------------
     def set_running(self, running: bool) -> None:
         self.progress.setVisible(running)
@@ -293,17 +384,18 @@ class HeatmapPanel(QWidget):
     def set_summary_html(self, html: str) -> None:
         self.summary_label.setText(html)
 
-    def set_regions(self, rows: list[tuple[float, str]]) -> None:
-        """``(probability, description)`` per region, most suspicious first."""
+    def set_regions(self, rows: list[tuple[float, str]], value_name: str = "p =",
+                    empty_text: str = "No regions yet.") -> None:
+        """``(value, description)`` per region, highest first; ``value_name`` prefixes the value."""
         self.regions_list.clear()
         for i, (prob, text) in enumerate(rows):
             pix = QPixmap(QSize(12, 12))
             pix.fill(colormap_color(self.colormap, prob))
-            item = QListWidgetItem(QIcon(pix), f"{i + 1}.  p = {prob:.2f}   {text}")
+            item = QListWidgetItem(QIcon(pix), f"{i + 1}.  {value_name} {prob:.2f}   {text}")
             item.setData(Qt.ItemDataRole.UserRole, i)
             self.regions_list.addItem(item)
         if not rows:
-            item = QListWidgetItem("No regions yet.")
+            item = QListWidgetItem(empty_text)
             item.setFlags(Qt.ItemFlag.NoItemFlags)
             item.setForeground(QColor(120, 120, 120))
             self.regions_list.addItem(item)

@@ -476,7 +476,7 @@ class SlideViewer(QWidget):
             info = (int(x0), int(y0), hit[0] if hit else None, hit[1] if hit else None)
             lines = [f"x {int(x0):,}  y {int(y0):,} (level 0)"]
             if hit is not None:
-                lines.insert(0, f"tumour probability {hit[0]:.2f}")
+                lines.insert(0, f"{self.overlay.value_label} {hit[0]:.2f}")  # type: ignore[union-attr]
             self._hover_text = lines
         self.update()
         self.hovered.emit(info)
