@@ -7,6 +7,7 @@ pipeline. Plan arrays hold a few numbers per tissue tile, so memory stays small 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -328,3 +329,108 @@ def read_tile(reader: SlideReader, plan: TilePlan, level0_xy: tuple[int, int] | 
     from PIL import Image
 
     return np.asarray(Image.fromarray(region).resize((size, size), Image.BILINEAR))
+
+
+# Tiles read with one read_region call at most (a run of neighbours in one grid row). Eight
+# 187 px tiles are a ~1,500 x 187 px region: the per-call overhead of the backends (OpenSlide's
+# region setup and tile lookups, tifffile's segment assembly) is then shared by eight tiles while
+# the region stays small; longer runs measured no faster.
+MAX_RUN_TILES = 8
+
+
+def _run_lengths(xy: np.ndarray, stride0: int, max_run: int) -> list[tuple[int, int]]:
+    """Split rows of ``xy`` into runs of horizontal neighbours: ``[(start, length), ...]``.
+
+    A run is consecutive rows with the same ``y`` whose ``x`` grows by exactly ``stride0``.
+    """
+    n = xy.shape[0]
+    if n == 0:
+        return []
+    # a break before row i where i is not the right-hand neighbour of row i - 1
+    cont = (xy[1:, 1] == xy[:-1, 1]) & (xy[1:, 0] - xy[:-1, 0] == stride0)
+    starts = np.flatnonzero(np.concatenate(([True], ~cont)))
+    ends = np.append(starts[1:], n)
+    runs: list[tuple[int, int]] = []
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        for s2 in range(s, e, max_run):
+            runs.append((s2, min(max_run, e - s2)))
+    return runs
+
+
+def read_tiles(
+    reader: SlideReader,
+    plan: TilePlan,
+    level0_xy: np.ndarray,
+    out: np.ndarray | None = None,
+    check: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Read many tiles of ``plan``, neighbours in one grid row with one region read.
+
+    The batch form of :func:`read_tile` used by the heatmap pipeline. Runs of up to
+    :data:`MAX_RUN_TILES` horizontally adjacent tiles (plan order is row-major, so a batch is
+    mostly such runs) are read as one strip. Without overlap between tiles the strip is resized
+    in one call and cut; otherwise each tile is resized from its box of the strip. Pixels equal
+    :func:`read_tile`'s except within one pixel of the tile edges, where the resampling filter
+    sees the neighbouring tile instead of the clamped edge (a difference of resampling noise).
+
+    Args:
+        reader: the slide the plan was made for.
+        plan: the tile plan.
+        level0_xy: int ``(N, 2)`` top-left ``(x, y)`` of the tiles in level-0 pixels (rows of
+            ``plan.level0_xy``, in any order).
+        out: optional ``uint8`` ``(N, S, S, 3)`` buffer to fill, ``S = plan.config.tile_size_px``.
+        check: called before every region read (e.g. to raise on cancel).
+
+    Returns:
+        ``uint8`` RGB array ``(N, S, S, 3)``, tile ``i`` for ``level0_xy[i]``.
+
+    Raises:
+        SlideOpenError: the slide data cannot be decoded.
+        ValueError: ``out`` has the wrong shape or type.
+    """
+    from PIL import Image
+
+    xy = np.asarray(level0_xy, dtype=np.int64).reshape(-1, 2)
+    n = xy.shape[0]
+    rs = plan.read_size
+    size = plan.config.tile_size_px
+    shape = (n, size, size, 3)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out buffer must be uint8 {shape}, got {out.dtype} {out.shape}")
+    # runs need the grid step to be a whole number of pixels at the level read; otherwise
+    # every tile is read on its own, exactly as read_tile places it
+    step_f = plan.stride_level0 / plan.level_downsample
+    step = round(step_f)
+    whole_step = step >= 1 and abs(step_f - step) < 1e-9
+    runs = _run_lengths(xy, plan.stride_level0, MAX_RUN_TILES if whole_step else 1)
+    for start, m in runs:
+        if check is not None:
+            check()
+        if m == 1:
+            out[start] = read_tile(reader, plan, xy[start])
+            continue
+        x0, y0 = int(xy[start, 0]), int(xy[start, 1])
+        fused = getattr(reader, "read_region_resized", None)
+        if step == rs and rs != size and fused is not None:
+            # adjacent tiles: one resize of the strip keeps each tile's sample positions
+            # (m * rs -> m * size has the per-tile scale); the backend resizes before
+            # converting to numpy (see read_tile)
+            wide = fused((x0, y0), plan.level, (m * rs, rs), (m * size, size))
+            out[start : start + m] = wide.reshape(size, m, size, 3).transpose(1, 0, 2, 3)
+            continue
+        strip = reader.read_region((x0, y0), plan.level, ((m - 1) * step + rs, rs))
+        if rs == size:
+            for j in range(m):
+                out[start + j] = strip[:, j * step : j * step + rs]
+            continue
+        img = Image.fromarray(strip)
+        if step == rs:
+            wide = np.asarray(img.resize((m * size, size), Image.BILINEAR))
+            out[start : start + m] = wide.reshape(size, m, size, 3).transpose(1, 0, 2, 3)
+        else:
+            for j in range(m):
+                box = (j * step, 0, j * step + rs, rs)
+                out[start + j] = np.asarray(img.resize((size, size), Image.BILINEAR, box=box))
+    return out

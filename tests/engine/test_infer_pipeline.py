@@ -211,3 +211,26 @@ def test_open_reader_is_left_open(synthetic_svs: SyntheticSlide, demo_onnx: Path
         r = compute_heatmap(reader, load_model(demo_onnx), InferenceConfig(max_tiles=8))
         assert len(r.level0_xy) == 8
         assert reader.read_region((0, 0), 0, (4, 4)).shape == (4, 4, 3)  # still usable
+
+
+def test_block_reads_give_the_per_tile_heatmap(synthetic_svs: SyntheticSlide, demo_onnx: Path) -> None:
+    """The default batch reads (neighbours read together) change no probability noticeably."""
+    from engine.slides.tiling import read_tile
+
+    session = load_model(demo_onnx)
+    with open_slide(synthetic_svs.path) as r:
+        plan = plan_tiles(r, TilingConfig(96, 0.972, min_tissue_fraction=0.0), None)
+        idx = np.r_[0 : plan.n_tiles : 3, 1 : plan.n_tiles // 2]  # lone tiles, then runs of neighbours
+        outs = {}
+        for name, fn in (("block", None), ("tile", read_tile)):
+            got = np.full((plan.n_tiles, 2), np.nan, np.float32)
+            for i, out in iter_tile_outputs(r, plan, session, batch_size=16, indices=idx, read_tile=fn):
+                got[i] = out
+            outs[name] = got
+    assert np.isfinite(outs["block"][idx]).all()
+    meta = session.metadata
+    from engine.infer.preprocess import to_probabilities
+
+    p_block = to_probabilities(outs["block"][idx], meta)[:, meta.positive_class]
+    p_tile = to_probabilities(outs["tile"][idx], meta)[:, meta.positive_class]
+    assert np.abs(p_block - p_tile).max() < 0.02
