@@ -11,13 +11,17 @@ Measured in one run, on the same block of tissue tiles of a synthetic 40,000 x 4
 weights: speed does not depend on them) at 96 px / 0.972 um/px:
 
 (a) read-only tiles/s: the pipeline's read pool (read, resample, preprocess) with a no-op model;
+    also with the per-tile read path (``read_tile`` for every tile) to show what the batch reads
+    (:func:`engine.slides.tiling.read_tiles`) save;
 (b) inference-only tiles/s: onnxruntime on ready preprocessed batches;
 (c) full pipeline tiles/s: :func:`engine.infer.pipeline.iter_tile_outputs`.
 
 On a CPU-only machine reads and inference share the cores, so the limit is
 ``L = 1 / (1/a + 1/b)``; the target is ``c >= 0.85 L``. The three are measured side by side,
 ``--repeats`` times, each time with a freshly opened slide (OpenSlide's tile cache empty), and
-medians are reported, because other processes share the machine.
+medians are reported, because other processes share the machine. Besides the backend
+:func:`engine.slides.open.open_slide` picks (OpenSlide for this SVS), the same numbers are taken
+with the tifffile backend (``--backends``), which decodes the same JPEG tiles to identical pixels.
 
 Peak RSS: ``metascope heatmap``'s engine path (tissue detection, tiling, pipeline, result files)
 on a 100,000 x 100,000 px slide and on a 10,000 x 10,000 px slide, each in its own subprocess,
@@ -146,15 +150,32 @@ def _plan(slide: Path, session: ModelSession) -> tuple[Any, float]:
     return plan, time.perf_counter() - t0
 
 
-def _run_pipeline(slide: Path, plan: Any, model: Any, idx: np.ndarray, cfg: InferenceConfig) -> tuple[float, float]:
-    """Returns (tiles/s, CPU ms per tile of this process)."""
-    from engine.slides.open import open_slide
+def open_backend(slide: Path, backend: str) -> Any:
+    """Open ``slide`` the way ``metascope heatmap`` does (``"auto"``) or with one named backend."""
+    if backend == "auto":
+        from engine.slides.open import open_slide
 
-    with open_slide(slide) as reader:  # fresh reader: empty tile cache
+        return open_slide(slide)
+    if backend == "openslide":
+        from engine.slides.openslide_reader import OpenSlideReader
+
+        return OpenSlideReader(slide)
+    from engine.slides.tifffile_reader import TiffFileReader
+
+    return TiffFileReader(slide)
+
+
+def _run_pipeline(slide: Path, plan: Any, model: Any, idx: np.ndarray, cfg: InferenceConfig, backend: str = "auto",
+                  per_tile: bool = False) -> tuple[float, float]:
+    """Returns (tiles/s, CPU ms per tile of this process)."""
+    from engine.slides.tiling import read_tile
+
+    with open_backend(slide, backend) as reader:  # fresh reader: empty tile cache
         t0, c0 = time.perf_counter(), time.process_time()
         n = 0
         for i, _ in iter_tile_outputs(reader, plan, model, batch_size=cfg.batch_size,
-                                      read_workers=cfg.resolved_read_workers, indices=idx):
+                                      read_workers=cfg.resolved_read_workers, indices=idx,
+                                      read_tile=read_tile if per_tile else None):
             n += len(i)
         return n / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / n
 
@@ -182,7 +203,7 @@ def _ready_batches(slide: Path, plan: Any, session: ModelSession, idx: np.ndarra
 
 
 def measure_throughput(slide: Path, model_path: Path, tiles: int, repeats: int, cfg: InferenceConfig,
-                       device: str = "cpu") -> dict[str, Any]:
+                       device: str = "cpu", backends: tuple[str, ...] = ("auto",)) -> dict[str, Any]:
     session_pipe = load_model(model_path, device=device)  # no spinning: readers share the cores
     session_spin = load_model(model_path, device=device, allow_spinning=True)
     plan, plan_s = _plan(slide, session_pipe)
@@ -194,21 +215,34 @@ def measure_throughput(slide: Path, model_path: Path, tiles: int, repeats: int, 
     batches = (batches * (n // (len(batches) * cfg.batch_size) + 1))[: max(1, n // cfg.batch_size)]
     _run_pipeline(slide, plan, _NoModel(session_pipe), idx[: min(n, 512)], cfg)  # warm the page cache
     _inference_only(session_spin, batches[:4])
-    rows = []
+    per_backend: dict[str, list[dict[str, float]]] = {name: [] for name in backends}
+    loads = [os.getloadavg()[0]]
     for r in range(repeats):
-        a, a_cpu = _run_pipeline(slide, plan, _NoModel(session_pipe), idx, cfg)
-        b_nospin, b_cpu = _inference_only(session_pipe, batches)
-        b_spin, _ = _inference_only(session_spin, batches)
-        c, c_cpu = _run_pipeline(slide, plan, session_pipe, idx, cfg)
-        b = max(b_spin, b_nospin)  # the faster inference setting makes L (and the target) stricter
-        lim = 1.0 / (1.0 / a + 1.0 / b)
-        rows.append({"a": a, "b": b, "b_nospin": b_nospin, "b_spin": b_spin, "c": c, "L": lim, "ratio": c / lim,
-                     "a_cpu_ms": a_cpu, "b_cpu_ms": b_cpu, "c_cpu_ms": c_cpu,
-                     "cpu_overhead": c_cpu / (a_cpu + b_cpu)})
-        print(f"  repeat {r + 1}/{repeats}: a {a:6.0f}  b {b:6.0f}  c {c:6.0f}  L {lim:6.0f}  c/L {c / lim:.2f}",
-              file=sys.stderr, flush=True)
+        for name in backends:
+            # a, a with per-tile reads, b (both spinning settings) and c back to back
+            a, a_cpu = _run_pipeline(slide, plan, _NoModel(session_pipe), idx, cfg, name)
+            a_tile, a_tile_cpu = _run_pipeline(slide, plan, _NoModel(session_pipe), idx, cfg, name, per_tile=True)
+            b_nospin, b_cpu = _inference_only(session_pipe, batches)
+            b_spin, _ = _inference_only(session_spin, batches)
+            c, c_cpu = _run_pipeline(slide, plan, session_pipe, idx, cfg, name)
+            b = max(b_spin, b_nospin)  # the faster inference setting makes L (and the target) stricter
+            lim = 1.0 / (1.0 / a + 1.0 / b)
+            per_backend[name].append({
+                "a": a, "a_tile": a_tile, "b": b, "b_nospin": b_nospin, "b_spin": b_spin, "c": c, "L": lim,
+                "ratio": c / lim, "a_cpu_ms": a_cpu, "a_tile_cpu_ms": a_tile_cpu, "b_cpu_ms": b_cpu,
+                "c_cpu_ms": c_cpu, "cpu_overhead": c_cpu / (a_cpu + b_cpu),
+            })
+            loads.append(os.getloadavg()[0])
+            print(f"  repeat {r + 1}/{repeats} {name:9s}: a {a:6.0f} (per tile {a_tile:4.0f})  b {b:6.0f}  "
+                  f"c {c:6.0f}  L {lim:6.0f}  c/L {c / lim:.2f}  load {loads[-1]:.2f}", file=sys.stderr, flush=True)
+    rows = per_backend[backends[0]]
     med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
+    others = {name: {k: statistics.median(row[k] for row in per_backend[name]) for k in rows[0]}
+              for name in backends[1:]}
     return {
+        "backend": backends[0],
+        "others": others,
+        "loads": loads,
         "device": session_pipe.provider,
         "slide_tiles": plan.n_tiles,
         "grid": list(plan.grid_shape),
@@ -292,44 +326,58 @@ def machine() -> str:
             f"onnxruntime {onnxruntime.__version__}; numpy {np.__version__}")
 
 
-def report_markdown(tp: dict[str, Any], mem: dict[str, Any] | None, load: tuple[float, float], cfg: InferenceConfig) -> str:
-    m = tp["median"]
+BACKEND_LABEL = {"auto": "OpenSlide (what `open_slide` picks)", "openslide": "OpenSlide", "tifffile": "tifffile"}
+
+
+def report_markdown(tp: dict[str, Any], mem: dict[str, Any] | None, cfg: InferenceConfig, note: str = "") -> str:
+    cores = available_cores()
+    cols = {tp["backend"]: tp["median"], **tp["others"]}
+    names = list(cols)
+    loads = tp["loads"]
+
+    def row(label: str, fmt: Any) -> str:
+        return f"| {label} | " + " | ".join(fmt(cols[n]) for n in names) + " |"
+
     lines = [
         SECTION,
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M')} with `benchmarks/heatmap.py` on: {machine()}.",
-        f"Load average during the run (1 min) from {load[0]:.1f} to {load[1]:.1f}: the 2 cores were shared with "
-        "other engineers' processes, so every number is the **median of "
-        f"{len(tp['repeats'])} side-by-side repeats** (a, b, c measured back to back in each repeat).",
+        f"1-minute load average during the throughput runs: {min(loads):.2f} to {max(loads):.2f} "
+        f"(sampled after every repeat). {note}".rstrip(),
+        f"Every number is the **median of {len(tp['repeats'])} side-by-side repeats** (per backend: a, a with "
+        "per-tile reads, b, c back to back in each repeat).",
         "",
-        f"Slide: synthetic {BIG:,} x {BIG:,} px at {MPP} um/px (pyramidal JPEG TIFF, Aperio flavour), "
-        f"{tp['slide_tiles']:,} tissue tiles in a {tp['grid'][0]} x {tp['grid'][1]} grid; seed CNN (3 conv "
+        f"Slide: synthetic {BIG:,} x {BIG:,} px at {MPP} um/px (pyramidal JPEG TIFF, Aperio flavour, 256 px JPEG "
+        f"tiles), {tp['slide_tiles']:,} tissue tiles in a {tp['grid'][0]} x {tp['grid'][1]} grid; seed CNN (3 conv "
         f"32/64/128 + dense 256/128/64, 3.4 M params, random weights) at {INPUT} px / {MODEL_MPP} um/px, read at "
         f"level {tp['level']} as {tp['read_size']} px and resized. Each measurement: the same contiguous block of "
         f"{tp['tiles_per_measurement']:,} tiles, freshly opened slide; batch {cfg.batch_size}, "
-        f"{cfg.resolved_read_workers} read threads, onnxruntime {tp['device']}.",
+        f"{cfg.resolved_read_workers} read threads, onnxruntime {tp['device']} ({cores} intra-op threads).",
         "",
-        "| measure | tiles/s (median) |",
-        "|---|---|",
-        f"| (a) read only (read + resample + preprocess, read pool) | {m['a']:.0f} |",
-        f"| (b) inference only (onnxruntime on ready batches; best of spinning on {m['b_spin']:.0f} / off "
-        f"{m['b_nospin']:.0f}) | {m['b']:.0f} |",
-        f"| (c) full pipeline (`iter_tile_outputs`) | {m['c']:.0f} |",
-        f"| L = 1 / (1/a + 1/b) | {m['L']:.0f} |",
-        f"| **c / L** (target >= 0.85) | **{m['ratio']:.2f}** |",
-        f"| c / TIAToolbox 2.1.3 (105-136 tiles/s, measured per the issue on this machine when idle; "
-        f"target >= 3x) | {m['c'] / 136:.1f}x - {m['c'] / 105:.1f}x while shared |",
+        "| measure (tiles/s, median) | " + " | ".join(BACKEND_LABEL.get(n, n) for n in names) + " |",
+        "|---|" + "---|" * len(names),
+        row("(a) read only: read + resample + preprocess, read pool, batch reads (`read_tiles`)",
+            lambda m: f"{m['a']:.0f}"),
+        row("(a') the same with per-tile reads (`read_tile` per tile, the previous read path)",
+            lambda m: f"{m['a_tile']:.0f}"),
+        row("(b) inference only, onnxruntime on ready batches (best of spinning on / off)",
+            lambda m: f"{m['b']:.0f} ({m['b_spin']:.0f} / {m['b_nospin']:.0f})"),
+        row("(c) full pipeline (`iter_tile_outputs`)", lambda m: f"**{m['c']:.0f}**"),
+        row("L = 1 / (1/a + 1/b)", lambda m: f"{m['L']:.0f}"),
+        row("**c / L** (target >= 0.85)", lambda m: f"**{m['ratio']:.2f}**"),
+        row("c / TIAToolbox 2.1.3 (105-136 tiles/s, idle machine; target >= 3x)",
+            lambda m: f"{m['c'] / 136:.1f}x - {m['c'] / 105:.1f}x"),
+        row("CPU ms per tile, all threads of this process: read (a) / read per tile (a') / inference (b, "
+            "spinning off) / pipeline (c)",
+            lambda m: f"{m['a_cpu_ms']:.2f} / {m['a_tile_cpu_ms']:.2f} / {m['b_cpu_ms']:.2f} / {m['c_cpu_ms']:.2f}"),
+        row(f"c on {cores} otherwise idle cores at the measured CPU cost of c ({cores} x 1000 / c ms)",
+            lambda m: f"{cores * 1000 / m['c_cpu_ms']:.0f}"),
         "",
-        "Per repeat (tiles/s): "
-        + "; ".join(f"a {r['a']:.0f}, b {r['b']:.0f}, c {r['c']:.0f}, c/L {r['ratio']:.2f}" for r in tp["repeats"]),
+        f"Per repeat, {BACKEND_LABEL.get(names[0], names[0])} (tiles/s): "
+        + "; ".join(f"a {r['a']:.0f}, a' {r['a_tile']:.0f}, b {r['b']:.0f}, c {r['c']:.0f}, c/L {r['ratio']:.2f}"
+                    for r in tp["repeats"]),
         "",
         f"Tissue detection + tiling of the whole 40k slide: {tp['plan_s']:.1f} s (not part of c).",
-        "",
-        "CPU time per tile (this process, all threads; less sensitive to other processes than wall time): "
-        f"read {m['a_cpu_ms']:.2f} ms + inference {m['b_cpu_ms']:.2f} ms (spinning off) = "
-        f"{m['a_cpu_ms'] + m['b_cpu_ms']:.2f} ms; full pipeline {m['c_cpu_ms']:.2f} ms per tile, i.e. the "
-        f"pipeline costs {m['cpu_overhead']:.2f}x the CPU of its parts. With {available_cores()} cores kept busy "
-        f"that is at most {available_cores() * 1000 / m['c_cpu_ms']:.0f} tiles/s on an otherwise idle machine.",
         "",
     ]
     if mem is not None:
@@ -372,6 +420,9 @@ def main() -> int:
     ap.add_argument("--rss-tiles", type=int, default=2000)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--backends", default="auto,tifffile",
+                    help="comma-separated slide backends to measure: auto (open_slide's choice), openslide, tifffile")
+    ap.add_argument("--note", default="", help="a sentence on the run conditions for RESULTS.md")
     ap.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     ap.add_argument("--rss-child", metavar="SLIDE", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -383,14 +434,16 @@ def main() -> int:
     model = seed_cnn_onnx(args.cache / "seed-cnn.onnx")
     slide = big_slide(args.cache)
     cfg = InferenceConfig()
-    load0 = os.getloadavg()[0]
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if not backends or any(b not in BACKEND_LABEL for b in backends):
+        ap.error(f"--backends: choose from {', '.join(BACKEND_LABEL)}")
     print("throughput ...", file=sys.stderr, flush=True)
-    tp = measure_throughput(slide, model, args.tiles, args.repeats, cfg, device=args.device)
+    tp = measure_throughput(slide, model, args.tiles, args.repeats, cfg, device=args.device, backends=backends)
     mem = None
     if not args.skip_memory:
         print("peak memory ...", file=sys.stderr, flush=True)
         mem = measure_memory(args.cache, model, args.rss_tiles)
-    text = report_markdown(tp, mem, (load0, os.getloadavg()[0]), cfg)
+    text = report_markdown(tp, mem, cfg, args.note)
     print(text)
     if args.write_results:
         write_section(text)
