@@ -16,6 +16,15 @@ from typing import Any
 
 from engine.errors import OutputError
 
+# os.umask can only be read by setting it: read once at import (before worker threads exist)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _default_mode(is_dir: bool) -> int:
+    """Permissions a plain ``open()``/``mkdir()`` would give (mkstemp/mkdtemp use 0600/0700)."""
+    return (0o777 if is_dir else 0o666) & ~_UMASK
+
 
 def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` if needed and check that files can be created in it.
@@ -52,6 +61,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _default_mode(is_dir=False))
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -95,6 +105,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
     try:
         yield tmp
+        os.chmod(tmp, _default_mode(is_dir=True))
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)

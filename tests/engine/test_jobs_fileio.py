@@ -47,3 +47,17 @@ def test_unwritable_dir_is_output_error(tmp_path: Path) -> None:
     f.write_text("x")
     with pytest.raises(OutputError):
         ensure_writable_dir(f / "sub")
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path: Path) -> None:
+    """Results land with the permissions of a plain write (lab colleagues can read them)."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_json(tmp_path / "a.json", {"v": 1})
+    with atomic_dir(tmp_path / "slide") as d:
+        (d / "x.txt").write_text("x")
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "slide").stat().st_mode) == 0o777 & ~umask
