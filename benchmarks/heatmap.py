@@ -342,8 +342,9 @@ def report_markdown(tp: dict[str, Any], mem: dict[str, Any] | None, cfg: Inferen
         SECTION,
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M')} with `benchmarks/heatmap.py` on: {machine()}.",
-        f"1-minute load average during the throughput runs: {min(loads):.2f} to {max(loads):.2f} "
-        f"(sampled after every repeat). {note}".rstrip(),
+        f"1-minute load average during the throughput runs: {min(loads):.2f} to {max(loads):.2f} (sampled "
+        f"after every repeat; the benchmark itself keeps about {cores} threads runnable, so ~{cores} means little "
+        f"else ran). {note}".rstrip(),
         f"Every number is the **median of {len(tp['repeats'])} side-by-side repeats** (per backend: a, a with "
         "per-tile reads, b, c back to back in each repeat).",
         "",
