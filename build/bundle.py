@@ -92,6 +92,11 @@ COMMON_EXCLUDES = (
     "PySide6.QtWebEngineCore",
     "PySide6.QtCharts",
     "PySide6.QtMultimedia",
+    # TLS: MetaScope never opens a network connection (local-first); without _ssl/_hashlib the
+    # bundle drops OpenSSL (5 MB) and hashlib uses Python's built-in SHA-256 (model checksums)
+    "ssl",
+    "_ssl",
+    "_hashlib",
     "readline",  # interactive prompt only; links libreadline/libtinfo
     "sqlite3",
     "_sqlite3",

@@ -51,6 +51,7 @@ class Verifier:
         self.home = home
         self.screenshot = screenshot
         self.failures: list[str] = []
+        self.depends: set[str] = set()
         self.facts: dict[str, Any] = {"flavour": flavour, "version": bundle.version()}
 
     # ------------------------------------------------------------------ helpers
@@ -98,8 +99,9 @@ class Verifier:
         self.facts["depends"] = fields.get("Depends", "")
         self.check(fields.get("Package") == deb_package.package_name(self.flavour), "package name")
         self.check(fields.get("Version") == bundle.version(), "version equals engine.__version__", str(fields))
+        self.depends = {d.split(" ")[0] for d in fields.get("Depends", "").split(", ") if d}
         self.check("libc6 (>=" in fields.get("Depends", ""), "Depends names libc6 with a minimum version")
-        self.check("libxcb-icccm4" in fields.get("Depends", ""), "Depends names the X11 libraries Qt needs")
+        self.check({"libxcb1", "libgl1", "libegl1"} <= self.depends, "Depends names the X11 and OpenGL libraries")
 
     def install(self, deb: Path) -> None:
         proc = subprocess.run(["dpkg", "-x", str(deb), str(self.root)], capture_output=True, text=True)
@@ -122,6 +124,10 @@ class Verifier:
             and (icons / "scalable" / "apps" / "metascope.svg").is_file(),
             "hicolor icons",
         )
+        # what the installed files load from outside the bundle must come from a declared package
+        libs = deb_package.system_libraries(self.root / "opt" / bundle.APP_NAME)
+        undeclared = sorted(k for k in libs if deb_package.SONAME_PACKAGES.get(k) not in self.depends)
+        self.check(not undeclared, "every system library the bundle loads is in Depends", ", ".join(undeclared))
         internal = self.root / "opt" / bundle.APP_NAME / "_internal"
         has_torch = (internal / "torch").exists()
         self.check(
