@@ -54,6 +54,11 @@ TORCH_MODULES = (
     "optree",
     "jinja2",
 )
+# Viewer only: TLS. MetaScope never opens a network connection (local-first); without _ssl and
+# _hashlib the viewer drops OpenSSL (5 MB) and hashlib uses Python's built-in SHA-256 (model
+# checksums). The full flavour keeps them: 5 MB do not matter next to torch's 500, and the
+# full bundle's training and export were verified with them.
+VIEWER_ONLY_EXCLUDES = ("ssl", "_ssl", "_hashlib")
 # Never needed at run time in either flavour: test and dev tools, other GUI toolkits, and the Qt
 # modules MetaScope does not use (QtQml/QtQuick alone are ~30 MB with their plugins).
 COMMON_EXCLUDES = (
@@ -92,11 +97,6 @@ COMMON_EXCLUDES = (
     "PySide6.QtWebEngineCore",
     "PySide6.QtCharts",
     "PySide6.QtMultimedia",
-    # TLS: MetaScope never opens a network connection (local-first); without _ssl/_hashlib the
-    # bundle drops OpenSSL (5 MB) and hashlib uses Python's built-in SHA-256 (model checksums)
-    "ssl",
-    "_ssl",
-    "_hashlib",
     "readline",  # interactive prompt only; links libreadline/libtinfo
     "sqlite3",
     "_sqlite3",
@@ -256,7 +256,7 @@ def excludes(flavour: str) -> list[str]:
     check_flavour(flavour)
     names = list(COMMON_EXCLUDES)
     if flavour == "viewer":
-        names += TORCH_MODULES
+        names += TORCH_MODULES + VIEWER_ONLY_EXCLUDES
     return names
 
 

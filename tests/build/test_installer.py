@@ -60,7 +60,7 @@ def test_strip_keeps_only_loadable_libraries(build_modules, tmp_path):
 def test_viewer_leaves_out_torch_and_full_keeps_it(build_modules):
     bundle, _, _ = build_modules
     viewer, full = bundle.excludes("viewer"), bundle.excludes("full")
-    for name in ("torch", "torchvision", "onnxscript"):
+    for name in ("torch", "torchvision", "onnxscript", "ssl"):
         assert name in viewer and name not in full
     assert "PySide6.QtQml" in viewer and "PySide6.QtQml" in full
     assert bundle.collect_packages("full") == ("engine", "gui", "onnxscript")
