@@ -214,15 +214,10 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     Returns:
         AUC in 0-1, or ``None`` when one class is absent.
     """
-    y = np.asarray(labels, dtype=bool)
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return None
-    # 1-based ranks, tied scores sharing their average rank (numpy only: scipy.stats is slow to import)
-    _, inverse, counts = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse.ravel()]
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    from engine.train.metrics import roc_auc as _auc
+
+    auc = _auc(np.asarray(labels, dtype=bool), np.asarray(scores, dtype=np.float64))
+    return None if np.isnan(auc) else auc
 
 
 def score_against_truth(result: HeatmapResult, truth: SyntheticSlide) -> dict[str, float | int | None]:
