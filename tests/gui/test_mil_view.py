@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtWidgets import QFileDialog, QMessageBox
+from PySide6.QtWidgets import QFileDialog
 
 from engine.slides.synthetic import SyntheticSlide
 from gui.main_window import MainWindow
-from gui.settings import Settings
 from gui.views.slide_view import SlideView
 
 RUN_TIMEOUT_MS = 60_000
@@ -99,29 +98,6 @@ def mil_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("mil-pair")
     extractor = build_stats_extractor(root / "stats.onnx", input_size=TILE_PX, input_mpp=TILE_MPP)
     return extractor, build_aggregator(root / "tiny-mil.onnx", extractor)
-
-
-@pytest.fixture()
-def dialogs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    shown: list[tuple[str, str]] = []
-
-    def fake_exec(box: QMessageBox) -> int:
-        shown.append((box.windowTitle(), box.text()))
-        return int(QMessageBox.StandardButton.Cancel)
-
-    monkeypatch.setattr(QMessageBox, "exec", fake_exec)
-    return shown
-
-
-@pytest.fixture()
-def window(qtbot, dialogs):  # type: ignore[no-untyped-def]
-    w = MainWindow(Settings())
-    w.resize(1440, 900)
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    w.close()
 
 
 def _choose_mil_model(qtbot, view: SlideView, library_path: Path) -> None:  # type: ignore[no-untyped-def]

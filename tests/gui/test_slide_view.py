@@ -43,30 +43,6 @@ def engine_heatmap(slide: SyntheticSlide, model: Path):  # type: ignore[no-untyp
     return _ENGINE_RESULTS[key]
 
 
-@pytest.fixture()
-def dialogs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Message boxes are recorded as (title, text) instead of blocking; confirmations decline."""
-    shown: list[tuple[str, str]] = []
-
-    def fake_exec(box: QMessageBox) -> int:
-        shown.append((box.windowTitle(), box.text()))
-        return int(QMessageBox.StandardButton.Cancel)
-
-    monkeypatch.setattr(QMessageBox, "exec", fake_exec)
-    return shown
-
-
-@pytest.fixture()
-def window(qtbot, dialogs):  # type: ignore[no-untyped-def]
-    w = MainWindow(Settings())
-    w.resize(1440, 900)
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    w.close()
-
-
 def _view(window: MainWindow) -> SlideView:
     return window.slide_view
 
