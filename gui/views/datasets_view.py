@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -40,7 +39,7 @@ from PySide6.QtWidgets import (
 from engine.fileio import atomic_write_json
 from engine.paths import home_dir
 from gui.widgets.plot_canvas import PlotCanvas, bar_chart
-from gui.wizard.common import MessageLabel, format_choices
+from gui.wizard.common import MessageLabel, browse_dataset, format_choices
 from gui.workers import Worker, start_worker
 
 STORE_NAME = "datasets.json"
@@ -459,16 +458,10 @@ class DatasetsView(QWidget):
 
     # -- import ------------------------------------------------------------------------------------
     def _on_folder_clicked(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Choose a dataset folder", self.path_edit.text())
-        if path:
-            self.path_edit.setText(path)
+        browse_dataset(self, self.path_edit, folder=True)
 
     def _on_file_clicked(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Choose a dataset file", self.path_edit.text(), "Datasets (*.h5 *.hdf5 *.csv);;All files (*)"
-        )
-        if path:
-            self.path_edit.setText(path)
+        browse_dataset(self, self.path_edit, folder=False)
 
     def _on_import_clicked(self) -> None:
         path = self.path_edit.text().strip()

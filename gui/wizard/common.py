@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QWidget
+from PySide6.QtWidgets import QFileDialog, QLabel, QLineEdit, QWidget
 
 #: Labels of the dataset formats the engine reads (``engine.data.open.FORMATS``) for training.
 FORMAT_LABELS: dict[str, str] = {
@@ -133,3 +133,16 @@ def human_duration(seconds: float | None) -> str:
     if s >= 60:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s} s"
+
+
+DATASET_FILE_FILTER = "Datasets (*.h5 *.hdf5 *.csv);;All files (*)"
+
+
+def browse_dataset(parent: QWidget, path_edit: QLineEdit, *, folder: bool) -> None:
+    """Let the user pick a dataset folder (or file) and put its path into ``path_edit``."""
+    if folder:
+        path = QFileDialog.getExistingDirectory(parent, "Choose a dataset folder", path_edit.text())
+    else:
+        path, _ = QFileDialog.getOpenFileName(parent, "Choose a dataset file", path_edit.text(), DATASET_FILE_FILTER)
+    if path:
+        path_edit.setText(path)

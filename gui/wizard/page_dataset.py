@@ -9,7 +9,6 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -19,7 +18,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from gui.wizard.common import DatasetSummary, MessageLabel, format_choices
+from gui.wizard.common import DatasetSummary, MessageLabel, browse_dataset, format_choices
 from gui.workers import Worker, start_worker
 
 TASKS = (
@@ -138,16 +137,10 @@ class DatasetPage(QWizardPage):
             self.set_dataset(item["path"], item.get("fmt", "auto"), item.get("mpp"))
 
     def _on_folder_clicked(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Choose a dataset folder", self.path_edit.text())
-        if path:
-            self.path_edit.setText(path)
+        browse_dataset(self, self.path_edit, folder=True)
 
     def _on_file_clicked(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Choose a dataset file", self.path_edit.text(), "Datasets (*.h5 *.hdf5 *.csv);;All files (*)"
-        )
-        if path:
-            self.path_edit.setText(path)
+        browse_dataset(self, self.path_edit, folder=False)
 
     def _on_input_changed(self) -> None:
         self.summary = None
