@@ -288,7 +288,7 @@ def _peak_rss_kib() -> float:
             if line.startswith("VmHWM:"):
                 return float(line.split()[1])
     except OSError:
-        pass
+        pass  # no /proc (not Linux): ru_maxrss below
     import resource
 
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -312,14 +312,9 @@ def measure_memory(cache: Path, model: Path, tiles: int) -> dict[str, Any]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from machine import cpu_name  # benchmarks/machine.py
+
+    cpu = cpu_name()
     import onnxruntime
 
     return (f"{cpu}; {available_cores()} cores available to the process; Python {platform.python_version()}; "

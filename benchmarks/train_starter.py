@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,15 +34,9 @@ OUT_CARD = ROOT / "resources" / "models" / "pcam-starter.md"
 
 def machine() -> str:
     import torch
+    from machine import cpu_name  # benchmarks/machine.py
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {len(os.sched_getaffinity(0))} cores available (shared), {gpu}, torch {torch.__version__}"
 
