@@ -20,7 +20,17 @@ from engine.errors import ModelPackageError
 METADATA_KEY = "metascope"
 FORMAT_VERSION = 1
 
-TASKS = ("patch_classification", "feature_extractor", "mil_aggregator")
+TASKS = (
+    "patch_classification",
+    "feature_extractor",
+    "mil_aggregator",
+    # tabular / expression tasks (no image input: input_size, mpp, mean/std do not apply)
+    "genomics_classifier",
+    "expression_embedding",
+    "expression_generator",
+)
+#: Tasks whose input is not an image patch.
+TABULAR_TASKS = ("mil_aggregator", "genomics_classifier", "expression_embedding", "expression_generator")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +86,14 @@ class ModelMetadata:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ModelPackageError(f"unknown model task {self.task!r} (expected one of {', '.join(TASKS)})")
-        if self.task != "feature_extractor":
+        if self.task not in ("feature_extractor", "expression_embedding", "expression_generator"):
             if len(self.class_names) < 2:
                 raise ModelPackageError("model metadata needs at least two class names")
             if not 0 <= self.positive_class < len(self.class_names):
                 raise ModelPackageError(
                     f"positive_class {self.positive_class} is not an index into {len(self.class_names)} classes"
                 )
-        if self.task != "mil_aggregator" and self.input_size < 8:
+        if self.task not in TABULAR_TASKS and self.input_size < 8:
             raise ModelPackageError(f"input_size {self.input_size} is too small")
         if self.input_mpp is not None and not self.input_mpp > 0:
             raise ModelPackageError(f"input_mpp must be positive, got {self.input_mpp}")

@@ -25,6 +25,9 @@ COMMAND_MODULES = (
     "engine.cli.data",
     "engine.cli.patches",
     "engine.cli.mil",
+    "engine.cli.genomics",  # cBioPortal studies: primary vs metastasis from mutations
+    "engine.cli.expression",  # expression matrices, one-shot CancerSiamese
+    "engine.cli.synthetic",  # expression deg / generate / realism, WGAN-GP
 )
 
 
@@ -52,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     train_sub = train.add_subparsers(dest="train_kind", metavar="KIND", parser_class=_Parser)
     train_sub.required = True
     groups = {"train": train_sub}
+    # `metascope expression ...` is shared by two modules (one-shot and synthetic expression)
+    expression = sub.add_parser(
+        "expression", help="expression matrices: info, one-shot tumour type, DEG, synthetic profiles",
+        description="Expression matrices: one-shot tumour type (CancerSiamese) and synthetic profiles (WGAN-GP).",
+    )
+    expression_sub = expression.add_subparsers(dest="expression_command", metavar="COMMAND", parser_class=_Parser)
+    expression_sub.required = True
+    groups["expression"] = expression_sub
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)

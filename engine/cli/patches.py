@@ -7,7 +7,9 @@ Nothing heavy is imported here at module level: torch, onnx and matplotlib load 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from typing import Any
 
 from engine.cli.options import add_device_option
 from engine.cli.progress import TerminalProgress
+from engine.errors import ConfigError
 from engine.jobs import CancelToken
 from engine.models.registry import architecture_names
 from engine.train.config import CACHE_MODES, CLASS_WEIGHTING, SCHEDULES, SPLITS
@@ -145,7 +148,6 @@ def _cancel_on_signals() -> Iterator[CancelToken]:
 def _train_config(args: argparse.Namespace) -> Any:
     from dataclasses import asdict
 
-    from engine.errors import ConfigError
     from engine.train.config import AugmentConfig, TrainConfig
     from engine.train.runfolder import load_run_config
 
@@ -171,7 +173,6 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    from engine.errors import ConfigError
 
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
@@ -213,9 +214,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``config.json`` "kind" of a run folder -> "module:function" exporting it (``fn(run_dir, out, name=None) -> Path``).
+#: Patch runs (no kind) go through :func:`engine.export.export_onnx`; MIL runs have ``metascope mil export``.
+RUN_KIND_EXPORTERS = {
+    "genomics": "engine.genomics.export:export_run",
+    "siamese": "engine.expression.siamese_export:export_run",
+    "wgan": "engine.expression.wgan_export:export_run",
+}
+
+
+def _run_kind(run_dir: str) -> str:
+    try:
+        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (OSError, ValueError):
+        return ""
+    return str(cfg.get("kind") or "") if isinstance(cfg, dict) else ""
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from engine.export import export_onnx
 
+    kind = _run_kind(args.run_dir)
+    if kind == "mil":
+        raise ConfigError(f"{args.run_dir} is a slide-level MIL run: export it with `metascope mil export`")
+    if kind in RUN_KIND_EXPORTERS:
+        module_name, func_name = RUN_KIND_EXPORTERS[kind].split(":")
+        path = getattr(importlib.import_module(module_name), func_name)(args.run_dir, args.out, name=args.name)
+        print(f"exported {kind} model {path}")
+        return 0
     bar = TerminalProgress()
     try:
         rep = export_onnx(args.run_dir, args.out, progress=bar, features=args.features, name=args.name, exporter=args.exporter)
