@@ -126,6 +126,31 @@ class SlideReader(abc.ABC):
             transparent are white.
         """
 
+    def read_region_resized(
+        self, level0_xy: tuple[int, int], level: int, size: tuple[int, int], out_size: tuple[int, int]
+    ) -> np.ndarray:
+        """Read a region and resize it (antialiased bilinear) to ``out_size``.
+
+        The tile hot path. This default reads with :meth:`read_region` and resizes with PIL;
+        backends that can resize before converting to numpy (OpenSlide) override it.
+
+        Args:
+            level0_xy: top-left corner in level-0 pixels.
+            level: pyramid level to read from.
+            size: ``(width, height)`` in pixels of that level.
+            out_size: ``(width, height)`` of the result.
+
+        Returns:
+            ``uint8`` RGB array ``(out_h, out_w, 3)``.
+        """
+        region = self.read_region(level0_xy, level, size)
+        out = (int(out_size[0]), int(out_size[1]))
+        if (region.shape[1], region.shape[0]) == out:
+            return region
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(region).resize(out, Image.BILINEAR))
+
     def thumbnail(self, max_size: int) -> np.ndarray:
         """RGB ``uint8`` image whose longer side is at most ``max_size`` (aspect preserved)."""
         from PIL import Image

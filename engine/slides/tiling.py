@@ -319,16 +319,8 @@ def read_tile(reader: SlideReader, plan: TilePlan, level0_xy: tuple[int, int] | 
     rs = plan.read_size
     size = plan.config.tile_size_px
     xy = (int(level0_xy[0]), int(level0_xy[1]))
-    fused = getattr(reader, "read_region_resized", None)
-    if fused is not None:
-        # backends that can resize before converting to numpy (OpenSlide) save two copies
-        return fused(xy, plan.level, (rs, rs), (size, size))
-    region = reader.read_region(xy, plan.level, (rs, rs))
-    if rs == size:
-        return region
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(region).resize((size, size), Image.BILINEAR))
+    # backends that can resize before converting to numpy (OpenSlide) save two copies
+    return reader.read_region_resized(xy, plan.level, (rs, rs), (size, size))
 
 
 # Tiles read with one read_region call at most (a run of neighbours in one grid row). Eight
@@ -412,24 +404,19 @@ def read_tiles(
             out[start] = read_tile(reader, plan, xy[start])
             continue
         x0, y0 = int(xy[start, 0]), int(xy[start, 1])
-        fused = getattr(reader, "read_region_resized", None)
-        if step == rs and rs != size and fused is not None:
+        if step == rs and rs != size:
             # adjacent tiles: one resize of the strip keeps each tile's sample positions
             # (m * rs -> m * size has the per-tile scale); the backend resizes before
-            # converting to numpy (see read_tile)
-            wide = fused((x0, y0), plan.level, (m * rs, rs), (m * size, size))
+            # converting to numpy where it can (see read_tile)
+            wide = reader.read_region_resized((x0, y0), plan.level, (m * rs, rs), (m * size, size))
             out[start : start + m] = wide.reshape(size, m, size, 3).transpose(1, 0, 2, 3)
             continue
         strip = reader.read_region((x0, y0), plan.level, ((m - 1) * step + rs, rs))
         if rs == size:
             for j in range(m):
                 out[start + j] = strip[:, j * step : j * step + rs]
-            continue
-        img = Image.fromarray(strip)
-        if step == rs:
-            wide = np.asarray(img.resize((m * size, size), Image.BILINEAR))
-            out[start : start + m] = wide.reshape(size, m, size, 3).transpose(1, 0, 2, 3)
         else:
+            img = Image.fromarray(strip)
             for j in range(m):
                 box = (j * step, 0, j * step + rs, rs)
                 out[start + j] = np.asarray(img.resize((size, size), Image.BILINEAR, box=box))

@@ -194,3 +194,26 @@ def test_planning_a_huge_slide_is_bounded() -> None:
     assert 0.5 * 269 * 538 < plan.n_tiles < 0.9 * 269 * 538
     assert plan.level0_xy.nbytes < 5_000_000
     assert peak < 150 * 2**20
+
+
+def test_read_region_resized_is_part_of_the_reader_interface() -> None:
+    """The base default equals read_region + bilinear resize; read_tile goes through it."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    r = ArrayReader(img, mpp=0.5)
+    got = r.read_region_resized((10, 20), 0, (100, 100), (48, 48))
+    want = np.asarray(Image.fromarray(r.read_region((10, 20), 0, (100, 100))).resize((48, 48), Image.BILINEAR))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(r.read_region_resized((0, 0), 0, (30, 20), (30, 20)), img[:20, :30])
+
+    calls: list[tuple[int, int]] = []
+
+    class Counting(ArrayReader):
+        def read_region_resized(self, level0_xy, level, size, out_size):  # type: ignore[no-untyped-def]
+            calls.append(tuple(out_size))
+            return super().read_region_resized(level0_xy, level, size, out_size)
+
+    c = Counting(img, mpp=0.5)
+    plan = plan_tiles(c, TilingConfig(32, 1.0), None)
+    read_tile(c, plan, plan.level0_xy[0])
+    assert calls == [(32, 32)]
