@@ -63,6 +63,10 @@ class CancelToken:
         if self._event.is_set():
             raise Cancelled("cancelled by user")
 
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until cancelled (or ``timeout_s`` passed); True when cancelled."""
+        return bool(self._event.wait(timeout_s))
+
 
 def check_cancel(cancel: CancelToken | None) -> None:
     """Raise :class:`Cancelled` if ``cancel`` is set; no-op for ``None``."""

@@ -196,6 +196,11 @@ class DatasetsView(QWidget):
     train_requested = Signal(object)
     #: Emitted after the list of remembered datasets changed.
     datasets_changed = Signal()
+    #: The end of an import started by :meth:`import_dataset`, on the GUI thread: exactly one of
+    #: these per import. They exist before the import starts, so a caller can always connect first.
+    import_finished = Signal(str)  # dataset path (remembered and selected; may have problems)
+    import_failed = Signal(str)  # message
+    import_cancelled = Signal()
 
     def __init__(self, parent: QWidget | None = None, store: DatasetStore | None = None) -> None:
         super().__init__(parent)
@@ -471,8 +476,17 @@ class DatasetsView(QWidget):
         mpp = self.mpp_spin.value() or None
         self.import_dataset(path, str(self.format_combo.currentData()), mpp)
 
+    @property
+    def importing(self) -> bool:
+        """True while an import started by :meth:`import_dataset` runs."""
+        return "import" in self._workers
+
     def import_dataset(self, path: str, fmt: str = "auto", mpp: float | None = None) -> Worker:
-        """Open and validate a dataset in a worker; on success it is remembered and selected."""
+        """Open and validate a dataset in a worker; on success it is remembered and selected.
+
+        The outcome arrives as :attr:`import_finished`, :attr:`import_failed` or
+        :attr:`import_cancelled` (connect to those: the returned worker may already have ended).
+        """
         worker = Worker(_open_and_validate, path, fmt, mpp)
         worker.signals.progress.connect(self._on_import_progress)
         worker.signals.finished.connect(lambda result: self._on_import_finished(path, fmt, mpp, result))
@@ -523,14 +537,17 @@ class DatasetsView(QWidget):
             self.import_message.show_message(f"✓ Imported {item['name']}: {report.n_items:,} patches, no errors.", "ok")
         self.reload(select=path)
         self.datasets_changed.emit()
+        self.import_finished.emit(path)
 
     def _on_import_failed(self, message: str, _user: bool, _tb: str) -> None:
         self._end_import()
         self.import_message.show_message(message, "error")
+        self.import_failed.emit(message)
 
     def _on_import_cancelled(self) -> None:
         self._end_import()
         self.import_message.show_message("Import cancelled.", "warning")
+        self.import_cancelled.emit()
 
     def _on_cancel_clicked(self) -> None:
         worker = self._workers.get("import")

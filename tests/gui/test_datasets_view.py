@@ -26,10 +26,9 @@ def test_import_validate_summary_thumbnails_and_remembered(
 ) -> None:
     view = _view(qtbot)
     assert view.dataset_list.count() == 0 and not view.train_button.isEnabled()
-    worker = view.import_dataset(str(folder_dataset_3class), "auto", 0.5)
-    with qtbot.waitSignal(worker.signals.finished, timeout=WAIT_MS):
-        pass
-    qtbot.waitUntil(lambda: view.dataset_list.count() == 1, timeout=WAIT_MS)
+    with qtbot.waitSignal(view.import_finished, timeout=WAIT_MS):
+        view.import_dataset(str(folder_dataset_3class), "auto", 0.5)
+    assert view.dataset_list.count() == 1 and not view.importing
     assert "no errors" in view.import_message.text()
     text = view.summary.text()
     assert "lymphocytes: 12 (33%)" in text and "stroma: 12" in text and "tumour: 12" in text
@@ -59,24 +58,50 @@ def test_import_validate_summary_thumbnails_and_remembered(
 
 def test_broken_dataset_shows_problems_and_cannot_train(qtbot, broken_datasets) -> None:  # noqa: ANN001
     view = _view(qtbot)
-    worker = view.import_dataset(str(broken_datasets["missing_file"]))
-    with qtbot.waitSignal(worker.signals.finished, timeout=WAIT_MS):
-        pass
-    qtbot.waitUntil(lambda: view.dataset_list.count() == 1, timeout=WAIT_MS)
+    # connected before the import starts: a fast worker cannot end before the test listens
+    with qtbot.waitSignal(view.import_finished, timeout=WAIT_MS):
+        view.import_dataset(str(broken_datasets["missing_file"]))
+    assert view.dataset_list.count() == 1
     assert view.import_message.kind == "error" and "do not exist" in view.import_message.text()
     assert "Missing files <b>2</b>" in view.summary.text()
     assert not view.train_button.isEnabled()
 
-    worker = view.import_dataset(str(broken_datasets["bad_csv"]))
-    with qtbot.waitSignal(worker.signals.failed, timeout=WAIT_MS):
-        pass
+    with qtbot.waitSignal(view.import_failed, timeout=WAIT_MS):
+        view.import_dataset(str(broken_datasets["bad_csv"]))
     assert view.import_message.kind == "error" and view.dataset_list.count() == 1
+    assert not view.importing and view.import_button.isEnabled()
 
 
-def test_import_can_be_cancelled(qtbot, kaggle_dataset: Path) -> None:  # noqa: ANN001
+def test_a_fast_import_that_ends_before_anyone_looks_is_still_reported(qtbot, broken_datasets) -> None:  # noqa: ANN001
     view = _view(qtbot)
-    worker = view.import_dataset(str(kaggle_dataset))
-    with qtbot.waitSignal(worker.signals.cancelled, timeout=WAIT_MS):
+    outcomes: list[str] = []
+    view.import_failed.connect(outcomes.append)
+    view.import_dataset(str(broken_datasets["bad_csv"]))
+    # the worker may well have failed already; the view's own signal still arrives, once
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=WAIT_MS)
+    assert len(outcomes) == 1 and not view.importing and view.import_message.kind == "error"
+
+
+def test_import_can_be_cancelled(qtbot, kaggle_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    import gui.views.datasets_view as dv
+
+    real = dv._open_and_validate
+
+    def validate_held_until_cancel(path, fmt, mpp, progress=None, cancel=None, partial=None):  # noqa: ANN001, ANN202
+        """The real validation, held at its first progress report until Cancel is pressed (a slow
+        disk), so Cancel always lands mid-import however fast or busy the machine is."""
+
+        def held(event) -> None:  # noqa: ANN001
+            cancel.wait(WAIT_MS / 1000)
+            progress(event)
+
+        return real(path, fmt, mpp, progress=held, cancel=cancel)
+
+    monkeypatch.setattr(dv, "_open_and_validate", validate_held_until_cancel)
+    view = _view(qtbot)
+    with qtbot.waitSignal(view.import_cancelled, timeout=WAIT_MS):
+        view.import_dataset(str(kaggle_dataset))
+        assert view.importing
         view.cancel_button.click()
     assert "cancelled" in view.import_message.text() and view.dataset_list.count() == 0
     assert view.import_button.isEnabled() and not view.cancel_button.isVisible()
