@@ -173,6 +173,9 @@ class PatchDataset(abc.ABC):
     mpp_source: str = "unknown"
     #: whether hashing every patch is cheap (stored patches) or means cutting them (slides)
     hashing_is_cheap: bool = True
+    #: what :attr:`groups` are (``"patient"``, ``"slide"``, ``"folder"``, ``"group"``): the unit
+    #: confidence intervals resample; ``""`` = guess from the format (:func:`resampling_groups`)
+    group_unit: str = ""
 
     @abc.abstractmethod
     def __len__(self) -> int: ...
@@ -254,6 +257,39 @@ class PatchDataset(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.fmt} {len(self)} patches {self.class_counts()} from {self.source}>"
+
+
+def unit_of_column(name: str) -> str:
+    """The group unit a group column's header names: ``"patient"``, ``"slide"`` or ``"group"``."""
+    low = name.strip().lower()
+    if "patient" in low or low.startswith("case"):
+        return "patient"
+    if "slide" in low or "wsi" in low:
+        return "slide"
+    return "group"
+
+
+def resampling_groups(ds: PatchDataset, indices: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray | None, str]:
+    """Groups for cluster-bootstrap confidence intervals of patches ``indices`` (default all).
+
+    Returns:
+        ``(groups or None, unit)``: the ``(n,)`` group ids and what they are (``"patient"``,
+        ``"slide"``, ``"folder"``, ``"group"``), or ``(None, "case")`` when the dataset has no
+        groups, so single patches are resampled.
+    """
+    if ds.groups is None:
+        return None, "case"
+    groups = np.asarray(ds.groups)
+    if indices is not None:
+        groups = groups[np.asarray(indices, dtype=np.int64)]
+    unit = ds.group_unit
+    if not unit:
+        slides = getattr(ds, "slide_paths", None)
+        if slides is not None:  # patches cut from slides: grouped by patient where a manifest names one
+            unit = "patient" if len(np.unique(ds.groups)) < len(slides) else "slide"
+        else:
+            unit = "slide" if ds.fmt == "pcam_h5" else "group"
+    return groups, unit
 
 
 def _digest(data: bytes) -> bytes:

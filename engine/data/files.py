@@ -17,6 +17,7 @@ from engine.data.base import (
     infer_positive_class,
     parse_size,
     sort_class_names,
+    unit_of_column,
 )
 from engine.data.tables import (
     GROUP_COLUMNS,
@@ -180,7 +181,7 @@ def open_kaggle(
         values = [r[group_col] if group_col < len(r) else "" for r in keep]
         _, groups = np.unique(np.array(values, dtype=object).astype(str), return_inverse=True)
     value, source = _mpp(mpp, PCAM_MPP)
-    return FileDataset(
+    ds = FileDataset(
         paths,
         labels,
         [strip_ext(os.path.basename(i)) if ("/" in i or "\\" in i) else strip_ext(i) for i in raw_ids],
@@ -194,6 +195,9 @@ def open_kaggle(
         resize=parse_size(resize),
         open_warnings=warnings,
     )
+    if group_col is not None:
+        ds.group_unit = unit_of_column(header[group_col])
+    return ds
 
 
 def _walk_images(folder: Path) -> list[str]:
@@ -304,7 +308,7 @@ def open_folders(
     if not labelled:
         label_arr = np.full(len(paths), -1, np.int64)
         final_names = ()
-    return FileDataset(
+    ds = FileDataset(
         paths,
         label_arr,
         _unique_ids(paths, root),
@@ -318,6 +322,8 @@ def open_folders(
         resize=parse_size(resize),
         open_warnings=warnings,
     )
+    ds.group_unit = "folder"  # nested sub-folders (e.g. one per patient) group the patches
+    return ds
 
 
 def open_images(

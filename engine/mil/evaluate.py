@@ -42,10 +42,13 @@ def write_evaluation(
     out = ensure_writable_dir(out_dir)
     y = np.array([r.label for r in rows], dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64).reshape(len(rows), len(class_names))
-    metrics = classification_metrics(y, probs, class_names, n_boot=n_boot)
+    patients = [r.patient_id for r in rows]
+    metrics = classification_metrics(y, probs, class_names, n_boot=n_boot, patients=patients)
     metrics["class_names"] = list(class_names)
     if subgroup is not None:
-        sub = subgroup_metrics(subgroup, [r.clinical for r in rows], y, probs, class_names, n_boot=n_boot)
+        sub = subgroup_metrics(
+            subgroup, [r.clinical for r in rows], y, probs, class_names, n_boot=n_boot, patients=patients
+        )
         metrics["subgroup"] = sub
         atomic_write_json(out / "subgroup.json", sub)
     if extra:

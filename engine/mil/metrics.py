@@ -29,13 +29,22 @@ __all__ = ["classification_metrics", "plot_confusion", "plot_slide_roc", "subgro
 
 
 def classification_metrics(
-    y: np.ndarray, probs: np.ndarray, class_names: Sequence[str], n_boot: int = 1000, seed: int = 0
+    y: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    patients: Sequence[str] | np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All slide-level metrics for labels ``y (M,)`` and probabilities ``probs (M, C)``.
 
     Sensitivity and specificity refer to "any positive class" (N+) vs class 0 (N0): a slide is
     called positive when its predicted class is not 0. Per-class one-vs-rest AUCs are included
     for more than two classes.
+
+    ``patients`` (``(M,)`` patient id per slide): when some patient has several slides, the AUC
+    CI resamples whole patients (cluster bootstrap) instead of single slides;
+    ``ci_resampling`` says which (``"patient"`` or ``"slide"``).
     """
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -45,11 +54,15 @@ def classification_metrics(
     pred_pos = pred != 0
     sensitivity, specificity = sensitivity_specificity(truth_pos, pred_pos)
     auc = macro_auc(y, probs)
-    lo, hi = bootstrap_auc_ci(y, probs, n_boot=n_boot, seed=seed)
+    groups = None if patients is None else np.asarray(patients, dtype=str)
+    if groups is not None and np.unique(groups).size == groups.size:
+        groups = None  # one slide per patient: resampling patients is resampling slides
+    lo, hi = bootstrap_auc_ci(y, probs, n_boot=n_boot, seed=seed, groups=groups)
     out: dict[str, Any] = {
         "n": int(y.size),
         "auc": auc,
         "auc_ci95": [lo, hi],
+        "ci_resampling": "slide" if groups is None else "patient",
         "accuracy": float((pred == y).mean()) if y.size else float("nan"),
         "sensitivity": sensitivity,
         "specificity": specificity,
@@ -73,12 +86,18 @@ def subgroup_metrics(
     probs: np.ndarray,
     class_names: Sequence[str],
     n_boot: int = 1000,
+    patients: Sequence[str] | np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Metrics inside the subgroup and in its complement (rows with a known value)."""
     inside, known = subgroup.mask(rows)
     out: dict[str, Any] = {"subgroup": subgroup.text, "unknown": int((~known).sum())}
+    pat = None if patients is None else np.asarray(patients, dtype=str)
     for key, sel in (("in", inside & known), ("out", ~inside & known)):
-        out[key] = classification_metrics(y[sel], probs[sel], class_names, n_boot=n_boot) if sel.any() else {"n": 0}
+        out[key] = (
+            classification_metrics(y[sel], probs[sel], class_names, n_boot=n_boot, patients=None if pat is None else pat[sel])
+            if sel.any()
+            else {"n": 0}
+        )
     return out
 
 

@@ -140,7 +140,8 @@ def evaluate(
     """Score a model package on a labelled dataset.
 
     Writes into ``out_dir``: ``metrics.json`` (metrics, 95 % CIs, confusion matrix, model and
-    data identity), ``predictions.csv`` (id, label, one probability column per class),
+    data identity; ``ci_resampling`` names the unit the bootstrap resampled: whole patients /
+    slides when the data has groups, else ``"case"``), ``predictions.csv`` (id, label, one probability column per class),
     ``roc.png`` and ``calibration.png`` (binary models; multi-class: positive class vs rest).
 
     Raises:
@@ -166,7 +167,11 @@ def evaluate(
     positive = int(meta.positive_class)
     m = classification_metrics(y, probs, positive)
     report(progress, ProgressEvent("metrics", 0, 1, "bootstrap confidence intervals"))
-    cis = bootstrap_ci95(y, probs, positive, n_boot=N_BOOT)
+    from engine.data.base import resampling_groups
+
+    # patches of one slide / patient are not independent: resample whole groups when known
+    groups, unit = resampling_groups(ds)
+    cis = bootstrap_ci95(y, probs, positive, n_boot=N_BOOT, groups=groups)
     result: dict[str, Any] = {
         "model": session.describe(),
         "data": {"path": str(data), "patches": int(len(ds)), "format": getattr(ds, "fmt", None), "mpp": ds.mpp,
@@ -177,6 +182,7 @@ def evaluate(
         "threshold": 0.5,
         **{k: m[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "loss", "n")},
         "ci95": cis,
+        "ci_resampling": unit,
         "bootstrap_resamples": N_BOOT,
         "confusion_matrix": m["confusion_matrix"],
         "notes": notes,

@@ -52,8 +52,37 @@ def macro_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
+def _group_index(groups: Any, n: int) -> tuple[np.ndarray, int]:
+    """``(N,)`` int codes 0..G-1 of a groups array (any hashable labels) and G."""
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"groups must have one entry per case ({n}), got shape {g.shape}")
+    _, codes = np.unique(g.astype(str) if g.dtype == object else g, return_inverse=True)
+    codes = codes.ravel().astype(np.int64)
+    return codes, int(codes.max()) + 1 if n else 0
+
+
+def _cluster_resample(codes: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one cluster-bootstrap resample: ``n_groups`` groups drawn with replacement,
+    each contributing all of its cases."""
+    order = np.argsort(codes, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(codes, minlength=n_groups))]
+    picked = rng.integers(0, n_groups, n_groups)
+    return np.concatenate([order[starts[g] : starts[g + 1]] for g in picked])
+
+
+def resampling_unit(groups: Any, unit: str) -> str:
+    """The ``"ci_resampling"`` label for metrics.json: ``unit`` when groups are given, else ``"case"``."""
+    return unit if groups is not None else "case"
+
+
 def bootstrap_auc_ci(
-    y_true: np.ndarray, score: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+    y_true: np.ndarray,
+    score: np.ndarray,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the AUC, resampling cases with replacement.
 
@@ -62,6 +91,9 @@ def bootstrap_auc_ci(
         score: ``(N,)`` positive-class scores (binary AUC), or ``(N, C)`` class probabilities
             (:func:`macro_auc`).
         n_boot: resamples; those whose AUC is undefined (one class only) are skipped.
+        groups: optional ``(N,)`` group of each case (patient, slide). When given, whole groups
+            are resampled with replacement (cluster bootstrap), so cases from one patient never
+            count as independent evidence; ``None`` resamples single cases.
 
     Returns:
         ``(low, high)``; NaNs when fewer than ``max(10, n_boot // 10)`` resamples were usable.
@@ -71,9 +103,10 @@ def bootstrap_auc_ci(
     auc = roc_auc if s.ndim == 1 else macro_auc
     rng = np.random.default_rng(seed)
     n = y.size
+    codes, n_groups = _group_index(groups, n) if groups is not None else (None, 0)
     vals = []
     for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
+        idx = rng.integers(0, n, n) if codes is None else _cluster_resample(codes, n_groups, rng)
         a = auc(y[idx], s[idx])
         if not np.isnan(a):
             vals.append(a)
@@ -83,8 +116,34 @@ def bootstrap_auc_ci(
     return float(lo), float(hi)
 
 
+def _resampled_counts(
+    stats: np.ndarray, n_boot: int, rng: np.random.Generator, codes: np.ndarray | None, n_groups: int
+) -> np.ndarray:
+    """``(n_boot, K)`` sums of the ``(N, K)`` per-case ``stats`` over bootstrap resamples (single
+    cases, or whole groups when ``codes`` is given), in bounded memory."""
+    if codes is not None:
+        # per-group sums, then resample groups: a resample's sum is the sum of its groups' sums
+        per_group = np.zeros((n_groups, stats.shape[1]), dtype=np.float64)
+        np.add.at(per_group, codes, stats)
+        stats, n = per_group, n_groups
+    else:
+        n = stats.shape[0]
+    # resample indices in chunks: one (n_boot, N) index array is 8 GB for 1000 x 1M patches
+    chunk = max(1, (1 << 22) // max(n, 1))
+    parts = []
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, (min(chunk, n_boot - start), n))
+        parts.append(np.stack([stats[:, k][idx].sum(1) for k in range(stats.shape[1])], 1))
+    return np.concatenate(parts).astype(np.float64)
+
+
 def bootstrap_ci95(
-    y_true: np.ndarray, probs: np.ndarray, positive_class: int = 1, n_boot: int = 1000, seed: int = 0
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    positive_class: int = 1,
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, list[float]]:
     """Percentile bootstrap 95 % CIs of AUC, accuracy, sensitivity and specificity.
 
@@ -95,6 +154,8 @@ def bootstrap_ci95(
         y_true: ``(N,)`` int class indices.
         probs: ``(N, C)`` class probabilities.
         positive_class: class for AUC, sensitivity and specificity (one-vs-rest when C > 2).
+        groups: optional ``(N,)`` group (patient / slide) of each case: whole groups are
+            resampled (cluster bootstrap) instead of single cases; see :func:`bootstrap_auc_ci`.
 
     Returns:
         ``{"auc" | "accuracy" | "sensitivity" | "specificity": [low, high]}``; NaNs where fewer
@@ -106,21 +167,17 @@ def bootstrap_ci95(
     pos = y == positive_class
     pred_pos = (score >= 0.5) if p.shape[1] == 2 else (p.argmax(1) == positive_class)
     correct = (p.argmax(1) == y) if p.shape[1] > 2 else (pred_pos == pos)
-    lo, hi = bootstrap_auc_ci(pos, score, n_boot, seed=seed)
+    lo, hi = bootstrap_auc_ci(pos, score, n_boot, seed=seed, groups=groups)
     rng = np.random.default_rng(seed)
-    # resample indices in chunks: one (n_boot, N) index array is 8 GB for 1000 x 1M patches
-    chunk = max(1, (1 << 22) // max(y.size, 1))
-    parts = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, y.size, (min(chunk, n_boot - start), y.size))
-        parts.append(
-            np.stack(
-                [correct[idx].sum(1), (pos & pred_pos)[idx].sum(1), pos[idx].sum(1), (~pos & ~pred_pos)[idx].sum(1)], 1
-            )
-        )
-    n_correct, tp, n_pos, tn = np.concatenate(parts).T.astype(np.float64)
+    codes, n_groups = _group_index(groups, y.size) if groups is not None else (None, 0)
+    stats = np.stack([np.ones(y.size), correct, pos & pred_pos, pos, ~pos & ~pred_pos], 1).astype(np.int64)
+    if codes is None:
+        stats = stats[:, 1:]  # resample size is always N: identical draws to the ungrouped path
+    counts = _resampled_counts(stats, n_boot, rng, codes, n_groups)
+    size = counts[:, 0] if codes is not None else np.full(counts.shape[0], float(y.size))
+    n_correct, tp, n_pos, tn = (counts[:, 1:] if codes is not None else counts).T
     with np.errstate(invalid="ignore", divide="ignore"):
-        rates = {"accuracy": n_correct / y.size, "sensitivity": tp / n_pos, "specificity": tn / (y.size - n_pos)}
+        rates = {"accuracy": n_correct / size, "sensitivity": tp / n_pos, "specificity": tn / (size - n_pos)}
 
     def ci(v: np.ndarray) -> list[float]:
         v = v[np.isfinite(v)]

@@ -30,6 +30,8 @@ def evaluate_run(
     Returns:
         ``{"metrics": {auc, accuracy, sensitivity, specificity, precision, f1, loss, n},
         "ci": {metric: [low, high]} (95 % percentile bootstrap, :func:`bootstrap_ci95`),
+        "ci_resampling": the unit resampled ("patient", "slide", ... when the data has groups,
+        else "case"),
         "roc": {"fpr": [...], "tpr": [...]} (positive class vs rest), "confusion_matrix": C x C
         (rows: true class), "class_names", "positive_class", "epoch", "n_val"}``.
 
@@ -41,6 +43,7 @@ def evaluate_run(
     import numpy as np
     import torch
 
+    from engine.data.base import resampling_groups
     from engine.data.open import open_dataset
     from engine.errors import DatasetError
     from engine.export.onnx_export import load_trained
@@ -84,11 +87,14 @@ def evaluate_run(
     m = classification_metrics(y, probs, positive)
     is_pos = y == positive
     score = probs[:, positive]
-    ci = bootstrap_ci95(y, probs, positive)
+    # patches of one slide / patient are not independent: resample whole groups when known
+    groups, unit = resampling_groups(ds, val_idx)
+    ci = bootstrap_ci95(y, probs, positive, groups=groups)
     fpr, tpr, _ = roc_curve(is_pos, score)
     result = {
         "metrics": {k: m[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "loss", "n")},
         "ci": ci,
+        "ci_resampling": unit,
         "roc": {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]},
         "confusion_matrix": m["confusion_matrix"],
         "class_names": names,

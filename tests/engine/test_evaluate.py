@@ -55,6 +55,7 @@ def test_evaluate_writes_metrics_plots_and_predictions(model: Path, tmp_path: Pa
     lo, hi = m["ci95"]["auc"]
     assert lo <= m["auc"] <= hi
     assert set(m["ci95"]) == {"auc", "accuracy", "sensitivity", "specificity"}
+    assert m["ci_resampling"] == "case"  # class folders without sub-folders: no groups
     assert np.array(m["confusion_matrix"]).sum() == 40 and m["positive_class"] == "tumor"
     for png in ("roc.png", "calibration.png"):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
