@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    from engine.cli import build_parser
+    from engine.cli import command_names, unknown_command_error
 
-    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    commands = command_names()
     if args and (args[0] in commands or args[0].startswith("-")):
         from engine.cli import main as cli_main
 
         return cli_main(args)
+    if args and not Path(args[0]).expanduser().exists():
+        # a typo must not open the app (headless, it would hang): say so, like any bad input
+        print(f"error: {unknown_command_error(args[0], commands)}", file=sys.stderr)
+        return 2
     from gui.app import run_gui
 
     return run_gui(args)

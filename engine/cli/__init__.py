@@ -15,6 +15,7 @@ import importlib
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from engine import __version__
 from engine.errors import Cancelled, MetaScopeError
@@ -72,6 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub, groups)
     return parser
+
+
+def command_names(parser: argparse.ArgumentParser | None = None) -> list[str]:
+    """The top-level command names (``train``, ``slides``, ...) of ``parser`` (default: the CLI's)."""
+    parser = parser or build_parser()
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public accessor
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return list(action.choices)
+    return []
+
+
+def unknown_command_error(word: str, commands: Sequence[str]) -> str:
+    """The one-line error for a first word that is neither a command nor a file, with a hint."""
+    import difflib
+
+    if any(sep in word for sep in ("/", "\\")) or Path(word).suffix:
+        return f"no such file or command: {word!r}"
+    close = difflib.get_close_matches(word.lower(), list(commands), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; commands: {', '.join(sorted(commands))}"
+    return f"unknown command {word!r}{hint}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
