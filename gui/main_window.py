@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine import __version__
+from engine.edition import training_available
 from gui.icons import app_icon, icon
 from gui.settings import Settings
 from gui.views.slide_view import SlideView
@@ -76,24 +77,36 @@ class MainWindow(QMainWindow):
 
     # -- views -----------------------------------------------------------------------------
     def _add_training_views(self) -> None:
-        """Datasets, Training and Models: the train-from-a-wizard journey."""
+        """Datasets, Training and Models: the train-from-a-wizard journey.
+
+        The viewer edition (no PyTorch) cannot train: it gets no Training view and no way into the
+        training wizard, while Datasets (inspection) and Models (the library) stay.
+        """
         from gui.views.datasets_view import DatasetsView
         from gui.views.models_view import ModelsView
-        from gui.views.training_view import TrainingView
 
+        self.training_enabled = training_available()
         self.datasets_view = DatasetsView(self)
-        self.training_view = TrainingView(self)
+        self.training_view = None
         self.models_view = ModelsView(self)
         self.add_view("Datasets", icon("datasets"), self.datasets_view)
-        self.add_view("Training", icon("training"), self.training_view)
+        if self.training_enabled:
+            from gui.views.training_view import TrainingView
+
+            self.training_view = TrainingView(self)
+            self.add_view("Training", icon("training"), self.training_view)
+            self.datasets_view.train_requested.connect(self._on_datasets_view_train_requested)
+            # a model added to the library is selectable in the slide viewer at once
+            self.training_view.library_changed.connect(self.slide_view.refresh_models)
+            self.training_view.library_changed.connect(self.models_view.refresh)
+        else:
+            self.datasets_view.set_training_available(False)
         self.add_view("Models", icon("models"), self.models_view)
-        self.datasets_view.train_requested.connect(self._on_datasets_view_train_requested)
-        # a model added to the library is selectable in the slide viewer at once
-        self.training_view.library_changed.connect(self.slide_view.refresh_models)
-        self.training_view.library_changed.connect(self.models_view.refresh)
         self.models_view.library_changed.connect(self.slide_view.refresh_models)
 
     def _on_datasets_view_train_requested(self, dataset: dict) -> None:
+        if self.training_view is None:
+            return
         self.show_view("Training")
         self.training_view.open_wizard(dataset=dataset)
 

@@ -210,6 +210,7 @@ class DatasetsView(QWidget):
         self._workers: dict[str, Worker] = {}
         self._stamp = 0
         self._loaded = False
+        self._can_train = True
         self._build_ui()
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt override)
@@ -368,10 +369,17 @@ class DatasetsView(QWidget):
     def _on_dataset_list_row_changed(self, _row: int) -> None:
         self._show(self.current_item())
 
+    def set_training_available(self, available: bool) -> None:
+        """Show or hide "Train a model on it" (hidden in the viewer edition, which cannot train)."""
+        self._can_train = available
+        self.train_button.setVisible(available)
+        self._update_buttons()
+
     def _update_buttons(self) -> None:
         item = self.current_item()
         busy = "import" in self._workers
-        self.train_button.setEnabled(bool(item) and not item.get("report", {}).get("errors") and not busy)
+        self.train_button.setEnabled(
+            self._can_train and bool(item) and not item.get("report", {}).get("errors") and not busy)
         self.revalidate_button.setEnabled(bool(item) and not busy)
         self.remove_button.setEnabled(bool(item) and not busy)
         self.import_button.setEnabled(not busy)
@@ -577,7 +585,7 @@ class DatasetsView(QWidget):
 
     def _on_train_clicked(self) -> None:
         item = self.current_item()
-        if item is not None:
+        if item is not None and self._can_train:
             self.train_requested.emit(item)
 
 
