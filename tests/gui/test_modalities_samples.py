@@ -1,0 +1,72 @@
+"""Samples view: predictions beside the truth, filters, errors first, per-sample explanations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from gui.views.samples_view import SamplesView  # noqa: E402
+
+
+def write_predictions(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [
+        ("S1", "Metastasis", "Metastasis", 0.91, "Lung", 1),
+        ("S2", "Primary", "Metastasis", 0.80, "Lung", 0),
+        ("S3", "Primary", "Primary", 0.12, "Breast", 1),
+        ("S4", "Metastasis", "Primary", 0.40, "Breast", 0),
+        ("S5", "Primary", "Primary", 0.05, "Colon", 1),
+    ]
+    lines = ["sample,truth,predicted,score,group,correct,patient"]
+    lines += [f"{s},{t},{p},{sc},{g},{c},P{s}" for s, t, p, sc, g, c in rows]
+    (folder / "predictions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "explanations.csv").write_text(
+        "sample,feature,value,contribution\nS2,TMB,12.5,0.30\nS2,TP53,1,-0.10\nS2,AGE,61,0.05\n", encoding="utf-8"
+    )
+    return folder / "predictions.csv"
+
+
+def _loaded(qtbot, view: SamplesView, path: Path) -> None:  # noqa: ANN001
+    with qtbot.waitSignal(view.loaded, timeout=10_000):
+        view.load(path)
+
+
+def test_samples_filters_errors_first_and_explanation(qtbot, tmp_path: Path) -> None:  # noqa: ANN001
+    path = write_predictions(tmp_path / "run")
+    view = SamplesView()
+    qtbot.addWidget(view)
+    view.show()
+    _loaded(qtbot, view, path.parent)  # a run folder works as well as the file
+    assert len(view.visible_rows()) == 5
+    assert "2 errors" in view.summary_label.text()
+
+    view.errors_check.setChecked(True)
+    first = view.visible_rows()[:2]
+    assert {r.sample for r in first} == {"S2", "S4"} and not any(r.correct for r in first)
+
+    view.set_group("Breast")
+    assert [r.sample for r in view.visible_rows()] == ["S4", "S3"]
+    view.set_group(None)
+    view.search_edit.setText("s5")
+    assert [r.sample for r in view.visible_rows()] == ["S5"]
+    view.search_edit.setText("")
+
+    assert view.select_sample("S2")
+    assert view.selected_row().sample == "S2"
+    assert [c.feature for c in view.explanations["S2"]] == ["TMB", "TP53", "AGE"]  # largest effect first
+    assert "S2" in view.explain_title.text() and "wrong" in view.explain_title.text()
+    assert view.selected_row().extra["patient"] == "PS2"
+
+
+def test_samples_bad_file_says_why(qtbot, tmp_path: Path) -> None:  # noqa: ANN001
+    bad = tmp_path / "predictions.csv"
+    bad.write_text("id,label\nA,1\n", encoding="utf-8")
+    view = SamplesView()
+    qtbot.addWidget(view)
+    with qtbot.waitSignal(view.load_failed, timeout=10_000) as blocker:
+        view.load(bad)
+    assert "sample" in blocker.args[0]
+    assert view.message.kind == "error"
