@@ -131,12 +131,30 @@ def train_args(
     """
     run = Path(run_dir)
     if resume:
-        return ["train", "patches", "--out", str(run), "--resume"]
+        return resume_args(run)
     if config is None:
         raise ConfigError("a new training run needs a configuration")
     request = launch_dir(run) / REQUEST_NAME
     atomic_write_json(request, dict(config))
     return ["train", "patches", "--config", str(request), "--out", str(run)]
+
+
+#: ``config.json`` "kind" of a run folder -> its ``metascope train`` sub-command (patch runs write no kind).
+TRAIN_COMMANDS = {"patches": "patches", "mil": "mil", "genomics": "genomics", "siamese": "siamese", "wgan": "wgan"}
+
+
+def resume_args(run_dir: str | os.PathLike[str]) -> list[str]:
+    """CLI arguments that continue ``run_dir`` from its last checkpoint, whatever its kind.
+
+    The command that started the run (``command.json`` "args", written by :func:`spawn_training`)
+    is repeated with ``--resume``; a run started elsewhere gets ``train KIND --out RUN --resume``.
+    """
+    run = Path(run_dir)
+    saved = _read_json(launch_dir(run) / COMMAND_NAME).get("args")
+    if isinstance(saved, list) and len(saved) > 2 and saved[0] == "train" and all(isinstance(a, str) for a in saved):
+        return [*saved, *([] if "--resume" in saved else ["--resume"])]
+    kind = str(_read_json(run / CONFIG_NAME).get("kind") or "patches")
+    return ["train", TRAIN_COMMANDS.get(kind, kind), "--out", str(run), "--resume"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +210,8 @@ def spawn_training(run_dir: str | os.PathLike[str], args: Sequence[str]) -> Spaw
         raise OutputError(f"cannot start training: {exc.strerror or exc}") from exc
     atomic_write_json(
         launch / COMMAND_NAME,
-        {"argv": argv, "cwd": str(launch), "pid": process.pid, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        {"argv": argv, "args": [str(a) for a in args], "cwd": str(launch), "pid": process.pid,
+         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )
     return SpawnedRun(run, tuple(argv), process)
 
@@ -471,6 +490,15 @@ VAL_METRICS = (
 )
 
 
+#: Numeric ``epoch_ended`` fields that are bookkeeping, not metrics to plot.
+NOT_METRICS = frozenset({"epoch", "epochs", "fold", "time", "train_loss", "step", "steps", "lr", "seed"})
+
+
+def _is_extra_metric(key: str) -> bool:
+    known = {k for k, _ in VAL_METRICS}
+    return not (key in NOT_METRICS or key in known or key.endswith("_s") or key.startswith("n_"))
+
+
 @dataclass(slots=True)
 class RunHistory:
     """What a progress view shows, folded from a run's events (see :meth:`apply`).
@@ -478,6 +506,9 @@ class RunHistory:
     Attributes:
         loss_points: ``(x, loss)`` of logged training steps, ``x`` in epochs (fractional).
         val_points: metric name (``auc``, ``loss``, ``accuracy``, ...) -> ``(epoch, value)``.
+        extra_points: any other numeric ``epoch_ended`` field (``critic_loss``, ``gamma``,
+            ``val_accuracy_6way``, ...) -> ``(epoch, value)``, so every run kind plots its own metrics.
+        step_points: other numeric ``*loss*`` fields of ``step`` events -> ``(x, value)``.
         train_epoch_loss: ``(epoch, mean training loss)`` per finished epoch.
         confusion_matrix: the last epoch's validation confusion matrix (rows: true class).
         class_names: the dataset's classes.
@@ -500,6 +531,8 @@ class RunHistory:
     loss_points: list[tuple[float, float]] = field(default_factory=list)
     val_points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     train_epoch_loss: list[tuple[float, float]] = field(default_factory=list)
+    extra_points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    step_points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     confusion_matrix: list[list[int]] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     epoch: int = 0
@@ -592,16 +625,21 @@ class RunHistory:
             self.loss_points = [p for p in self.loss_points if p[0] <= start]
             self.train_epoch_loss = [p for p in self.train_epoch_loss if p[0] <= start]
             self.val_points = {k: [p for p in v if p[0] <= start] for k, v in self.val_points.items()}
+            self.extra_points = {k: [p for p in v if p[0] <= start] for k, v in self.extra_points.items()}
+            self.step_points = {k: [p for p in v if p[0] <= start] for k, v in self.step_points.items()}
 
     def _apply_step(self, e: Mapping[str, Any]) -> None:
         self.status = "running"
         self.step = int(_num(e.get("step")) or self.step + 1)
         self.steps = int(_num(e.get("steps")) or self.steps)
         self.epoch = int(_num(e.get("epoch")) or self.epoch or 1)
+        x = (self.epoch - 1) + (self.step / self.steps if self.steps else 0.0)
         loss = _num(e.get("loss"))
         if loss is not None:
-            x = (self.epoch - 1) + (self.step / self.steps if self.steps else 0.0)
             self.loss_points.append((x, loss))
+        for key, raw in e.items():
+            if key != "loss" and "loss" in key and (v := _num(raw)) is not None:
+                self.step_points.setdefault(key, []).append((x, v))
         rate = _num(e.get("patches_per_s"))
         self.throughput = rate if rate is not None else self.throughput
         eta = _num(e.get("eta_s"))
@@ -619,13 +657,16 @@ class RunHistory:
             v = _num(e.get(key))
             if v is not None:
                 self.val_points.setdefault(name, []).append((epoch, v))
+        for key, raw in e.items():
+            if _is_extra_metric(str(key)) and (v := _num(raw)) is not None:
+                self.extra_points.setdefault(str(key), []).append((epoch, v))
         cm = e.get("confusion_matrix")
         if isinstance(cm, list):
             self.confusion_matrix = [[int(x) for x in row] for row in cm if isinstance(row, list)]
 
     def latest(self, metric: str) -> float | None:
         """The last value of a validation metric (``auc``, ``loss``, ...)."""
-        pts = self.val_points.get(metric)
+        pts = self.val_points.get(metric) or self.extra_points.get(metric)
         return pts[-1][1] if pts else None
 
 

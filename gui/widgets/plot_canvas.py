@@ -197,11 +197,16 @@ def draw_curves(canvas: PlotCanvas, h: Any) -> None:
 
     ``h`` is an :class:`engine.runs.RunHistory`.
     """
-    if not h.loss_points and not h.val_points:
+    extra = {k: list(v) for k, v in getattr(h, "extra_points", {}).items() if v}
+    step_extra = {k: list(v) for k, v in getattr(h, "step_points", {}).items() if v}
+    if not h.loss_points and not h.val_points and not extra and not step_extra:
         canvas.message("Curves appear after the first training steps.")
         return
     loss_points, epoch_loss = list(h.loss_points), list(h.train_epoch_loss)
     val_points = {k: list(v) for k, v in h.val_points.items()}
+    # every other metric of the run kind (critic/generator loss, gamma, N-way accuracy, ...)
+    extra_losses = {k: v for k, v in extra.items() if "loss" in k}
+    extra_metrics = {k: v for k, v in extra.items() if "loss" not in k}
     x_max = max(h.epochs, 1) + 0.2
 
     def draw(c: PlotCanvas) -> None:
@@ -215,6 +220,14 @@ def draw_curves(canvas: PlotCanvas, h: Any) -> None:
         if val_points.get("loss"):
             xs, ys = zip(*val_points["loss"], strict=True)
             ax_loss.plot(xs, ys, "o-", color=SERIES_COLOURS[1], linewidth=1.5, markersize=4, label="validation")
+        for i, (key, pts) in enumerate(step_extra.items()):
+            xs, ys = zip(*pts, strict=True)
+            ax_loss.plot(xs, ys, color=SERIES_COLOURS[(i + 2) % len(SERIES_COLOURS)], linewidth=1.0, alpha=0.8,
+                         label=key.replace("_", " "))
+        for i, (key, pts) in enumerate(extra_losses.items()):
+            xs, ys = zip(*pts, strict=True)
+            ax_loss.plot(xs, ys, "o-", color=SERIES_COLOURS[(i + 2 + len(step_extra)) % len(SERIES_COLOURS)],
+                         linewidth=1.5, markersize=4, label=key.replace("_", " "))
         ax_loss.set_title("Loss")
         ax_loss.set_xlabel("epoch")
         ax_loss.set_xlim(0, x_max)
@@ -232,9 +245,17 @@ def draw_curves(canvas: PlotCanvas, h: Any) -> None:
                 xs, ys = zip(*pts, strict=True)
                 ax_val.plot(xs, ys, marker="o", linestyle=ls, color=SERIES_COLOURS[colour], markersize=4, label=label)
                 drew = True
+        values = [y for pts in val_points.values() for _, y in pts]
+        for i, (key, pts) in enumerate(extra_metrics.items()):
+            xs, ys = zip(*pts, strict=True)
+            ax_val.plot(xs, ys, marker="s", linestyle="-", color=SERIES_COLOURS[(i + 5) % len(SERIES_COLOURS)],
+                        markersize=4, label=key.replace("_", " "))
+            values += list(ys)
+            drew = True
         ax_val.set_title("Validation")
         ax_val.set_xlabel("epoch")
-        ax_val.set_ylim(0, 1.02)
+        if all(0.0 <= v <= 1.0 for v in values):
+            ax_val.set_ylim(0, 1.02)
         ax_val.set_xlim(0, x_max)
         if drew:
             ax_val.legend(fontsize=8, frameon=False, loc="lower right", labelcolor=c._fg)
