@@ -32,12 +32,15 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSplitter,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from engine.fileio import atomic_write_json
 from engine.paths import home_dir
+from gui.modalities import PATCHES, dataset_kind
+from gui.views.modality_datasets import ModalityImportBox, ModalityReportPanel, list_text
 from gui.widgets.plot_canvas import PlotCanvas, bar_chart
 from gui.wizard.common import MessageLabel, browse_dataset, format_choices
 from gui.workers import Worker, start_worker
@@ -325,15 +328,25 @@ class DatasetsView(QWidget):
         rl.addWidget(self.thumbs, 1)
         rl.addWidget(self.thumb_message)
         self.detail = right
+        # mutation studies and expression matrices: imported through their report command
+        self.modality_import = ModalityImportBox()
+        self.modality_import.imported.connect(self._on_modality_imported)
+        self.modality_report = ModalityReportPanel()
+        self.detail_stack = QStackedWidget()
+        self.detail_stack.addWidget(right)
+        self.detail_stack.addWidget(self.modality_report)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(left)
-        splitter.addWidget(right)
+        splitter.addWidget(self.detail_stack)
         splitter.setStretchFactor(0, 1)
         splitter.setStretchFactor(1, 3)
         splitter.setSizes([280, 900])
         layout = QVBoxLayout(self)
-        layout.addWidget(import_box)
+        imports = QHBoxLayout()
+        imports.addWidget(import_box, 1)
+        imports.addWidget(self.modality_import, 1)
+        layout.addLayout(imports)
         layout.addWidget(splitter, 1)
 
     # -- list --------------------------------------------------------------------------------------
@@ -350,6 +363,8 @@ class DatasetsView(QWidget):
             d = item.get("describe", {})
             ok = not item.get("report", {}).get("errors")
             text = f"{item.get('name') or Path(item['path']).name}\n{d.get('format', '?')} · {d.get('patches', 0):,} patches"
+            if dataset_kind(item) != PATCHES:
+                text = list_text(item)
             li = QListWidgetItem(("✓ " if ok else "✗ ") + text)
             li.setToolTip(item["path"])
             li.setData(Qt.ItemDataRole.UserRole, item["path"])
@@ -392,6 +407,11 @@ class DatasetsView(QWidget):
         self.class_filter.blockSignals(True)
         self.class_filter.clear()
         self.class_filter.blockSignals(False)
+        modality = item is not None and dataset_kind(item) != PATCHES
+        self.detail_stack.setCurrentIndex(1 if modality else 0)
+        if item is not None and modality:
+            self.modality_report.show_item(item)
+            return
         if item is None:
             self.summary.setText(
                 "<p style='color:#808080'>No dataset yet. Choose a folder above: Kaggle layout (images + id,label CSV), "
@@ -565,8 +585,17 @@ class DatasetsView(QWidget):
     # -- actions -----------------------------------------------------------------------------------
     def _on_revalidate_clicked(self) -> None:
         item = self.current_item()
-        if item is not None:
+        if item is not None and dataset_kind(item) != PATCHES:
+            self.modality_import.start_import(dataset_kind(item), item["path"], item.get("samples", ""))
+        elif item is not None:
             self.import_dataset(item["path"], item.get("fmt", "auto"), item.get("mpp"))
+
+    def _on_modality_imported(self, item: dict[str, Any]) -> None:
+        """A study or matrix whose report succeeded: remembered and selected."""
+        self.store.upsert(_jsonable(item))
+        self.reload(select=item["path"])
+        self.datasets_changed.emit()
+        self.import_finished.emit(item["path"])
 
     def _on_remove_clicked(self) -> None:
         item = self.current_item()

@@ -1,0 +1,28 @@
+"""Tiny generated genomics / expression inputs for the GUI tests (shaped like the real ones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_expression(folder: Path, n_per_type: int = 6, types: tuple[str, ...] = ("BRCA", "LUAD", "KIRC", "COAD"),
+                     n_genes: int = 30, seed: int = 0) -> tuple[Path, Path]:
+    """A samples x genes log-expression TSV and a sample table (type, age, sex, stage)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    genes = [f"GENE{i}" for i in range(n_genes)]
+    rows, table = [], ["sample\ttype\tage\tsex\tstage"]
+    for t_i, t in enumerate(types):
+        centre = rng.normal(0, 2, n_genes) + 5
+        for k in range(n_per_type):
+            sid = f"{t}-{k:02d}"
+            values = centre + rng.normal(0, 0.5, n_genes) + (t_i == 0) * 0.1
+            rows.append(sid + "\t" + "\t".join(f"{v:.4f}" for v in values))
+            table.append(f"{sid}\t{t}\t{40 + 3 * k}\t{'MF'[k % 2]}\t{'I' if k < 3 else 'II'}")
+    matrix = folder / "matrix.tsv"
+    matrix.write_text("sample\t" + "\t".join(genes) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    samples = folder / "samples.tsv"
+    samples.write_text("\n".join(table) + "\n", encoding="utf-8")
+    return matrix, samples
