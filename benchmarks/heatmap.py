@@ -140,13 +140,11 @@ class _NoModel:
 
 def _plan(slide: Path, session: ModelSession) -> tuple[Any, float]:
     from engine.slides.open import open_slide
-    from engine.slides.tiling import TilingConfig, plan_tiles
-    from engine.slides.tissue import detect_tissue
+    from engine.slides.tiling import plan_slide
 
     t0 = time.perf_counter()
     with open_slide(slide) as reader:
-        tissue = detect_tissue(reader, target_mpp=MODEL_MPP * INPUT / 16)
-        plan = plan_tiles(reader, TilingConfig(INPUT, MODEL_MPP), tissue)
+        plan = plan_slide(reader, INPUT, MODEL_MPP)
     return plan, time.perf_counter() - t0
 
 

@@ -260,7 +260,7 @@ def run_heatmap(slide_path: str, model: ModelChoice, mpp: float | None = None,
             partial(HeatmapBatch(np.array(rows), np.array(cols), np.array(probs, dtype=np.float32)))
 
     with open_slide(slide_path, mpp=mpp) as reader:
-        result = compute_heatmap(reader, model.path, InferenceConfig(mpp=mpp), progress=progress, cancel=cancel,
+        result = compute_heatmap(reader, model.path, InferenceConfig(slide_mpp=mpp), progress=progress, cancel=cancel,
                                  on_batch=on_batch, on_start=on_start)
         check_cancel(cancel)
         folder = cache_folder(slide_path, model, mpp)
@@ -298,7 +298,7 @@ def summary_html(data: HeatmapData, threshold: float) -> str:
     if n == 0:
         return "No tissue tiles were analysed."
     above = int((vals >= threshold).sum())
-    mm2_per_tile = (data.stride * float(data.result.mpp) / 1000.0) ** 2
+    mm2_per_tile = (data.stride * float(data.result.slide_mpp) / 1000.0) ** 2
     s = data.summary
     hi = float(vals.max())
     colour = "#c62828" if hi >= threshold else "#2e7d32"

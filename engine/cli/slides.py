@@ -29,7 +29,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     )
     info.add_argument("slide", metavar="SLIDE", help="slide file (SVS, NDPI, MRXS, SCN, BIF, TIFF, DICOM, PNG, JPEG)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    info.add_argument("--mpp", type=float, default=None, help="microns per pixel to assume (overrides the file)")
+    info.add_argument(
+        "--slide-mpp", "--mpp", dest="slide_mpp", type=float, default=None,
+        help="the slide's microns per pixel to assume (overrides the file)",
+    )
     info.set_defaults(handler=_info)
 
     hm = sub.add_parser(
@@ -45,7 +48,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     hm.add_argument("--model", required=True, metavar="MODEL", help="MetaScope model package (.onnx)")
     hm.add_argument("--out", required=True, metavar="DIR", help="output folder (one sub-folder per slide)")
     add_device_option(hm)
-    hm.add_argument("--mpp", type=float, default=None, help="microns per pixel for slides that do not record one")
+    hm.add_argument(
+        "--slide-mpp", "--mpp", dest="slide_mpp", type=float, default=None,
+        help="the slide's microns per pixel, for slides that do not record one (the analysis resolution is the model's)",
+    )
     hm.add_argument("--batch-size", type=int, default=64, help="tiles per inference batch (default 64)")
     hm.add_argument("--threshold", type=float, default=0.5, help="probability counted as positive (default 0.5)")
     hm.add_argument("--workers", type=int, default=0, help="tile-reading threads (default 0: one per core, 2-8)")
@@ -73,7 +79,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 def _info(args: argparse.Namespace) -> int:
     from engine.slides.open import open_slide
 
-    with open_slide(args.slide, mpp=args.mpp) as reader:
+    with open_slide(args.slide, mpp=args.slide_mpp) as reader:
         info = reader.info
     if args.json:
         print(json.dumps(info.to_dict(), indent=2))
@@ -116,7 +122,7 @@ def _heatmap(args: argparse.Namespace) -> int:
         min_tissue_fraction=args.min_tissue,
         stride_factor=args.stride,
         threshold=args.threshold,
-        mpp=validate_mpp(args.mpp),
+        slide_mpp=validate_mpp(args.slide_mpp),
     )
     out = ensure_writable_dir(args.out)  # before any work: an unwritable folder fails at once
     session = load_model(args.model, cfg.device)
@@ -128,7 +134,7 @@ def _heatmap(args: argparse.Namespace) -> int:
     for slide in args.slides:
         progress = TerminalProgress(err)
         try:
-            with open_slide(slide, mpp=cfg.mpp) as reader:
+            with open_slide(slide, mpp=cfg.slide_mpp) as reader:
                 result = compute_heatmap(reader, session, cfg, progress=progress)
                 name = _unique(safe_name(result.slide_name), used)
                 folder = write_heatmap_outputs(result, out, reader=reader, folder_name=name)

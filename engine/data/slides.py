@@ -256,7 +256,7 @@ def open_annotated_slides(
         DatasetError: no slides, no annotations, unreadable slide, unknown resolution, bad options.
     """
     from engine.slides.open import open_slide
-    from engine.slides.tiling import TilingConfig, plan_tiles
+    from engine.slides.tiling import plan_slide, slide_tissue
 
     if not labelled:
         raise DatasetError("annotated slides give labelled patches; to predict on slides, run a heatmap")
@@ -271,7 +271,7 @@ def open_annotated_slides(
     if not 0.0 <= float(min_coverage) < 1.0 or not 0.0 <= float(min_tissue) <= 1.0:
         raise DatasetError("min_coverage must be in [0, 1) and min_tissue in [0, 1]")
     user_mpp = check_mpp(mpp)
-    target_mpp = user_mpp if user_mpp is not None else PCAM_MPP
+    mpp = user_mpp if user_mpp is not None else PCAM_MPP
     fallback_mpp = check_mpp(slide_mpp)
 
     if path.is_dir():
@@ -330,14 +330,11 @@ def open_annotated_slides(
                     raise DatasetError(f"{slide.name}: the slide does not record its microns per pixel; give slide_mpp")
                 reader.info = dataclasses.replace(reader.info, mpp=(fallback_mpp, fallback_mpp))
             sm = reader.info.mpp_or(None)
-            tissue = None
-            if background is not None:
-                from engine.slides.tissue import detect_tissue
-
-                tissue = detect_tissue(reader, target_mpp=target_mpp * size / 8)
-            cfg = TilingConfig(tile_size_px=size, target_mpp=target_mpp, stride_px=stride, min_tissue_fraction=0.0)
             try:
-                plan = plan_tiles(reader, cfg, None)
+                # every grid cell: annotations label patches whatever the tissue detector says
+                plan = plan_slide(reader, size, mpp, None, stride=stride)
+                # unannotated background patches need tissue, judged by the planner's mask
+                tissue = slide_tissue(reader, size, mpp) if background is not None else None
             except MetaScopeError as exc:
                 raise DatasetError(f"{slide.name}: {exc}") from None
         xy = plan.level0_xy
@@ -366,7 +363,7 @@ def open_annotated_slides(
                 capped.append(sel)
             keep = np.sort(np.concatenate(capped))
         if not len(keep):
-            warnings.append(f"{slide.name}: no patch centre falls in an annotation at {size} px / {target_mpp:g} um/px")
+            warnings.append(f"{slide.name}: no patch centre falls in an annotation at {size} px / {mpp:g} um/px")
             continue
         si = len(slide_paths)
         slide_paths.append(str(slide))
@@ -395,7 +392,7 @@ def open_annotated_slides(
         class_names=tuple(names),
         positive_class=positive_idx,
         groups=groups,
-        mpp=target_mpp,
+        mpp=mpp,
         mpp_source="user" if user_mpp is not None else "format",
         size=size,
         open_warnings=warnings,

@@ -24,7 +24,9 @@ from engine.jobs import CancelToken, check_cancel
 from engine.slides.base import SlideReader
 
 FORMAT = "metascope-heatmap"
-FORMAT_VERSION = 1
+# 2: "slide_mpp" / "slide_mpp_source" hold the slide's resolution, "mpp" the analysis one
+# (version 1 wrote the slide's resolution as "mpp")
+FORMAT_VERSION = 2
 FILES = ("heatmap.npy", "heatmap.json", "overlay.png", "tiles.csv", "tiles.geojson")
 COLORMAP = "turbo"
 OVERLAY_MAX_SIZE = 2048
@@ -67,8 +69,9 @@ def heatmap_metadata(result: HeatmapResult) -> dict[str, Any]:
         "stride_level0": int(result.stride_level0),
         "grid_origin_level0": [int(result.origin_level0[0]), int(result.origin_level0[1])],
         "grid_shape": [int(rows), int(cols)],
-        "mpp": float(result.mpp),
-        "mpp_source": result.mpp_source,
+        "mpp": result.model.get("mpp"),
+        "slide_mpp": float(result.slide_mpp),
+        "slide_mpp_source": result.slide_mpp_source,
         "threshold": result.threshold,
         "runtime_s": result.timing.get("total_s"),
         "timing": result.timing,
@@ -275,8 +278,8 @@ def load_heatmap_result(folder: str | os.PathLike[str]) -> HeatmapResult:
             tile_size_level0=int(meta["tile_size_level0"]),
             stride_level0=stride,
             origin_level0=(ox, oy),
-            mpp=float(meta["mpp"]),
-            mpp_source=str(meta.get("mpp_source", "file")),
+            slide_mpp=float(meta["slide_mpp"] if "slide_mpp" in meta else meta["mpp"]),
+            slide_mpp_source=str(meta.get("slide_mpp_source", meta.get("mpp_source", "file"))),
             slide=dict(meta["slide"]),
             model=dict(meta["model"]),
             summary=dict(meta["summary"]),

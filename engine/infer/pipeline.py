@@ -43,8 +43,7 @@ from engine.errors import Cancelled, ConfigError, ModelPackageError, NoTissueErr
 from engine.infer.preprocess import Preprocessor, to_probabilities
 from engine.infer.session import DEVICES, ModelSession, available_cores, load_model
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
-from engine.slides.tiling import TilePlan, TilingConfig, plan_tiles, read_tiles
-from engine.slides.tissue import detect_tissue
+from engine.slides.tiling import TilePlan, TissueSettings, plan_slide, read_tiles, slide_tissue
 
 if TYPE_CHECKING:
     from engine.slides.base import SlideInfo, SlideReader
@@ -55,9 +54,6 @@ class _Plan(Protocol):
 
 
 TileReadFn = Callable[[Any, Any, np.ndarray], np.ndarray]
-
-# Resolution of the tissue mask used for tiling, in mask pixels per tile side.
-TISSUE_MASK_PX_PER_TILE = 16
 
 
 class _Stopped(Exception):
@@ -216,7 +212,8 @@ class InferenceConfig:
             overlap); within 0.1-4.
         threshold: positive-class probability at which a tile counts as positive (summary,
             GeoJSON export).
-        mpp: microns per level-0 pixel to use instead of (or in the absence of) the slide's own.
+        slide_mpp: the slide's resolution (microns per level-0 pixel) to use instead of (or in
+            the absence of) the file's own. The analysis resolution is the model's ``input_mpp``.
         max_tiles: analyse at most this many tiles (those with most tissue); ``None`` = all.
         top_k: number of highest-scoring tiles listed in the summary.
     """
@@ -227,7 +224,7 @@ class InferenceConfig:
     min_tissue_fraction: float = 0.25
     stride_factor: float = 1.0
     threshold: float = 0.5
-    mpp: float | None = None
+    slide_mpp: float | None = None
     max_tiles: int | None = None
     top_k: int = 10
 
@@ -244,11 +241,11 @@ class InferenceConfig:
             if not lo <= v <= hi:
                 raise ConfigError(f"{name} must be within {lo:g}-{hi:g}, got {getattr(self, name)!r}")
             object.__setattr__(self, name, v)
-        if self.mpp is not None:
-            v = _as_float("mpp", self.mpp)
+        if self.slide_mpp is not None:
+            v = _as_float("slide_mpp", self.slide_mpp)
             if not v > 0:
-                raise ConfigError(f"mpp must be a positive number of microns per pixel, got {self.mpp!r}")
-            object.__setattr__(self, "mpp", v)
+                raise ConfigError(f"slide_mpp must be a positive number of microns per pixel, got {self.slide_mpp!r}")
+            object.__setattr__(self, "slide_mpp", v)
         if self.max_tiles is not None:
             v = self.max_tiles
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -270,6 +267,8 @@ class InferenceConfig:
         Raises:
             ConfigError: unknown keys or invalid values.
         """
+        if "mpp" in d and "slide_mpp" not in d:  # files written before the rename
+            d = {("slide_mpp" if k == "mpp" else k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -305,8 +304,8 @@ class HeatmapResult:
         tile_size_level0: tile side in level-0 pixels.
         stride_level0: grid step in level-0 pixels.
         origin_level0: level-0 ``(x, y)`` of cell ``(0, 0)``.
-        mpp: slide microns per level-0 pixel actually used.
-        mpp_source: ``"file"`` or ``"user"``.
+        slide_mpp: slide microns per level-0 pixel actually used.
+        slide_mpp_source: ``"file"`` or ``"user"``.
         slide: slide description (path, name, dimensions, vendor, levels, ...).
         model: model identity (name, path, sha256, provider, input size and mpp).
         summary: slide-level summary (see :func:`summarize`).
@@ -324,8 +323,8 @@ class HeatmapResult:
     tile_size_level0: int
     stride_level0: int
     origin_level0: tuple[int, int]
-    mpp: float
-    mpp_source: str
+    slide_mpp: float
+    slide_mpp_source: str
     slide: dict[str, Any]
     model: dict[str, Any]
     summary: dict[str, Any]
@@ -393,22 +392,21 @@ def compute_heatmap(
         if isinstance(slide, (str, os.PathLike)):
             from engine.slides.open import open_slide
 
-            reader = stack.enter_context(open_slide(slide, mpp=cfg.mpp))
+            reader = stack.enter_context(open_slide(slide, mpp=cfg.slide_mpp))
         else:
             reader = slide
         info = reader.info
         # a model without a recorded resolution is run at the slide's own resolution
         if meta.input_mpp is not None:
-            target_mpp = meta.input_mpp
+            mpp = meta.input_mpp
         else:
-            target_mpp = cfg.mpp if cfg.mpp is not None else info.mpp_or(None)
+            mpp = cfg.slide_mpp if cfg.slide_mpp is not None else info.mpp_or(None)
+        tissue_settings = TissueSettings(min_fraction=cfg.min_tissue_fraction)
 
         check_cancel(cancel)
         report(progress, ProgressEvent("tissue", 0, 1, "detecting tissue"))
         t0 = time.perf_counter()
-        # 16 mask pixels per tile side are plenty to judge a tile's tissue fraction, and a
-        # coarser mask is much faster to clean up than a full 2048 px one
-        tissue = detect_tissue(reader, target_mpp=target_mpp * meta.input_size / TISSUE_MASK_PX_PER_TILE)
+        tissue = slide_tissue(reader, meta.input_size, mpp, tissue_settings)
         if tissue.is_empty:
             raise NoTissueError(f"{info.name}: no tissue found on the slide")
         report(progress, ProgressEvent("tissue", 1, 1, f"{tissue.tissue_fraction:.0%} of the slide is tissue"))
@@ -416,14 +414,16 @@ def compute_heatmap(
 
         check_cancel(cancel)
         t0 = time.perf_counter()
-        tiling = TilingConfig(
-            tile_size_px=meta.input_size,
-            target_mpp=target_mpp,
-            stride_px=max(1, round(meta.input_size * cfg.stride_factor)),
-            min_tissue_fraction=cfg.min_tissue_fraction,
+        plan = plan_slide(
+            reader,
+            meta.input_size,
+            mpp,
+            tissue_settings,
+            stride=max(1, round(meta.input_size * cfg.stride_factor)),
             max_tiles=cfg.max_tiles,
+            slide_mpp=cfg.slide_mpp,
+            mask=tissue,
         )
-        plan = plan_tiles(reader, tiling, tissue, mpp=cfg.mpp)
         t_plan = time.perf_counter() - t0
         report(progress, ProgressEvent("tiling", 1, 1, f"{plan.n_tiles} tiles with tissue"))
 
@@ -460,7 +460,7 @@ def compute_heatmap(
                 on_batch(r, c, p)
         t_infer = time.perf_counter() - t0
 
-    tile_area_mm2 = (plan.stride_level0 * plan.mpp / 1000.0) ** 2
+    tile_area_mm2 = (plan.stride_level0 * plan.slide_mpp / 1000.0) ** 2
     summary = summarize(
         probs_all[:, pos],
         plan.level0_xy,
@@ -468,7 +468,7 @@ def compute_heatmap(
         plan.tile_size_level0,
         cfg.threshold,
         cfg.top_k,
-        tissue_area_mm2=tissue.area_mm2(plan.mpp),
+        tissue_area_mm2=tissue.area_mm2(plan.slide_mpp),
         tile_area_mm2=tile_area_mm2,
     )
     summary["tissue_tiles"] = int(plan.tissue_cells)
@@ -484,14 +484,14 @@ def compute_heatmap(
         tile_size_level0=plan.tile_size_level0,
         stride_level0=plan.stride_level0,
         origin_level0=(int(plan.origin_level0[0]), int(plan.origin_level0[1])),
-        mpp=float(plan.mpp),
-        mpp_source="user" if plan.mpp_from_user else "file",
+        slide_mpp=float(plan.slide_mpp),
+        slide_mpp_source="user" if plan.slide_mpp_from_user else "file",
         slide=_slide_dict(info),
         model={
             **session.describe(),
             "input_size": meta.input_size,
             "input_mpp": meta.input_mpp,
-            "target_mpp": target_mpp,
+            "mpp": mpp,
             "effective_mpp": plan.effective_mpp,
         },
         summary=summary,

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.data.geojson import points_in_rings, read_region_rings
 from engine.errors import ConfigError, MetaScopeError, ModelPackageError, NoTissueError
 from engine.fileio import atomic_write_json, ensure_writable_dir
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
@@ -167,35 +166,25 @@ def resolve_tiling(extractor: Extractor, cfg: FeatureConfig) -> tuple[int, float
 def plan_slide(
     reader: SlideReader, tile_size: int, mpp: float, cfg: FeatureConfig, roi: str | os.PathLike[str] | None = None
 ) -> TilePlan:
-    """Tissue tiles of a slide (restricted to the ROI polygons when given).
+    """Tissue tiles of a slide (restricted to the ROI polygons when given), planned by
+    :func:`engine.slides.tiling.plan_slide` exactly as for heatmaps.
 
     Raises:
         NoTissueError: no tissue (or no tissue inside the ROI).
         MissingMppError: the slide has no resolution and ``cfg.slide_mpp`` is not set.
     """
-    import dataclasses
+    from engine.slides.tiling import TissueSettings
+    from engine.slides.tiling import plan_slide as plan
 
-    from engine.slides.tiling import TilingConfig, plan_tiles
-    from engine.slides.tissue import detect_tissue
-
-    tiling = TilingConfig(
-        tile_size_px=tile_size, target_mpp=mpp, min_tissue_fraction=cfg.min_tissue_fraction, max_tiles=cfg.max_tiles
+    return plan(
+        reader,
+        tile_size,
+        mpp,
+        TissueSettings(min_fraction=cfg.min_tissue_fraction),
+        roi=roi,
+        max_tiles=cfg.max_tiles,
+        slide_mpp=cfg.slide_mpp,
     )
-    # a mask pixel of 1/8 tile is fine enough for tile selection and fast on any slide
-    tissue = detect_tissue(reader, target_mpp=mpp * tile_size / 8)
-    plan = plan_tiles(reader, tiling, tissue, mpp=cfg.slide_mpp)
-    if roi is not None:
-        rings = read_region_rings(roi)
-        centres = plan.level0_xy.astype(np.float64) + plan.tile_size_level0 / 2.0
-        keep = points_in_rings(centres, rings)
-        if not keep.any():
-            raise NoTissueError(
-                f"{reader.info.name}: no tissue tile lies inside the region of interest ({Path(roi).name})"
-            )
-        plan = dataclasses.replace(
-            plan, level0_xy=plan.level0_xy[keep], grid_rc=plan.grid_rc[keep], tissue_fraction=plan.tissue_fraction[keep]
-        )
-    return plan
 
 
 def extract_slide(
@@ -242,7 +231,7 @@ def extract_slide(
         "grid_shape": list(plan.grid_shape),
         "slide_path": reader.info.path,
         "slide_dimensions": list(plan.slide_dimensions),
-        "slide_mpp": plan.mpp,
+        "slide_mpp": plan.slide_mpp,
         "effective_mpp": plan.effective_mpp,
         "roi": str(roi) if roi is not None else "",
     }

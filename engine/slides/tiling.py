@@ -1,4 +1,10 @@
-"""Tiling at a model's resolution: pick the pyramid level, lay a grid, keep tiles with tissue.
+"""The tile planner: tissue mask, grid at a model's resolution, optional ROI, tile cap.
+
+:func:`plan_slide` is the one planner used by heatmaps, MIL feature extraction and annotated-slide
+datasets: it detects tissue at one mask resolution (:data:`TISSUE_MASK_PX_PER_TILE` mask pixels
+per tile side), lays the grid, keeps tiles with enough tissue (and, with an ROI, whose centre lies
+inside it), then applies the tile cap. Units: ``slide_mpp`` is the file's resolution (microns per
+level-0 pixel), ``mpp`` the analysis resolution (microns per model pixel).
 
 Planning yields coordinates only (no pixels are read); :func:`read_tile` reads one tile for the
 pipeline. Plan arrays hold a few numbers per tissue tile, so memory stays small on any slide.
@@ -7,6 +13,7 @@ pipeline. Plan arrays hold a few numbers per tissue tile, so memory stays small 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,11 +21,17 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ConfigError, MissingMppError, NoTissueError
-from engine.slides.base import SlideReader
+from engine.slides.base import SlideInfo, SlideReader
 from engine.slides.mpp import is_square
-from engine.slides.tissue import TissueMask
+from engine.slides.tissue import TissueMask, detect_tissue
 
 MAX_TILE_PX = 4096
+#: Resolution of the tissue mask used for tiling, in mask pixels per tile side: plenty to judge a
+#: tile's tissue fraction, and a coarse mask is much faster to clean up than a full 2048 px one.
+TISSUE_MASK_PX_PER_TILE = 16
+
+#: ``fn(points)`` with float ``(N, 2)`` level-0 ``(x, y)`` -> bool ``(N,)``: inside the ROI.
+InsideFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,14 +40,14 @@ class TilingConfig:
 
     Attributes:
         tile_size_px: model input side in pixels (e.g. 96).
-        target_mpp: microns per pixel the model expects (e.g. 0.97).
+        mpp: analysis resolution, microns per pixel the model expects (e.g. 0.97).
         stride_px: step between tiles in model pixels; ``None`` means ``tile_size_px`` (no overlap).
         min_tissue_fraction: tiles with less tissue (0-1, by area of the tile) are skipped.
         max_tiles: optional cap; the tiles with the most tissue are kept.
     """
 
     tile_size_px: int
-    target_mpp: float
+    mpp: float
     stride_px: int | None = None
     min_tissue_fraction: float = 0.25
     max_tiles: int | None = None
@@ -46,12 +59,12 @@ class TilingConfig:
             raise ConfigError(f"tile_size_px must be between 8 and {MAX_TILE_PX}, got {self.tile_size_px}")
         object.__setattr__(self, "tile_size_px", int(self.tile_size_px))
         try:
-            mpp = float(self.target_mpp)
+            mpp = float(self.mpp)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"target_mpp must be a number, got {self.target_mpp!r}") from exc
+            raise ConfigError(f"mpp must be a number, got {self.mpp!r}") from exc
         if not math.isfinite(mpp) or mpp <= 0:
-            raise ConfigError(f"target_mpp must be a positive number of microns per pixel, got {self.target_mpp!r}")
-        object.__setattr__(self, "target_mpp", mpp)
+            raise ConfigError(f"mpp must be a positive number of microns per pixel, got {self.mpp!r}")
+        object.__setattr__(self, "mpp", mpp)
         stride = self.tile_size_px if self.stride_px is None else self.stride_px
         if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or int(stride) < 1:
             raise ConfigError(f"stride_px must be a positive integer, got {self.stride_px!r}")
@@ -75,12 +88,12 @@ class TilingConfig:
         Raises:
             ConfigError: unknown keys or invalid values.
         """
-        known = {"tile_size_px", "target_mpp", "stride_px", "min_tissue_fraction", "max_tiles"}
+        known = {"tile_size_px", "mpp", "stride_px", "min_tissue_fraction", "max_tiles"}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown tiling setting(s): {', '.join(sorted(unknown))}")
-        if "tile_size_px" not in d or "target_mpp" not in d:
-            raise ConfigError("tiling settings need tile_size_px and target_mpp")
+        if "tile_size_px" not in d or "mpp" not in d:
+            raise ConfigError("tiling settings need tile_size_px and mpp")
         return cls(**d)
 
 
@@ -95,8 +108,8 @@ class TilePlan:
     Attributes:
         config: the tiling settings.
         slide_dimensions: level-0 ``(width, height)``.
-        mpp: slide microns per level-0 pixel actually used.
-        downsample: level-0 pixels per model pixel (``target_mpp / mpp``).
+        slide_mpp: slide microns per level-0 pixel actually used.
+        downsample: level-0 pixels per model pixel (``config.mpp / slide_mpp``).
         level: pyramid level read.
         level_downsample: that level's downsample.
         read_size: side in pixels of the region read at ``level`` for one tile.
@@ -107,12 +120,14 @@ class TilePlan:
         level0_xy: ``int64`` ``(N, 2)`` top-left ``(x, y)`` of each selected tile, row-major order.
         grid_rc: ``int32`` ``(N, 2)`` ``(row, col)`` of each selected tile.
         tissue_fraction: ``float32`` ``(N,)`` tissue fraction of each selected tile (1 without a mask).
-        tissue_cells: grid cells with enough tissue before ``max_tiles`` was applied.
+        tissue_cells: grid cells with enough tissue (inside the ROI) before ``max_tiles`` was applied.
+        slide_mpp_from_user: the slide resolution was supplied by the user, not read from the file.
+        tissue: the tissue mask the plan was made with (``None``: every grid cell was kept).
     """
 
     config: TilingConfig
     slide_dimensions: tuple[int, int]
-    mpp: float
+    slide_mpp: float
     downsample: float
     level: int
     level_downsample: float
@@ -125,7 +140,8 @@ class TilePlan:
     grid_rc: np.ndarray
     tissue_fraction: np.ndarray
     tissue_cells: int = 0
-    mpp_from_user: bool = field(default=False)
+    slide_mpp_from_user: bool = field(default=False)
+    tissue: TissueMask | None = None
 
     @property
     def n_tiles(self) -> int:
@@ -137,16 +153,16 @@ class TilePlan:
     @property
     def effective_mpp(self) -> float:
         """Microns per model pixel after rounding the tile footprint to whole level-0 pixels."""
-        return self.mpp * self.tile_size_level0 / self.config.tile_size_px
+        return self.slide_mpp * self.tile_size_level0 / self.config.tile_size_px
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (no per-tile arrays)."""
         return {
             "tile_size_px": self.config.tile_size_px,
             "stride_px": self.config.stride_px,
-            "target_mpp": self.config.target_mpp,
-            "mpp": self.mpp,
-            "mpp_source": "user" if self.mpp_from_user else "file",
+            "mpp": self.config.mpp,
+            "slide_mpp": self.slide_mpp,
+            "slide_mpp_source": "user" if self.slide_mpp_from_user else "file",
             "effective_mpp": self.effective_mpp,
             "downsample": self.downsample,
             "level": self.level,
@@ -172,52 +188,30 @@ def plan_tiles(
     reader: SlideReader,
     cfg: TilingConfig,
     tissue: TissueMask | None,
-    mpp: float | None = None,
+    slide_mpp: float | None = None,
+    inside: InsideFn | None = None,
 ) -> TilePlan:
-    """Plan the tiles of a slide at ``cfg.target_mpp``.
+    """Plan the tiles of a slide at ``cfg.mpp`` (the grid step of :func:`plan_slide`).
 
     Args:
         reader: the slide.
         cfg: tiling settings.
-        tissue: tissue mask from :func:`engine.slides.tissue.detect_tissue`; ``None`` keeps every
-            grid cell (whole-image analysis, e.g. of a patch or a photo).
-        mpp: slide microns per level-0 pixel; overrides the slide's own value when given.
+        tissue: tissue mask from :func:`slide_tissue`; ``None`` keeps every grid cell
+            (whole-image analysis, e.g. of a patch or a photo).
+        slide_mpp: slide microns per level-0 pixel; overrides the slide's own value when given.
+        inside: ROI test on tile centres (level-0 ``(x, y)``); tiles outside are dropped before
+            ``cfg.max_tiles`` is applied.
 
     Returns:
         The :class:`TilePlan`.
 
     Raises:
         MissingMppError: neither the slide nor the caller gives a resolution.
-        NoTissueError: the mask is empty or no tile reaches ``cfg.min_tissue_fraction``.
+        NoTissueError: the mask is empty or no tile reaches ``cfg.min_tissue_fraction`` (inside the ROI).
     """
     info = reader.info
-    if mpp is not None:
-        if not (math.isfinite(float(mpp)) and float(mpp) > 0):
-            raise ConfigError(f"mpp must be a positive number, got {mpp!r}")
-        slide_mpp = float(mpp)
-        # the caller's value counts as the user's unless it is just the file's own value
-        from_user = info.mpp is None or info.mpp_from_user or abs(info.mpp_or(None) - slide_mpp) > 1e-9
-    else:
-        if info.mpp is None:
-            claimed = info.properties.get("metascope.ignored-mpp")
-            if claimed:
-                raise MissingMppError(
-                    f"{info.name}: the slide's recorded resolution ({claimed} um/px) is not a plausible "
-                    "microscope resolution; supply the right one with --mpp"
-                )
-            raise MissingMppError(
-                f"{info.name}: the slide does not record its resolution (microns per pixel); supply one with --mpp"
-            )
-        if not is_square(info.mpp):
-            # square tiles over non-square pixels would stretch every tile the model sees
-            raise ConfigError(
-                f"{info.name}: the slide's pixels are not square ({info.mpp[0]:g} x {info.mpp[1]:g} um); "
-                "MetaScope tiles square pixels only: resample the slide, or pass --mpp to use one value"
-            )
-        slide_mpp = info.mpp_or(None)
-        from_user = info.mpp_from_user
-
-    downsample = cfg.target_mpp / slide_mpp
+    slide_mpp, from_user = _slide_mpp(info, slide_mpp)
+    downsample = cfg.mpp / slide_mpp
     level = info.best_level_for_downsample(max(downsample, 1.0))
     level_ds = float(info.level_downsamples[level])
     tile0 = max(1, round(cfg.tile_size_px * downsample))
@@ -233,7 +227,7 @@ def plan_tiles(
     )[0] < max(cfg.min_tissue_fraction, 1e-9):
         raise NoTissueError(
             f"{info.name}: the image ({w0}x{h0} px) is smaller than one {cfg.tile_size_px} px tile at "
-            f"{cfg.target_mpp:g} um/px ({tile0}x{tile0} px at {slide_mpp:g} um/px); "
+            f"{cfg.mpp:g} um/px ({tile0}x{tile0} px at {slide_mpp:g} um/px); "
             "check its mpp, or analyse it whole"
         )
     if tissue is not None and tissue.is_empty:
@@ -259,15 +253,19 @@ def plan_tiles(
             frac = tissue.fraction_in_rects(x, y, x + tile0, y + tile0)
             # a tile needs some tissue even when the threshold is 0
             keep = (frac >= cfg.min_tissue_fraction) & (frac > 0)
+        if inside is not None and keep.any():
+            centres = np.stack([x[keep], y[keep]], axis=1).astype(np.float64) + tile0 / 2.0
+            keep[np.flatnonzero(keep)] = np.asarray(inside(centres), dtype=bool)
         if keep.any():
             chunks_xy.append(np.stack([x[keep], y[keep]], axis=1))
             chunks_rc.append(np.stack([rr[keep], cc[keep]], axis=1).astype(np.int32))
             chunks_frac.append(frac[keep])
 
     if not chunks_xy:
+        where = " inside the region of interest" if inside is not None else ""
         raise NoTissueError(
-            f"{info.name}: no tile has at least {cfg.min_tissue_fraction:.0%} tissue "
-            f"({cfg.tile_size_px} px tiles at {cfg.target_mpp:g} um/px)"
+            f"{info.name}: no tile{where} has at least {cfg.min_tissue_fraction:.0%} tissue "
+            f"({cfg.tile_size_px} px tiles at {cfg.mpp:g} um/px)"
         )
     level0_xy = np.concatenate(chunks_xy).astype(np.int64)
     grid_rc = np.concatenate(chunks_rc)
@@ -282,7 +280,7 @@ def plan_tiles(
     return TilePlan(
         config=cfg,
         slide_dimensions=(int(w0), int(h0)),
-        mpp=slide_mpp,
+        slide_mpp=slide_mpp,
         downsample=float(downsample),
         level=int(level),
         level_downsample=level_ds,
@@ -295,8 +293,139 @@ def plan_tiles(
         grid_rc=grid_rc,
         tissue_fraction=fracs,
         tissue_cells=tissue_cells,
-        mpp_from_user=from_user,
+        slide_mpp_from_user=from_user,
+        tissue=tissue,
     )
+
+
+def _slide_mpp(info: SlideInfo, slide_mpp: float | None) -> tuple[float, bool]:
+    """The level-0 resolution to tile with and whether the user gave it.
+
+    Raises:
+        ConfigError: a bad override, or non-square pixels; MissingMppError: no resolution known.
+    """
+    if slide_mpp is not None:
+        if not (math.isfinite(float(slide_mpp)) and float(slide_mpp) > 0):
+            raise ConfigError(f"slide mpp must be a positive number, got {slide_mpp!r}")
+        value = float(slide_mpp)
+        # the caller's value counts as the user's unless it is just the file's own value
+        from_user = info.mpp is None or info.mpp_from_user or abs(info.mpp_or(None) - value) > 1e-9
+        return value, from_user
+    if info.mpp is None:
+        claimed = info.properties.get("metascope.ignored-mpp")
+        if claimed:
+            raise MissingMppError(
+                f"{info.name}: the slide's recorded resolution ({claimed} um/px) is not a plausible "
+                "microscope resolution; supply the right one with --mpp"
+            )
+        raise MissingMppError(
+            f"{info.name}: the slide does not record its resolution (microns per pixel); supply one with --mpp"
+        )
+    if not is_square(info.mpp):
+        # square tiles over non-square pixels would stretch every tile the model sees
+        raise ConfigError(
+            f"{info.name}: the slide's pixels are not square ({info.mpp[0]:g} x {info.mpp[1]:g} um); "
+            "MetaScope tiles square pixels only: resample the slide, or pass --mpp to use one value"
+        )
+    return info.mpp_or(None), info.mpp_from_user
+
+
+# ------------------------------------------------------------------------------ the planner
+
+
+@dataclass(frozen=True, slots=True)
+class TissueSettings:
+    """How tissue selects tiles.
+
+    Attributes:
+        min_fraction: tiles with less tissue (0-1, by area of the tile) are skipped.
+        mask_px_per_tile: tissue-mask pixels per tile side (the mask's resolution).
+    """
+
+    min_fraction: float = 0.25
+    mask_px_per_tile: int = TISSUE_MASK_PX_PER_TILE
+
+    def __post_init__(self) -> None:
+        try:
+            frac = float(self.min_fraction)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"minimum tissue fraction must be a number, got {self.min_fraction!r}") from exc
+        if not 0.0 <= frac <= 1.0:
+            raise ConfigError(f"minimum tissue fraction must be within 0-1, got {self.min_fraction!r}")
+        object.__setattr__(self, "min_fraction", frac)
+        px = self.mask_px_per_tile
+        if isinstance(px, bool) or not isinstance(px, (int, np.integer)) or not 1 <= int(px) <= 256:
+            raise ConfigError(f"mask_px_per_tile must be an integer within 1-256, got {px!r}")
+        object.__setattr__(self, "mask_px_per_tile", int(px))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def slide_tissue(
+    reader: SlideReader, tile_size: int, mpp: float, settings: TissueSettings | None = None
+) -> TissueMask:
+    """The tissue mask :func:`plan_slide` tiles with: ``settings.mask_px_per_tile`` mask pixels per
+    side of a ``tile_size`` px tile at ``mpp`` um/px (bounded by the thumbnail size)."""
+    settings = settings or TissueSettings()
+    return detect_tissue(reader, mask_mpp=mpp * tile_size / settings.mask_px_per_tile)
+
+
+def plan_slide(
+    reader: SlideReader,
+    tile_size: int,
+    mpp: float,
+    tissue: TissueSettings | None = TissueSettings(),  # noqa: B008 - frozen, immutable default
+    *,
+    stride: int | None = None,
+    roi: str | os.PathLike[str] | None = None,
+    max_tiles: int | None = None,
+    slide_mpp: float | None = None,
+    mask: TissueMask | None = None,
+) -> TilePlan:
+    """Plan the tiles of a slide: the one planner of heatmaps, MIL features and slide datasets.
+
+    Args:
+        reader: the slide.
+        tile_size: model input side in pixels.
+        mpp: analysis resolution (microns per model pixel).
+        tissue: tissue settings; ``None`` keeps every grid cell (no tissue detection).
+        stride: grid step in model pixels (default ``tile_size``: no overlap).
+        roi: GeoJSON region of interest; only tiles whose centre lies inside it are kept
+            (:func:`engine.data.geojson.points_in_rings`).
+        max_tiles: cap (the tiles with most tissue inside the ROI are kept); ``None``: all.
+        slide_mpp: the file's resolution, for slides that do not record one (or to override it).
+        mask: a mask already made by :func:`slide_tissue` with the same settings (saves detecting
+            it twice); ignored when ``tissue`` is ``None``.
+
+    Returns:
+        The :class:`TilePlan` (``plan.tissue`` holds the mask).
+
+    Raises:
+        MissingMppError, ConfigError: no usable resolution or bad settings.
+        NoTissueError: no tissue (inside the ROI).
+        DatasetError: unreadable ROI file.
+    """
+    settings = tissue
+    cfg = TilingConfig(
+        tile_size_px=tile_size,
+        mpp=mpp,
+        stride_px=stride,
+        min_tissue_fraction=settings.min_fraction if settings is not None else 0.0,
+        max_tiles=max_tiles,
+    )
+    inside: InsideFn | None = None
+    if roi is not None:
+        from engine.data.geojson import points_in_rings, read_region_rings
+
+        rings = read_region_rings(roi)
+
+        def inside(points: np.ndarray) -> np.ndarray:
+            return points_in_rings(points, rings)
+
+    if settings is not None and mask is None:
+        mask = slide_tissue(reader, cfg.tile_size_px, cfg.mpp, settings)
+    return plan_tiles(reader, cfg, mask if settings is not None else None, slide_mpp=slide_mpp, inside=inside)
 
 
 def read_tile(reader: SlideReader, plan: TilePlan, level0_xy: tuple[int, int] | np.ndarray) -> np.ndarray:

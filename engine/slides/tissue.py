@@ -260,13 +260,13 @@ def tissue_from_rgb(
     return TissueMask(mask, float(downsample), frac, method)
 
 
-def detect_tissue(reader: SlideReader, max_size: int = 2048, *, target_mpp: float | None = None) -> TissueMask:
+def detect_tissue(reader: SlideReader, max_size: int = 2048, *, mask_mpp: float | None = None) -> TissueMask:
     """Detect tissue on a thumbnail of ``reader``.
 
     Args:
         reader: the slide.
         max_size: longer side of the thumbnail the mask is computed on (bounds memory and time).
-        target_mpp: optional mask resolution in microns per pixel; the thumbnail is made no
+        mask_mpp: optional mask resolution in microns per mask pixel; the thumbnail is made no
             finer than that (and never larger than ``max_size``). Needs the slide's mpp.
 
     Returns:
@@ -275,8 +275,8 @@ def detect_tissue(reader: SlideReader, max_size: int = 2048, *, target_mpp: floa
     w0, h0 = reader.info.dimensions
     slide_mpp = reader.info.mpp_or(None) if reader.info.mpp is not None else None
     size = int(max_size)
-    if target_mpp is not None and slide_mpp:
-        wanted_ds = max(target_mpp / slide_mpp, 1.0)
+    if mask_mpp is not None and slide_mpp:
+        wanted_ds = max(mask_mpp / slide_mpp, 1.0)
         size = min(size, max(1, round(max(w0, h0) / wanted_ds)))
     thumb = reader.thumbnail(max(size, 1))
     th, tw = thumb.shape[:2]

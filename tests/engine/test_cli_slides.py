@@ -58,7 +58,7 @@ def test_heatmap_of_several_slides_continues_after_a_failure(
     grid = np.load(out / "generic" / "heatmap.npy")
     assert np.isfinite(grid).any() and np.isnan(grid).any()
     meta = json.loads((out / "generic" / "heatmap.json").read_text())
-    assert meta["mpp"] == 0.5 and meta["mpp_source"] == "user"
+    assert meta["slide_mpp"] == 0.5 and meta["slide_mpp_source"] == "user"
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ def test_heatmap_on_a_real_aperio_slide(shared_data: Path, demo_onnx: Path, tmp_
     folder = tmp_path / "CMU-1-Small-Region"
     meta = json.loads((folder / "heatmap.json").read_text())
     assert meta["slide"]["dimensions"] == [2220, 2967]
-    assert meta["mpp"] == pytest.approx(0.499, abs=1e-3) and meta["mpp_source"] == "file"
+    assert meta["slide_mpp"] == pytest.approx(0.499, abs=1e-3) and meta["slide_mpp_source"] == "file"
     assert meta["summary"]["tiles_analysed"] > 20 and meta["summary"]["tissue_area_mm2"] > 0.1
     grid = np.load(folder / "heatmap.npy")
     assert grid.shape == tuple(meta["grid_shape"]) and np.isfinite(grid).sum() == meta["summary"]["tiles_analysed"]

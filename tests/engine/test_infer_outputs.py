@@ -42,11 +42,12 @@ def test_all_files_are_written_and_well_formed(result_and_reader, tmp_path: Path
 
     meta = json.loads((folder / "heatmap.json").read_text())
     for key in ("slide", "model", "tile_size_level0", "stride_level0", "grid_origin_level0", "mpp",
-                "class_names", "runtime_s", "summary"):
+                "slide_mpp", "slide_mpp_source", "class_names", "runtime_s", "summary"):
         assert key in meta, key
     assert meta["slide"]["dimensions"] == [1536, 1024]
     assert len(meta["model"]["sha256"]) == 64 and meta["model"]["name"] == "Demo model (synthetic tissue)"
-    assert meta["class_names"] == ["normal", "tumour"] and meta["mpp"] == 0.5
+    assert meta["class_names"] == ["normal", "tumour"] and meta["slide_mpp"] == 0.5
+    assert meta["mpp"] == result.model["mpp"]  # the analysis resolution
     summary = meta["summary"]
     for key in ("max_probability", "tissue_area_mm2", "fraction_above_threshold", "top_tiles"):
         assert key in summary, key

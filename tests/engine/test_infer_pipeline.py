@@ -71,7 +71,7 @@ def test_heatmap_grid_is_nan_off_tissue_and_matches_tiles(svs_heatmap, synthetic
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, rtol=1e-5)
     # 96 px at 0.972 um/px on a 0.5 um/px slide
     assert result.tile_size_level0 == round(96 * 0.972 / 0.5)
-    assert result.mpp == pytest.approx(0.5) and result.mpp_source == "file"
+    assert result.slide_mpp == pytest.approx(0.5) and result.slide_mpp_source == "file"
     assert result.summary["tissue_area_mm2"] > 0
 
 
@@ -172,8 +172,8 @@ def test_no_tissue_and_missing_mpp(blank_slide: SyntheticSlide, synthetic_tiff_n
         compute_heatmap(blank_slide.path, demo_onnx)
     with pytest.raises(MissingMppError, match="--mpp"):
         compute_heatmap(synthetic_tiff_no_mpp.path, demo_onnx)
-    result = compute_heatmap(synthetic_tiff_no_mpp.path, demo_onnx, InferenceConfig(mpp=0.5))
-    assert result.mpp_source == "user" and result.mpp == 0.5
+    result = compute_heatmap(synthetic_tiff_no_mpp.path, demo_onnx, InferenceConfig(slide_mpp=0.5))
+    assert result.slide_mpp_source == "user" and result.slide_mpp == 0.5
 
 
 def test_feature_extractor_cannot_make_a_heatmap(demo_onnx: Path, tmp_path: Path, array_slide) -> None:
@@ -196,9 +196,9 @@ def test_stride_overlap_gives_a_finer_grid(array_slide, demo_onnx: Path) -> None
 
 
 def test_inference_config_validates_and_round_trips() -> None:
-    cfg = InferenceConfig(batch_size=16, threshold=0.7, mpp=0.25, max_tiles=100)
+    cfg = InferenceConfig(batch_size=16, threshold=0.7, slide_mpp=0.25, max_tiles=100)
     assert InferenceConfig.from_dict(cfg.to_dict()) == cfg
-    for bad in ({"batch_size": 0}, {"threshold": 1.5}, {"device": "gpu"}, {"stride_factor": 0}, {"mpp": -1},
+    for bad in ({"batch_size": 0}, {"threshold": 1.5}, {"device": "gpu"}, {"stride_factor": 0}, {"slide_mpp": -1},
                 {"read_workers": True}, {"max_tiles": 0}):
         with pytest.raises(ConfigError):
             InferenceConfig(**bad)

@@ -12,7 +12,8 @@ from engine.errors import Cancelled, ModelPackageError, NoTissueError
 from engine.jobs import CancelToken
 from engine.mil.bags import bag_path, read_bag
 from engine.mil.cohort import load_cohort
-from engine.mil.features import FeatureConfig, extract_cohort, load_extractor, points_in_rings
+from engine.data.geojson import points_in_rings
+from engine.mil.features import FeatureConfig, extract_cohort, load_extractor
 from tests.fixtures.cohort import TILE_MPP, TILE_PX
 
 

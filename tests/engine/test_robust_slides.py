@@ -57,7 +57,7 @@ def check_opens_like(path: Path, rgb: np.ndarray, truth: np.ndarray, max_mean_di
         tm = detect_tissue(r, 256)
         small = np.asarray(Image.fromarray(truth).resize(tm.mask.shape[::-1], Image.NEAREST))
         assert tm.tissue_fraction == pytest.approx(small.mean(), abs=0.08)
-        plan = plan_tiles(r, TilingConfig(96, 0.97), tm, mpp=r.info.mpp_or(0.5))
+        plan = plan_tiles(r, TilingConfig(96, 0.97), tm, slide_mpp=r.info.mpp_or(0.5))
         assert plan.n_tiles > 0
         assert read_tile(r, plan, plan.level0_xy[0]).shape == (96, 96, 3)
         return type(r)
@@ -296,7 +296,7 @@ def test_non_square_pixels_are_one_clear_line(tmp_path: Path, texture_rgb: tuple
     near = tmp_path / "near.tif"
     tifffile.imwrite(near, texture_rgb[0], tile=TILE, photometric="rgb", compression="jpeg", resolution=(20000, 20040), resolutionunit="CENTIMETER", metadata=None)
     with open_slide(near) as r:
-        assert plan_tiles(r, TilingConfig(96, 0.97), detect_tissue(r, 256)).mpp == pytest.approx(0.4995, abs=1e-3)
+        assert plan_tiles(r, TilingConfig(96, 0.97), detect_tissue(r, 256)).slide_mpp == pytest.approx(0.4995, abs=1e-3)
 
 
 # ---------------------------------------------------------------------------- image modes

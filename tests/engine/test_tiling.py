@@ -31,18 +31,18 @@ def test_config_defaults_validation_and_round_trip() -> None:
     cfg2 = TilingConfig(224, 0.5, stride_px=112, min_tissue_fraction=0.5, max_tiles=10)
     assert TilingConfig.from_dict(cfg2.to_dict()) == cfg2
     for bad in (
-        dict(tile_size_px=0, target_mpp=1.0),
-        dict(tile_size_px=96.5, target_mpp=1.0),
-        dict(tile_size_px=96, target_mpp=-1.0),
-        dict(tile_size_px=96, target_mpp=float("inf")),
-        dict(tile_size_px=96, target_mpp=1.0, stride_px=0),
-        dict(tile_size_px=96, target_mpp=1.0, min_tissue_fraction=1.5),
-        dict(tile_size_px=96, target_mpp=1.0, max_tiles=0),
+        dict(tile_size_px=0, mpp=1.0),
+        dict(tile_size_px=96.5, mpp=1.0),
+        dict(tile_size_px=96, mpp=-1.0),
+        dict(tile_size_px=96, mpp=float("inf")),
+        dict(tile_size_px=96, mpp=1.0, stride_px=0),
+        dict(tile_size_px=96, mpp=1.0, min_tissue_fraction=1.5),
+        dict(tile_size_px=96, mpp=1.0, max_tiles=0),
     ):
         with pytest.raises(ConfigError):
             TilingConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown"):
-        TilingConfig.from_dict({"tile_size_px": 96, "target_mpp": 1.0, "colour": "red"})
+        TilingConfig.from_dict({"tile_size_px": 96, "mpp": 1.0, "colour": "red"})
     with pytest.raises(ConfigError):
         TilingConfig.from_dict({"tile_size_px": 96})
 
@@ -68,7 +68,7 @@ def test_097_mpp_from_05_mpp_slide(synthetic_svs: SyntheticSlide) -> None:
         assert 150 < plan.n_tiles < 17 * 23
         d = plan.to_dict()
         assert d["level"] == 0 and d["tile_size_level0"] == 186 and d["grid_shape"] == [17, 23]
-        assert d["mpp"] == 0.5 and d["mpp_source"] == "file" and d["n_tiles"] == plan.n_tiles
+        assert d["slide_mpp"] == 0.5 and d["slide_mpp_source"] == "file" and d["mpp"] == 0.97 and d["n_tiles"] == plan.n_tiles
         tile = read_tile(r, plan, plan.level0_xy[0])
         assert tile.shape == (96, 96, 3) and tile.dtype == np.uint8
 
@@ -144,8 +144,8 @@ def test_missing_mpp_asks_for_mpp(synthetic_tiff_no_mpp: SyntheticSlide) -> None
     with open_slide(synthetic_tiff_no_mpp.path) as r:
         with pytest.raises(MissingMppError, match="--mpp"):
             plan_tiles(r, TilingConfig(96, 0.97), None)
-        plan = plan_tiles(r, TilingConfig(96, 0.97), None, mpp=0.5)
-        assert plan.tile_size_level0 == 186 and plan.to_dict()["mpp_source"] == "user"
+        plan = plan_tiles(r, TilingConfig(96, 0.97), None, slide_mpp=0.5)
+        assert plan.tile_size_level0 == 186 and plan.to_dict()["slide_mpp_source"] == "user"
     with open_slide(synthetic_tiff_no_mpp.path, mpp=0.25) as r:
         assert plan_tiles(r, TilingConfig(96, 0.97), None).tile_size_level0 == 372
 

@@ -62,9 +62,9 @@ def test_small_specks_dropped_and_small_holes_filled() -> None:
     assert not tm.mask[15:30, 15:30].any()
 
 
-def test_target_mpp_limits_mask_resolution(synthetic_svs: SyntheticSlide) -> None:
+def test_mask_mpp_limits_mask_resolution(synthetic_svs: SyntheticSlide) -> None:
     with open_slide(synthetic_svs.path) as r:
-        tm = detect_tissue(r, max_size=2048, target_mpp=16.0)  # 32 level-0 px per mask px
+        tm = detect_tissue(r, max_size=2048, mask_mpp=16.0)  # 32 level-0 px per mask px
     assert tm.shape == (96, 128)
     assert tm.downsample == pytest.approx(32.0)
 

@@ -421,7 +421,7 @@ def test_about_shows_the_version(window: MainWindow, dialogs) -> None:
 def test_grid_summary_counts_tiles_at_the_display_threshold(synthetic_svs: SyntheticSlide) -> None:
     class R:
         grid = np.array([[0.2, 0.8], [np.nan, 0.95]], np.float32)
-        mpp, stride_level0, origin_level0, tile_size_level0 = 0.5, 200, (0, 0), 200
+        slide_mpp, stride_level0, origin_level0, tile_size_level0 = 0.5, 200, (0, 0), 200
         summary = {"tissue_area_mm2": 0.3}
         timing = {"total_s": 1.5}
 
@@ -454,6 +454,6 @@ def test_slide_without_mpp_asks_for_the_resolution(qtbot, window: MainWindow, mo
     answer[0] = (0.5, True)
     _run_and_wait(qtbot, view)
     assert len(asked) == 2 and view.result is not None
-    assert view.result.result.mpp == pytest.approx(0.5) and view.result.result.mpp_source == "user"
+    assert view.result.result.slide_mpp == pytest.approx(0.5) and view.result.result.slide_mpp_source == "user"
     window.open_path(synthetic_tiff_no_mpp.path)  # the typed-in resolution finds the cached result
     assert view.result is not None and len(asked) == 2
