@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -197,14 +198,107 @@ def read_metadata(onnx_path: str | os.PathLike[str]) -> ModelMetadata:
     return ModelMetadata.from_dict(raw)
 
 
+# -- what a shipped package may say ---------------------------------------------------------------
+
+_WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+
+
+def is_absolute_path(value: str) -> bool:
+    """Whether a string is an absolute file path on POSIX or Windows (``/x``, ``C:\\x``, ``\\\\host``)."""
+    return value.startswith("/") or bool(_WINDOWS_ABS.match(value))
+
+
+def _pure(value: str) -> Any:
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    return PurePosixPath(value) if value.startswith("/") else PureWindowsPath(value)
+
+
+def portable_path(value: str, root: str | os.PathLike[str] | None = None) -> str:
+    """An absolute path made safe to ship: relative to ``root`` (named by its folder name) when
+    under it, else the file name alone. Other strings are returned unchanged.
+
+    ``portable_path("/data/pcam/train/a.png", "/data/pcam/train") == "train/a.png"``.
+    """
+    if not is_absolute_path(value):
+        return value
+    path = _pure(value)
+    if root is not None and is_absolute_path(str(root)):
+        base = _pure(str(root))
+        if type(base) is type(path):
+            try:
+                rel = path.relative_to(base)
+            except ValueError:
+                pass
+            else:
+                return str(type(path)(base.name, rel)) if str(rel) != "." else base.name
+    return path.name or str(value).strip("/\\")
+
+
+def portable(obj: Any, root: str | os.PathLike[str] | None = None) -> Any:
+    """``obj`` (JSON-like) with every absolute path string replaced by :func:`portable_path`."""
+    if isinstance(obj, str):
+        return portable_path(obj, root)
+    if isinstance(obj, dict):
+        return {k: portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v, root) for v in obj]
+    return obj
+
+
+def absolute_paths(obj: Any, where: str = "") -> list[str]:
+    """``"key.path: value"`` of every absolute path string inside JSON-like ``obj``."""
+    if isinstance(obj, str):
+        return [f"{where}: {obj}"] if is_absolute_path(obj) else []
+    if isinstance(obj, dict):
+        return [hit for k, v in obj.items() for hit in absolute_paths(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [hit for i, v in enumerate(obj) for hit in absolute_paths(v, f"{where}[{i}]")]
+    return []
+
+
+#: ``metrics["split"]`` of metrics measured on the split that picked the best epoch / fold
+SELECTION_SPLIT = "validation used for model selection (optimistic; not a test result)"
+
+
+def labelled_metrics(values: dict[str, Any], split: str, selection: bool) -> dict[str, Any]:
+    """Package metrics that say what they were measured on.
+
+    Args:
+        values: the numbers (``auc``, ``accuracy``, ...).
+        split: what they were measured on, e.g. :data:`SELECTION_SPLIT` or ``"test"``.
+        selection: whether that split also chose the model (then the numbers sit under
+            ``"selection"``, else under ``"test"``), so no consumer mistakes a model-selection
+            AUC for a held-out result.
+
+    Returns:
+        ``{"selection" | "test": values, "split": split}``.
+    """
+    return {"selection" if selection else "test": dict(values), "split": split}
+
+
+def headline_metrics(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(what the numbers are, flat numbers)`` of a package's metrics for display: held-out
+    test numbers first, then model-selection numbers; an older flat dict is ``("", metrics)``."""
+    for key, label in (("test", "test"), ("selection", "validation (model selection)")):
+        if isinstance(metrics.get(key), dict):
+            return str(metrics.get("split") or label), dict(metrics[key])
+    return "", dict(metrics)
+
+
 def embed_metadata(model: Any, meta: ModelMetadata) -> None:
-    """Put ``meta`` into a loaded ``onnx.ModelProto`` in place, replacing any earlier entry."""
+    """Put ``meta`` into a loaded ``onnx.ModelProto`` in place, replacing any earlier entry.
+
+    Absolute paths (of the machine that built the package) are never written: any left in
+    ``meta`` become file names (:func:`portable`); exporters make them relative to the data
+    root first where that says more.
+    """
     kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
     entry.key = METADATA_KEY
-    entry.value = meta.to_json()
+    entry.value = json.dumps(portable(meta.to_dict()), sort_keys=True)
 
 
 def write_metadata(onnx_path: str | os.PathLike[str], meta: ModelMetadata, out_path: str | os.PathLike[str] | None = None) -> Path:

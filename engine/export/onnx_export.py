@@ -24,7 +24,7 @@ from engine import __version__
 from engine.errors import ConfigError, ModelPackageError
 from engine.fileio import atomic_path
 from engine.jobs import ProgressCallback, ProgressEvent, report
-from engine.modelpkg import ModelMetadata, sha256_file
+from engine.modelpkg import SELECTION_SPLIT, ModelMetadata, labelled_metrics, portable, sha256_file
 
 #: verification tolerance on logits / features (float32 on CPU differs by ~1e-6)
 MAX_ABS_DIFF = 1e-4
@@ -265,12 +265,18 @@ def _verify(module: Any, path: Path, batches: list[Any], out_name: str) -> float
 
 def _metadata(ck: dict[str, Any], out: Path, name: str | None, features: bool, model: Any, diff: float, exporter: str) -> ModelMetadata:
     class_names = tuple(str(c) for c in ck["class_names"])
-    metrics = {k: v for k, v in dict(ck.get("metrics") or {}).items() if isinstance(v, (int, float, str))}
-    if "val_auc" in metrics:
-        metrics["auc"] = metrics["val_auc"]  # the name heatmap/library views look for
+    values = {k: v for k, v in dict(ck.get("metrics") or {}).items() if isinstance(v, (int, float, str))}
+    if "val_auc" in values:
+        values["auc"] = values["val_auc"]
+    # the validation split picked the best epoch: its numbers are labelled as such, not as a test
+    metrics = labelled_metrics(values, SELECTION_SPLIT, selection=True) if values else {}
+    # no absolute paths of this machine in a shipped file: relative to the dataset root
+    data = dict(ck.get("data") or {})
+    root = data.get("source") or data.get("path") or (ck.get("config") or {}).get("data")
     extra = {
-        "epoch": ck.get("epoch"), "source": ck.get("source"), "verify_max_abs_diff": diff, "exporter": exporter,
-        "train_config": ck.get("config", {}),
+        "epoch": ck.get("epoch"), "source": Path(str(ck.get("source") or "")).name,
+        "verify_max_abs_diff": diff, "exporter": exporter,
+        "train_config": portable(ck.get("config", {}), root),
     }
     if features:
         extra["classifier_class_names"] = list(class_names)
@@ -290,7 +296,7 @@ def _metadata(ck: dict[str, Any], out: Path, name: str | None, features: bool, m
         input_name="input",
         output_name="features" if features else "logits",
         feature_dim=int(model.feature_dim) if features else None,
-        training_data=dict(ck.get("data") or {}),
+        training_data=portable(data, root),
         metrics=metrics,
         extra=extra,
         metascope_version=__version__,

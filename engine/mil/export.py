@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.errors import ConfigError
 from engine.mil.train import load_mil_config
-from engine.modelpkg import ModelMetadata, write_metadata
+from engine.modelpkg import SELECTION_SPLIT, ModelMetadata, labelled_metrics, portable_path, write_metadata
 
 
 def best_fold(run: Path) -> int:
@@ -84,9 +84,11 @@ def export_run(
     mpath = run / "metrics.json"
     if mpath.is_file():
         m = json.loads(mpath.read_text(encoding="utf-8"))
-        metrics = {
-            k: m.get(k) for k in ("auc", "auc_ci95", "accuracy", "sensitivity", "specificity", "n", "evaluated_on")
-        }
+        values = {k: m.get(k) for k in ("auc", "auc_ci95", "ci_resampling", "accuracy", "sensitivity", "specificity", "n")}
+        part = str(m.get("evaluated_on") or "test")
+        # without a test set the run reports the validation slides that picked the best epoch
+        selection = part == "validation"
+        metrics = labelled_metrics(values, SELECTION_SPLIT if selection else part, selection=selection)
     ex = ck["extraction"]
     class_names = tuple(ck["class_names"])
     meta = ModelMetadata(
@@ -103,7 +105,7 @@ def export_run(
         feature_dim=int(ex["feature_dim"]),
         feature_extractor={"name": ex.get("extractor_name", ""), "sha256": ex.get("extractor_sha256", "")},
         training_data={
-            "manifest": cfg.manifest,
+            "manifest": portable_path(str(cfg.manifest)),
             "labels": cfg.labels,
             "folds": cfg.n_folds,
             "fold_exported": int(ck["fold"]),

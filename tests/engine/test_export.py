@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.export import export_onnx
-from engine.modelpkg import read_metadata
+from engine.modelpkg import absolute_paths, read_metadata
 from engine.train import TrainConfig, train
 from tests.fixtures.datasets import make_folder_dataset, toy_patch
 
@@ -38,7 +39,14 @@ def test_export_is_verified_one_file_with_metadata(run_dir: Path, tmp_path: Path
     assert meta.input_size == 32 and meta.input_mpp == 0.5
     assert meta.channel_order == "RGB" and meta.input_layout == "NCHW" and meta.output == "logits"
     assert meta.arch == "seed_cnn" and meta.metascope_version
-    assert meta.metrics["auc"] > 0.9 and meta.training_data["n_patches"] == 64
+    # the validation split picked the best epoch: labelled as model selection, not as a test
+    assert meta.metrics["selection"]["auc"] > 0.9 and "model selection" in meta.metrics["split"]
+    assert "auc" not in meta.metrics and meta.training_data["n_patches"] == 64
+    # nothing of this machine's file system in the shipped file
+    props = {p.key: p.value for p in model.metadata_props}
+    assert absolute_paths(json.loads(props["metascope"])) == []
+    assert meta.training_data["source"] == "data" and meta.extra["train_config"]["data"] == "data"
+    assert meta.extra["source"] == "best.pt"
     assert meta.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
