@@ -95,6 +95,10 @@ def test_export_and_predict_with_onnxruntime_attention_on_tumour(mil_runs, mil_c
     agg = load_aggregator(model_path)
     assert agg.session.metadata.task == "mil_aggregator"
     assert agg.extractor_sha256 and agg.clinical.columns == ("age", "tumour_size_mm", "er")
+    meta = agg.session.metadata
+    # numbers say what they were measured on; the manifest is named, not located
+    assert meta.metrics["split"] and ("test" in meta.metrics or "selection" in meta.metrics)
+    assert not meta.training_data["manifest"].startswith("/")
 
     # ONNX (any bag size) matches torch
     model, _ = load_run_model(mil_runs["fused"].run_dir)
