@@ -53,6 +53,8 @@ from engine.runs import (
     spawn_training,
     train_args,
 )
+from gui.modalities import RUN_KINDS, run_kind
+from gui.views.modality_results import RunResultsPanel
 from gui.widgets.plot_canvas import PlotCanvas, draw_curves, draw_results
 from gui.wizard.common import MessageLabel, human_duration
 from gui.workers import Worker, start_worker
@@ -188,6 +190,10 @@ class TrainingView(QWidget):
 
     #: Emitted after a model was added to the model library.
     library_changed = Signal()
+    #: Emitted with a ``predictions.csv`` to review in the Samples view.
+    review_samples_requested = Signal(str)
+    #: Emitted with a finished generator (wgan) run folder to open in the Generator view.
+    generator_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None, runs_parent: Path | None = None) -> None:
         super().__init__(parent)
@@ -314,6 +320,13 @@ class TrainingView(QWidget):
         dl.addWidget(self.curves, 1)
         dl.addWidget(self.message)
         dl.addWidget(self.results_box)
+        # genomics / expression runs: metrics.json, plots, samples, model.onnx
+        self.modality_results = RunResultsPanel()
+        self.modality_results.review_samples_requested.connect(self.review_samples_requested)
+        self.modality_results.generator_requested.connect(self.generator_requested)
+        self.modality_results.library_changed.connect(self.library_changed)
+        self.modality_results.hide()
+        dl.addWidget(self.modality_results)
         self.placeholder = QLabel(
             "No training run selected.\n\nClick “New training…” to train a patch classifier on your own data."
         )
@@ -411,6 +424,7 @@ class TrainingView(QWidget):
             w.setVisible(has)
         self.placeholder.setVisible(not has)
         self.results_box.setVisible(False)
+        self.modality_results.setVisible(False)
         self._shown_evaluation = None
         self.message.clear_message()
         self.result_message.clear_message()
@@ -457,7 +471,12 @@ class TrainingView(QWidget):
         cfg = info.config.get("config", {})
         data = info.config.get("data", {})
         parts = []
-        if cfg:
+        kind = str(info.config.get("kind") or "")
+        if kind in RUN_KINDS:
+            data_path = cfg.get("study") or cfg.get("matrix") or cfg.get("data") or ""
+            parts.append(f"<b>{html.escape(RUN_KINDS[kind][1])}</b>"
+                         + (f" on {html.escape(str(data_path))}" if data_path else ""))
+        elif cfg:
             parts.append(f"<b>{html.escape(str(cfg.get('arch')))}</b> on {html.escape(str(cfg.get('data')))}")
         if h.n_train:
             parts.append(f"{h.n_train:,} training / {h.n_val:,} validation patches")
@@ -513,6 +532,15 @@ class TrainingView(QWidget):
 
     # -- results -----------------------------------------------------------------------------------
     def _show_results(self, info: RunInfo, h: RunHistory) -> None:
+        if run_kind(info.path) in RUN_KINDS:
+            # metrics, plots and model are files of the run folder: no evaluation to compute here
+            self.results_box.setVisible(False)
+            done = info.status == "finished" or (info.path / "metrics.json").is_file()
+            self.modality_results.setVisible(done)
+            if done:
+                self.modality_results.show_run(info.path)
+            return
+        self.modality_results.setVisible(False)
         finished = info.status == "finished" or (
             info.status in ("cancelled", "crashed") and (info.path / "best.pt").is_file()
         )
@@ -636,7 +664,9 @@ class TrainingView(QWidget):
         """Spawn ``metascope train patches`` for ``config`` into ``run_dir`` and follow it."""
         run = Path(run_dir)
         try:
-            spawned = spawn_training(run, train_args(run, config.to_dict()))
+            # a genomics / expression request carries its own command line
+            args = config.cli_args() if hasattr(config, "cli_args") else train_args(run, config.to_dict())
+            spawned = spawn_training(run, args)
         except MetaScopeError as exc:
             QMessageBox.warning(self, "Cannot start training", str(exc))
             return None
@@ -717,7 +747,7 @@ class TrainingView(QWidget):
         self.folder_button.setEnabled(bool(info and info.path.is_dir()))
         self.log_button.setEnabled(info is not None)
         busy = "export" in self._workers
-        has_model = bool(info and (info.path / "best.pt").is_file())
+        has_model = bool(info and (info.path / "best.pt").is_file() and run_kind(info.path) not in RUN_KINDS)
         self.add_button.setEnabled(has_model and not busy)
         self.export_button.setEnabled(has_model and not busy)
 

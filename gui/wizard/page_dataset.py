@@ -18,7 +18,9 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
+from gui.modalities import PATCHES, RUN_KINDS, dataset_kind
 from gui.wizard.common import DatasetSummary, MessageLabel, browse_dataset, format_choices
+from gui.wizard.page_modality import MODALITY_TASKS, ModalityDatasetPicker
 from gui.workers import Worker, start_worker
 
 TASKS = (
@@ -28,6 +30,7 @@ TASKS = (
         "Learns to label small image patches (e.g. tumour vs normal). Tiled over a whole slide it "
         "draws the metastasis heatmap.",
     ),
+    *MODALITY_TASKS,
 )
 
 
@@ -56,10 +59,14 @@ class DatasetPage(QWizardPage):
         self.task_help = QLabel(TASKS[0][2])
         self.task_help.setWordWrap(True)
         self.task_help.setStyleSheet("color: palette(mid);")
+        self.task_combo.currentIndexChanged.connect(self._on_task_changed)
+        # genomics / expression tasks train on a study or matrix imported in the Datasets view
+        self.modality_picker = ModalityDatasetPicker(recent)
+        self.modality_picker.changed.connect(self.completeChanged)
 
         self.recent_combo = QComboBox()
         self.recent_combo.addItem("Choose a dataset from the Datasets view…", None)
-        for item in recent or []:
+        for item in [d for d in recent or [] if dataset_kind(d) == PATCHES]:
             self.recent_combo.addItem(f"{item.get('name') or Path(item['path']).name}  —  {item['path']}", item)
         self.recent_combo.setEnabled(self.recent_combo.count() > 1)
         self.recent_combo.setToolTip("Datasets imported in the Datasets view")
@@ -103,12 +110,16 @@ class DatasetPage(QWizardPage):
         form = QFormLayout(self)
         form.addRow("Task:", self.task_combo)
         form.addRow("", self.task_help)
+        form.addRow("Study / matrix:", self.modality_picker)
         form.addRow("Imported datasets:", self.recent_combo)
         form.addRow("Dataset:", path_row)
         form.addRow("Format:", self.format_combo)
         form.addRow("Resolution:", self.mpp_spin)
         form.addRow("", self.status)
         form.addRow("", self.problems)
+        self._form = form
+        self._path_row = path_row
+        self._on_task_changed()
 
         # re-open the dataset shortly after the user stops typing
         self._debounce = QTimer(self)
@@ -118,6 +129,37 @@ class DatasetPage(QWizardPage):
         self.path_edit.textChanged.connect(self._on_input_changed)
         self.format_combo.currentIndexChanged.connect(self._on_input_changed)
         self.mpp_spin.valueChanged.connect(self._on_input_changed)
+
+    # -- task --------------------------------------------------------------------------------------
+    def task(self) -> str:
+        return str(self.task_combo.currentData())
+
+    def is_modality(self) -> bool:
+        return self.task() in RUN_KINDS
+
+    def set_task(self, task: str) -> None:
+        self.task_combo.setCurrentIndex(max(0, self.task_combo.findData(task)))
+
+    def set_modality_dataset(self, item: dict[str, Any]) -> None:
+        """Preselect a study or matrix (from the Datasets view) and the first task of its kind."""
+        task = next(k for k, (_cmd, _label, kind) in RUN_KINDS.items() if kind == dataset_kind(item))
+        self.set_task(task)
+        self.modality_picker.add(item)
+
+    def _on_task_changed(self, *_a: Any) -> None:
+        self.task_help.setText(next(d for k, _l, d in TASKS if k == self.task()))
+        modality = self.is_modality()
+        if modality:
+            self.modality_picker.set_kind(RUN_KINDS[self.task()][2])
+        self._form.setRowVisible(self.modality_picker, modality)
+        for w in (self.recent_combo, self._path_row, self.format_combo, self.mpp_spin):
+            self._form.setRowVisible(w, not modality)
+        if modality:
+            self.status.clear_message()
+            self.problems.clear_message()
+        self.setSubTitle("Which imported study or expression matrix?" if modality
+                         else "What should the model learn, and from which labelled patches?")
+        self.completeChanged.emit()
 
     # -- inputs ------------------------------------------------------------------------------------
     def set_dataset(self, path: str, fmt: str = "auto", mpp: float | None = None) -> None:
@@ -208,6 +250,8 @@ class DatasetPage(QWizardPage):
 
     # -- QWizardPage -------------------------------------------------------------------------------
     def isComplete(self) -> bool:  # noqa: N802 (Qt override)
+        if self.is_modality():
+            return self.modality_picker.item() is not None
         return self.summary is not None and not self._busy and self.summary.path == self.inputs()[0]
 
 

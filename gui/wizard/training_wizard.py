@@ -10,6 +10,8 @@ from PySide6.QtWidgets import QWidget, QWizard
 
 from gui.wizard.common import DatasetSummary
 from gui.wizard.page_dataset import DatasetPage
+from gui.modalities import PATCHES, dataset_kind
+from gui.wizard.page_modality import ModalityModelPage, ModalityReviewPage
 from gui.wizard.page_model import ModelPage
 from gui.wizard.page_review import ReviewPage
 from gui.wizard.page_settings import SettingsPage
@@ -45,9 +47,26 @@ class TrainingWizard(QWizard):
         self.review_page = ReviewPage()
         for page in (self.dataset_page, self.split_page, self.model_page, self.settings_page, self.review_page):
             self.addPage(page)
+        # genomics / expression kinds: dataset -> model and settings -> review (the exact command)
+        self.modality_model_page = ModalityModelPage()
+        self.modality_review_page = ModalityReviewPage()
+        self._modality_model_id = self.addPage(self.modality_model_page)
+        self._modality_review_id = self.addPage(self.modality_review_page)
         self.accepted.connect(self._on_accepted)
-        if dataset:
+        if dataset and dataset_kind(dataset) != PATCHES:
+            self.dataset_page.set_modality_dataset(dataset)
+        elif dataset:
             self.dataset_page.set_dataset(dataset["path"], dataset.get("fmt", "auto"), dataset.get("mpp"))
+
+    def nextId(self) -> int:  # noqa: N802 (Qt override)
+        page = self.currentPage()
+        if page is self.dataset_page and self.dataset_page.is_modality():
+            return self._modality_model_id
+        if page is self.modality_model_page:
+            return self._modality_review_id
+        if page is self.review_page or page is self.modality_review_page:
+            return -1
+        return super().nextId()
 
     @property
     def summary(self) -> DatasetSummary | None:
@@ -62,5 +81,10 @@ class TrainingWizard(QWizard):
         return self.review_page.run_dir
 
     def _on_accepted(self) -> None:
+        if self.dataset_page.is_modality():
+            request = self.modality_review_page.request
+            if request is not None:
+                self.start_requested.emit(request, request.run_dir)
+            return
         if self.review_page.config is not None and self.review_page.run_dir is not None:
             self.start_requested.emit(self.review_page.config, self.review_page.run_dir)

@@ -26,3 +26,28 @@ def write_expression(folder: Path, n_per_type: int = 6, types: tuple[str, ...] =
     samples = folder / "samples.tsv"
     samples.write_text("\n".join(table) + "\n", encoding="utf-8")
     return matrix, samples
+
+
+def write_run(run: Path, kind: str, status: str = "finished", events: list[dict] | None = None,
+              metrics: dict | None = None, predictions: bool = True, pid: int = 0) -> Path:
+    """A run folder shaped like the genomics / expression trainers write it (no training)."""
+    import json
+
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps({"kind": kind, "config": {"study": "/data/study"}}), encoding="utf-8")
+    events = events if events is not None else [
+        {"event": "run_started", "epochs": 2, "steps_per_epoch": 1, "device": "cpu"},
+        {"event": "epoch_ended", "epoch": 1, "train_loss": 0.7, "val_loss": 0.69, "val_auc": 0.6},
+        {"event": "epoch_ended", "epoch": 2, "train_loss": 0.5, "val_loss": 0.55, "val_auc": 0.75},
+        {"event": status},
+    ]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    (run / "state.json").write_text(json.dumps({"status": status, "pid": pid, "epoch": 2, "epochs": 2}),
+                                    encoding="utf-8")
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    if predictions:
+        (run / "predictions.csv").write_text(
+            "sample,truth,predicted,score,group,correct\nS1,Metastasis,Metastasis,0.9,Lung,1\n"
+            "S2,Primary,Metastasis,0.7,Lung,0\n", encoding="utf-8")
+    return run
