@@ -24,6 +24,7 @@ from engine.edition import training_available
 from gui.icons import app_icon, icon
 from gui.settings import Settings
 from gui.views.slide_view import SlideView
+from gui.workers import Worker
 
 NAV_WIDTH = 148
 
@@ -70,6 +71,7 @@ class MainWindow(QMainWindow):
         self.add_view("Slides", icon("slides"), self.slide_view)
         self.slide_view.status_message.connect(self._on_slide_view_status_message)
         self.slide_view.slide_opened.connect(self._on_slide_view_slide_opened)
+        self.slide_view.slide_open_failed.connect(self._on_slide_view_slide_open_failed)
         self.slide_view.hover_text_changed.connect(self.hover_label.setText)
         self.slide_view.zoom_text_changed.connect(self.zoom_label.setText)
         self._add_training_views()
@@ -222,13 +224,18 @@ class MainWindow(QMainWindow):
             self.setWindowTitle("MetaScope")
 
     # -- opening files ---------------------------------------------------------------------
-    def open_path(self, path: str | os.PathLike[str]) -> bool:
-        """Open a slide in the Slides view; False (after a dialog) when it cannot be read."""
+    def open_path(self, path: str | os.PathLike[str]) -> Worker:
+        """Start opening a slide in the Slides view (read off the GUI thread; returns the worker).
+
+        The Slides view then emits ``slide_opened``, or ``slide_open_failed`` after an error dialog
+        (and an unreadable slide leaves the Open Recent menu).
+        """
         self.show_view("Slides")
-        ok = self.slide_view.open_slide(path)
-        if not ok and str(path) in self.settings.recent_files():
-            self.settings.remove_recent_file(str(path))
-        return ok
+        return self.slide_view.open_slide(path)
+
+    def _on_slide_view_slide_open_failed(self, path: str, _message: str) -> None:
+        if path in self.settings.recent_files():
+            self.settings.remove_recent_file(path)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt API
         urls = event.mimeData().urls()

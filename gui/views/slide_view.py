@@ -34,6 +34,7 @@ from gui.dialogs import confirm, show_error, show_warning
 from gui.icons import icon
 from gui.settings import Settings
 from gui.views.slide_mil import SlidePredictionMixin
+from gui.views.slide_open import SlideOpeningMixin
 from gui.widgets.heatmap_overlay import GridGeometry, HeatmapOverlay
 from gui.widgets.heatmap_panel import BROWSE, HeatmapPanel, format_eta
 from gui.widgets.overview_map import OverviewMap
@@ -51,17 +52,19 @@ SIDE_PANEL_WIDTH = 340
 EMPTY_TEXT = "Open a slide with File > Open, or drop a slide file here."
 
 
-class SlideView(SlidePredictionMixin, QWidget):
+class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
     """The "load a slide and see a heatmap" journey in one view (and slide-level MIL prediction)."""
 
     status_message = Signal(str, int)
     slide_opened = Signal(str)  # path ("" when closed)
+    slide_open_failed = Signal(str, str)  # path, message (after the error dialog)
     hover_text_changed = Signal(str)
     zoom_text_changed = Signal(str)
     heatmap_finished = Signal()
     heatmap_cancelled = Signal()
     heatmap_failed = Signal(str)
     heatmap_loaded = Signal()  # a result (computed or cached) is on screen
+    heatmap_batch = Signal(int)  # a running heatmap's batch reached the overlay: tiles done so far
     models_refreshed = Signal()
     export_finished = Signal(str)
 
@@ -78,6 +81,7 @@ class SlideView(SlidePredictionMixin, QWidget):
         # what computes a heatmap in the child process (a module-level, picklable function)
         self.heatmap_job: Any = hj.run_heatmap
         self._init_prediction()
+        self._init_opening(EMPTY_TEXT)
         self._pending_run_model: str | None = None  # run a heatmap as soon as this model is listed
         self._user_mpp: dict[str, float] = {}  # resolution typed in for slides that record none
         self._regions: list[tuple[float, int, int]] = []
@@ -318,22 +322,8 @@ class SlideView(SlidePredictionMixin, QWidget):
             self.settings.set("dialogs/last_open_dir", str(Path(path).parent))
             self.open_slide(path)
 
-    def open_slide(self, path: str | os.PathLike[str]) -> bool:
-        """Open ``path``; a damaged or unsupported file gives a dialog and keeps the current slide."""
-        from engine.slides import open_slide
-
-        p = str(Path(path).expanduser().resolve())
-        try:
-            reader = open_slide(p)
-        except MetaScopeError as exc:
-            show_error(self, "Cannot open slide", str(exc))
-            return False
-        except Exception as exc:  # noqa: BLE001 - a reader bug on an odd file must not end the session
-            import traceback
-
-            show_error(self, "Cannot open slide", f"{Path(p).name}: {type(exc).__name__}: {exc}",
-                       traceback.format_exc())
-            return False
+    def _show_slide(self, p: str, reader: SlideReader) -> None:
+        """Show a slide read by :meth:`open_slide` (a damaged file gave a dialog there instead)."""
         self.cancel_heatmap(wait=True)
         self.reader = reader
         self.slide_path = p
@@ -344,11 +334,11 @@ class SlideView(SlidePredictionMixin, QWidget):
         self._update_enabled()
         w, h = reader.info.dimensions
         self.status_message.emit(f"Opened {Path(p).name} ({w:,} x {h:,} px, {reader.info.level_count} levels)", 6000)
-        self.slide_opened.emit(p)
         self._try_load_cached()
-        return True
+        self.slide_opened.emit(p)
 
     def close_slide(self) -> None:
+        self._drop_pending_open()
         self.cancel_heatmap(wait=True)
         self.reader = None
         self.slide_path = ""
@@ -408,13 +398,6 @@ class SlideView(SlidePredictionMixin, QWidget):
         self.viewer.empty_text = EMPTY_TEXT
         self.viewer.update()
         show_error(self, "Cannot prepare the demo", message, "" if user_error else details)
-
-    def run_demo(self, slide_path: str, model_path: str) -> None:
-        """Open the demo slide with the demo model and show (or compute) its heatmap."""
-        if not self.open_slide(slide_path):
-            return
-        self._pending_run_model = str(Path(model_path).resolve())
-        self.select_model(model_path)
 
     def _run_or_load_cached(self) -> None:
         if not self._try_load_cached():
@@ -518,6 +501,7 @@ class SlideView(SlidePredictionMixin, QWidget):
         elif isinstance(chunk, hj.HeatmapBatch) and self.viewer.overlay is not None:
             self.viewer.overlay.update_cells(chunk.rows, chunk.cols, chunk.probs)
             self._overlay_dirty = True
+            self.heatmap_batch.emit(self.viewer.overlay.analysed_count())
 
     def _on_repaint_timer_timeout(self) -> None:
         if self._overlay_dirty:
@@ -719,6 +703,7 @@ class SlideView(SlidePredictionMixin, QWidget):
     # -- shutdown --------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop background work and release the slide (window closing)."""
+        self._drop_pending_open()
         self.cancel_heatmap(wait=True)
         QThreadPool.globalInstance().waitForDone(10000)
         self.viewer.set_slide(None)  # retires the reader: closed once no tile read uses it

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtWidgets import QFileDialog
+from PySide6.QtWidgets import QApplication, QFileDialog
 
 from engine.slides.synthetic import SyntheticSlide
 from gui.main_window import MainWindow
@@ -111,7 +111,7 @@ def _choose_mil_model(qtbot, view: SlideView, library_path: Path) -> None:  # ty
     assert view.heatmap_panel.mil_mode
 
 
-def test_mil_model_predicts_the_slide_and_paints_attention(qtbot, window: MainWindow, dialogs,
+def test_mil_model_predicts_the_slide_and_paints_attention(open_and_wait, qtbot, window: MainWindow, dialogs,
                                                            synthetic_svs: SyntheticSlide, mil_pair,
                                                            artifacts_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from engine.library import ModelLibrary
@@ -121,7 +121,7 @@ def test_mil_model_predicts_the_slide_and_paints_attention(qtbot, window: MainWi
     lib.add(extractor)
     entry = lib.add(aggregator)
     view = window.slide_view
-    window.open_path(synthetic_svs.path)
+    open_and_wait(window, synthetic_svs.path)
     _choose_mil_model(qtbot, view, entry.path)
     panel = view.heatmap_panel
 
@@ -183,7 +183,7 @@ def test_mil_model_predicts_the_slide_and_paints_attention(qtbot, window: MainWi
     view.viewer.repaint()
     qtbot.waitUntil(lambda: view.viewer.missing_tiles == 0 and view.viewer.scheduler.idle, timeout=10_000)
     window.statusBar().clearMessage()
-    qtbot.wait(100)  # let the side panel lay out the new text, as the running app would at once
+    QApplication.processEvents()  # lay out the side panel's new text (posted layout requests) before the shot
     window.grab().save(str(artifacts_dir / "mil-prediction.png"))
 
     # export: prediction JSON, attention map and tiles
@@ -204,7 +204,7 @@ def test_mil_model_predicts_the_slide_and_paints_attention(qtbot, window: MainWi
     assert "none given" in panel.summary_label.text()
 
 
-def test_extractor_not_in_the_library_is_asked_for_and_checked(qtbot, window: MainWindow, dialogs, monkeypatch,
+def test_extractor_not_in_the_library_is_asked_for_and_checked(open_and_wait, qtbot, window: MainWindow, dialogs, monkeypatch,
                                                                synthetic_svs: SyntheticSlide, mil_pair,
                                                                tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from engine.library import ModelLibrary
@@ -213,7 +213,7 @@ def test_extractor_not_in_the_library_is_asked_for_and_checked(qtbot, window: Ma
     extractor, aggregator = mil_pair
     entry = ModelLibrary().add(aggregator)  # the extractor stays outside the library
     view = window.slide_view
-    window.open_path(synthetic_svs.path)
+    open_and_wait(window, synthetic_svs.path)
     _choose_mil_model(qtbot, view, entry.path)
     assert "not in the model library" in view.heatmap_panel.model_info.text()
 
@@ -240,7 +240,7 @@ def test_extractor_not_in_the_library_is_asked_for_and_checked(qtbot, window: Ma
     assert view.heatmap_panel.run_button.text() == "Run Heatmap"
 
 
-def test_cancel_a_prediction_leaves_the_view_usable(qtbot, window: MainWindow, synthetic_svs: SyntheticSlide,
+def test_cancel_a_prediction_leaves_the_view_usable(open_and_wait, qtbot, window: MainWindow, synthetic_svs: SyntheticSlide,
                                                     mil_pair) -> None:  # type: ignore[no-untyped-def]
     from engine.library import ModelLibrary
 
@@ -249,7 +249,7 @@ def test_cancel_a_prediction_leaves_the_view_usable(qtbot, window: MainWindow, s
     lib.add(extractor)
     entry = lib.add(aggregator)
     view = window.slide_view
-    window.open_path(synthetic_svs.path)
+    open_and_wait(window, synthetic_svs.path)
     _choose_mil_model(qtbot, view, entry.path)
     view.run_heatmap()
     assert view.running and view.heatmap_panel.cancel_button.isEnabled()

@@ -105,10 +105,10 @@ def test_add_view_is_one_line(window: MainWindow) -> None:
         window.add_view("Genomics", icon("datasets"), QLabel("again"))
 
 
-def test_open_slide_shows_tiles_properties_and_recent(qtbot, window: MainWindow, synthetic_svs: SyntheticSlide,
+def test_open_slide_shows_tiles_properties_and_recent(open_and_wait, qtbot, window: MainWindow, synthetic_svs: SyntheticSlide,
                                                       artifacts_dir: Path) -> None:  # type: ignore[no-untyped-def]
     view = _view(window)
-    assert window.open_path(synthetic_svs.path)
+    open_and_wait(window, synthetic_svs.path)
     _wait_tiles(qtbot, view)
     assert view.viewer.first_paint_s is not None and view.viewer.first_paint_s < 2.0
     assert view.properties.fields["Size"].text().startswith("4,096 x 3,072 px")
@@ -128,17 +128,20 @@ def test_drop_a_slide_file_opens_it(qtbot, window: MainWindow, synthetic_svs: Sy
     mime.setUrls([QUrl.fromLocalFile(str(synthetic_svs.path))])
     event = QDropEvent(QPointF(300, 300), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                        Qt.KeyboardModifier.NoModifier)
-    window.dropEvent(event)
+    with qtbot.waitSignal(_view(window).slide_opened, timeout=30_000):
+        window.dropEvent(event)
     assert _view(window).slide_path == str(synthetic_svs.path.resolve())
 
 
 @pytest.mark.parametrize("which", ["not_a_slide", "truncated_slide"])
-def test_bad_file_gives_a_dialog_and_keeps_the_open_slide(request, qtbot, window: MainWindow, dialogs,
+def test_bad_file_gives_a_dialog_and_keeps_the_open_slide(open_and_wait, request, qtbot, window: MainWindow, dialogs,
                                                           synthetic_svs: SyntheticSlide, which: str) -> None:  # type: ignore[no-untyped-def]
     bad: Path = request.getfixturevalue(which)
     view = _view(window)
-    assert window.open_path(synthetic_svs.path)
-    assert not window.open_path(bad)
+    open_and_wait(window, synthetic_svs.path)
+    with qtbot.waitSignal(view.slide_open_failed, timeout=30_000) as failed:
+        window.open_path(bad)
+    assert failed.args[0] == str(bad.resolve()) and not view.opening
     assert len(dialogs) == 1
     title, text = dialogs[0]
     assert title == "Cannot open slide" and bad.name in text
@@ -148,12 +151,12 @@ def test_bad_file_gives_a_dialog_and_keeps_the_open_slide(request, qtbot, window
     _wait_tiles(qtbot, view)
 
 
-def test_label_images_need_an_explicit_confirmation(qtbot, window: MainWindow, dialogs, monkeypatch,
+def test_label_images_need_an_explicit_confirmation(open_and_wait, qtbot, window: MainWindow, dialogs, monkeypatch,
                                                      synthetic_svs: SyntheticSlide) -> None:  # type: ignore[no-untyped-def]
     shown_dialogs: list[str] = []
     monkeypatch.setattr(QDialog, "exec", lambda d: shown_dialogs.append(d.windowTitle()) or 0)
     view = _view(window)
-    window.open_path(synthetic_svs.path)
+    open_and_wait(window, synthetic_svs.path)
     view.show_associated_images()
     assert "patient" in dialogs[-1][1]
     assert shown_dialogs == []  # declined: nothing shown
@@ -168,19 +171,18 @@ def test_label_images_need_an_explicit_confirmation(qtbot, window: MainWindow, d
 
 
 # -- heatmap ---------------------------------------------------------------------------------------
-def test_heatmap_fills_in_over_the_tumour_and_is_cached(qtbot, window: MainWindow, synthetic_svs: SyntheticSlide,
+def test_heatmap_fills_in_over_the_tumour_and_is_cached(open_and_wait, qtbot, window: MainWindow, synthetic_svs: SyntheticSlide,
                                                         demo_model_path: Path, artifacts_dir: Path) -> None:  # type: ignore[no-untyped-def]
     view = _view(window)
-    window.open_path(synthetic_svs.path)
+    open_and_wait(window, synthetic_svs.path)
     _select_model(qtbot, view, demo_model_path)
-    partial_batches: list[int] = []
-    view.run_heatmap()
-    assert view.running and view.heatmap_panel.cancel_button.isEnabled()
-    view._worker.signals.partial.connect(lambda chunk: partial_batches.append(1))  # type: ignore[union-attr]
-    qtbot.waitUntil(lambda: view.viewer.overlay is not None, timeout=HEATMAP_TIMEOUT_MS)
+    batches_while_running: list[bool] = []
+    # listen before the run starts: a fast run cannot end before the test waits for it
+    view.heatmap_batch.connect(lambda _done: batches_while_running.append(view.running))
     with qtbot.waitSignal(view.heatmap_finished, timeout=HEATMAP_TIMEOUT_MS):
-        pass
-    assert partial_batches, "the overlay received batches while the run was going"
+        view.run_heatmap()
+        assert view.running and view.heatmap_panel.cancel_button.isEnabled()
+    assert batches_while_running and all(batches_while_running), "the overlay received batches during the run"
     assert not view.running and view.result is not None
     _wait_tiles(qtbot, view)
 
@@ -227,35 +229,46 @@ def test_heatmap_fills_in_over_the_tumour_and_is_cached(qtbot, window: MainWindo
     folder = hj.cache_folder(str(synthetic_svs.path), view._current_choice())  # type: ignore[arg-type]
     assert {"heatmap.npy", "heatmap.json", "overlay.png", "tiles.csv", "tiles.geojson"} <= {
         p.name for p in folder.iterdir()}
-    window.open_path(synthetic_svs.path)
+    open_and_wait(window, synthetic_svs.path)
     assert view.result is not None and not view.running
     assert "cache" in view.heatmap_panel.progress_label.text()
 
 
 def slow_heatmap_job(slide_path, model, mpp=None, progress=None, cancel=None, partial=None):  # type: ignore[no-untyped-def]
-    """The heatmap job of a slow workstation (runs in the child process): small batches, each
-    taking a while, so Cancel arrives long before the end."""
+    """The heatmap job of a very slow workstation (runs in the child process): small batches, and
+    after the first one nothing more until Cancel is pressed, so Cancel always lands mid-run
+    however fast or busy the machine is."""
     import engine.infer.pipeline as pipeline
 
     real = pipeline.compute_heatmap
+    latest: list[object] = []
+    # the child passes progress through a 10-per-second throttle; the latest count is sent past it
+    # before the job holds, so the view always shows how far the run got
+    send_now = getattr(progress, "_callback", progress)
 
-    def slow_compute(*args, on_batch=None, **kwargs):  # type: ignore[no-untyped-def]
-        def slow_batch(r, c, p):  # type: ignore[no-untyped-def]
+    def remember(event):  # type: ignore[no-untyped-def]
+        latest[:] = [event]
+        progress(event)
+
+    def held_compute(*args, on_batch=None, **kwargs):  # type: ignore[no-untyped-def]
+        def held_batch(r, c, p):  # type: ignore[no-untyped-def]
             on_batch(r, c, p)
-            time.sleep(0.3)
+            if latest:
+                send_now(latest[0])
+            cancel.wait(HEATMAP_TIMEOUT_MS / 1000)
 
-        return real(*args, on_batch=slow_batch, **{**kwargs, "cfg": pipeline.InferenceConfig(batch_size=16)})
+        return real(*args, on_batch=held_batch, **{**kwargs, "cfg": pipeline.InferenceConfig(batch_size=16)})
 
-    pipeline.compute_heatmap = lambda s, m, cfg=None, **kw: slow_compute(s, m, **kw)
-    return hj.run_heatmap(slide_path, model, mpp, progress=progress, cancel=cancel, partial=partial)
+    pipeline.compute_heatmap = lambda s, m, cfg=None, **kw: held_compute(s, m, **kw)
+    return hj.run_heatmap(slide_path, model, mpp, progress=remember, cancel=cancel, partial=partial)
 
 
-def test_cancel_midway_keeps_no_cache_and_the_app_usable(qtbot, window: MainWindow, synthetic_svs: SyntheticSlide,
+def test_cancel_midway_keeps_no_cache_and_the_app_usable(open_and_wait, qtbot, window: MainWindow, synthetic_svs: SyntheticSlide,
                                                          demo_model_path: Path) -> None:  # type: ignore[no-untyped-def]
     view = _view(window)
     view.heatmap_job = slow_heatmap_job
     view = _view(window)
-    window.open_path(synthetic_svs.path)
+    open_and_wait(window, synthetic_svs.path)
     _select_model(qtbot, view, demo_model_path)
     view.run_heatmap()
     qtbot.waitUntil(lambda: view.viewer.overlay is not None and view.viewer.overlay.analysed_count() > 0,
@@ -274,11 +287,11 @@ def test_cancel_midway_keeps_no_cache_and_the_app_usable(qtbot, window: MainWind
     assert view.result is not None
 
 
-def test_export_writes_files_and_an_unwritable_folder_gives_a_dialog(qtbot, window: MainWindow, dialogs,
+def test_export_writes_files_and_an_unwritable_folder_gives_a_dialog(open_and_wait, qtbot, window: MainWindow, dialogs,
                                                                       synthetic_svs: SyntheticSlide,
                                                                       demo_model_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     view = _view(window)
-    window.open_path(synthetic_svs.path)
+    open_and_wait(window, synthetic_svs.path)
     _select_model(qtbot, view, demo_model_path)
     result = engine_heatmap(synthetic_svs, demo_model_path)
     view._show_result(hj.HeatmapData(result, view.slide_path, view._current_choice(), ""))  # type: ignore[arg-type]
@@ -304,7 +317,7 @@ def test_export_writes_files_and_an_unwritable_folder_gives_a_dialog(qtbot, wind
     assert view.result is not None  # nothing else lost
 
 
-def test_a_model_that_does_not_fit_gives_a_dialog(qtbot, window: MainWindow, dialogs, tmp_path: Path,
+def test_a_model_that_does_not_fit_gives_a_dialog(open_and_wait, qtbot, window: MainWindow, dialogs, tmp_path: Path,
                                                   synthetic_svs: SyntheticSlide) -> None:  # type: ignore[no-untyped-def]
     import onnx
     from onnx import TensorProto, helper
@@ -315,20 +328,20 @@ def test_a_model_that_does_not_fit_gives_a_dialog(qtbot, window: MainWindow, dia
     plain = tmp_path / "plain.onnx"
     onnx.save(helper.make_model(graph), str(plain))
     view = _view(window)
-    window.open_path(synthetic_svs.path)
+    open_and_wait(window, synthetic_svs.path)
     view.select_model(str(plain))
     qtbot.waitUntil(lambda: bool(dialogs), timeout=10_000)
     assert dialogs[-1][0] == "Cannot use this model" and "not a MetaScope model" in dialogs[-1][1]
     assert not view.running and view.heatmap_panel.current_model() != str(plain)
 
 
-def test_event_loop_never_stalls_while_tiles_load_and_a_heatmap_runs(qtbot, window: MainWindow,
+def test_event_loop_never_stalls_while_tiles_load_and_a_heatmap_runs(open_and_wait, qtbot, window: MainWindow,
                                                                       synthetic_svs: SyntheticSlide,
                                                                       demo_model_path: Path) -> None:  # type: ignore[no-untyped-def]
     view = _view(window)
     with qtbot.waitSignal(view.models_refreshed, timeout=30_000):
         view.refresh_models()  # as at start-up: also loads the inference runtime in the background
-    window.open_path(synthetic_svs.path)
+    open_and_wait(window, synthetic_svs.path)
     _select_model(qtbot, view, demo_model_path)
     gaps: list[float] = []
     last = [time.perf_counter()]
@@ -358,7 +371,7 @@ def test_event_loop_never_stalls_while_tiles_load_and_a_heatmap_runs(qtbot, wind
     last[0] = time.perf_counter()
     probe.start()
     nav.start()
-    qtbot.wait(1500)  # tiles load while navigating
+    qtbot.waitUntil(lambda: step[0] >= 30, timeout=HEATMAP_TIMEOUT_MS)  # tiles load while navigating
     view.run_heatmap()
     qtbot.waitUntil(lambda: not view.running, timeout=HEATMAP_TIMEOUT_MS)
     nav.stop()
@@ -381,11 +394,14 @@ def test_first_start_runs_the_demo_journey(qtbot, dialogs, monkeypatch, syntheti
     window.resize(1440, 900)
     qtbot.addWidget(window)
     view = window.slide_view
-    qtbot.waitUntil(lambda: view.running, timeout=20_000)
-    qtbot.waitUntil(lambda: view.viewer.overlay is not None and view.viewer.overlay.analysed_count() > 0,
-                    timeout=HEATMAP_TIMEOUT_MS)
-    qtbot.waitUntil(lambda: " tiles · " in view.heatmap_panel.progress_label.text(), timeout=HEATMAP_TIMEOUT_MS)
-    assert "left" in view.heatmap_panel.progress_label.text()  # tiles done / total with an ETA
+    # set before the event loop runs the demo: the run then holds after its first batch until
+    # Cancel, so the test sees it running however fast or busy the machine is
+    view.heatmap_job = slow_heatmap_job
+    qtbot.waitUntil(lambda: view.running and view.viewer.overlay is not None
+                    and view.viewer.overlay.analysed_count() > 0, timeout=HEATMAP_TIMEOUT_MS)
+    # tiles done / total with an ETA
+    qtbot.waitUntil(lambda: " tiles · " in view.heatmap_panel.progress_label.text()
+                    and "left" in view.heatmap_panel.progress_label.text(), timeout=HEATMAP_TIMEOUT_MS)
     window.statusBar().clearMessage()
     _save(window, artifacts_dir, "heatmap-running.png")
     assert view.slide_path == str(synthetic_svs.path.resolve())
@@ -431,7 +447,7 @@ def test_grid_summary_counts_tiles_at_the_display_threshold(synthetic_svs: Synth
     assert "No tile at or above 0.99" in hj.summary_html(data, 0.99)
 
 
-def test_slide_without_mpp_asks_for_the_resolution(qtbot, window: MainWindow, monkeypatch,
+def test_slide_without_mpp_asks_for_the_resolution(open_and_wait, qtbot, window: MainWindow, monkeypatch,
                                                    synthetic_tiff_no_mpp: SyntheticSlide,
                                                    demo_model_path: Path) -> None:  # type: ignore[no-untyped-def]
     from PySide6.QtWidgets import QInputDialog
@@ -445,7 +461,7 @@ def test_slide_without_mpp_asks_for_the_resolution(qtbot, window: MainWindow, mo
 
     monkeypatch.setattr(QInputDialog, "getDouble", staticmethod(fake_get_double))
     view = _view(window)
-    window.open_path(synthetic_tiff_no_mpp.path)
+    open_and_wait(window, synthetic_tiff_no_mpp.path)
     assert view.properties.fields["Resolution"].text() == "not recorded"
     _select_model(qtbot, view, demo_model_path)
     view.run_heatmap()
@@ -455,5 +471,5 @@ def test_slide_without_mpp_asks_for_the_resolution(qtbot, window: MainWindow, mo
     _run_and_wait(qtbot, view)
     assert len(asked) == 2 and view.result is not None
     assert view.result.result.slide_mpp == pytest.approx(0.5) and view.result.result.slide_mpp_source == "user"
-    window.open_path(synthetic_tiff_no_mpp.path)  # the typed-in resolution finds the cached result
+    open_and_wait(window, synthetic_tiff_no_mpp.path)  # the typed-in resolution finds the cached result
     assert view.result is not None and len(asked) == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -19,18 +18,18 @@ from gui.widgets.viewer_paint import format_magnification, magnification, nice_s
 
 
 class SlowReader(ArrayReader):
-    """An ArrayReader whose reads take a while (a slow network drive)."""
+    """An ArrayReader whose reads hang until the test lets them go (a stalled network drive)."""
 
-    def __init__(self, *args: object, delay_s: float = 0.05, **kwargs: object) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.delay_s = delay_s
-        self.reads = 0
+        self.release = threading.Event()
+        self.entered = 0  # reads started (and held until ``release`` is set)
         self._lock = threading.Lock()
 
     def read_region(self, level0_xy, level, size):  # type: ignore[no-untyped-def]
-        time.sleep(self.delay_s)
         with self._lock:
-            self.reads += 1
+            self.entered += 1
+        self.release.wait(30)
         return super().read_region(level0_xy, level, size)
 
 
@@ -57,7 +56,7 @@ def viewer(qtbot):  # type: ignore[no-untyped-def]
     v.scheduler.shutdown()
 
 
-def _wait_drawn(qtbot, viewer: SlideViewer, timeout: int = 5000) -> None:  # type: ignore[no-untyped-def]
+def _wait_drawn(qtbot, viewer: SlideViewer, timeout: int = 30_000) -> None:  # type: ignore[no-untyped-def]
     viewer.repaint()  # paint now so ``missing_tiles`` describes the current view
     qtbot.waitUntil(lambda: viewer.thumbnail is not None and viewer.missing_tiles == 0 and viewer.scheduler.idle,
                     timeout=timeout)
@@ -178,14 +177,16 @@ def test_wheel_zoom_is_anchored_at_the_cursor(qtbot, viewer: SlideViewer) -> Non
 
 
 def test_tiles_of_a_closed_slide_are_dropped(qtbot, viewer: SlideViewer) -> None:  # type: ignore[no-untyped-def]
-    slow = SlowReader(np.full((2048, 2048, 3), 90, np.uint8), mpp=0.5, levels=1, delay_s=0.15)
+    slow = SlowReader(np.full((2048, 2048, 3), 90, np.uint8), mpp=0.5, levels=1)
     viewer.set_slide(slow)
     viewer.repaint()  # requests tiles of the slow slide
-    qtbot.waitUntil(lambda: slow.reads > 0 or not viewer.scheduler.idle, timeout=2000)
+    # both reader threads hang in the slow slide: its thumbnail and at least one tile
+    qtbot.waitUntil(lambda: slow.entered >= 2, timeout=30_000)
     fast = _gradient_slide()
     viewer.set_slide(fast)
-    _wait_drawn(qtbot, viewer)
-    qtbot.waitUntil(lambda: viewer.scheduler.stale_dropped > 0, timeout=3000)
+    slow.release.set()  # the old slide's reads end only now, after the switch
+    _wait_drawn(qtbot, viewer, timeout=30_000)
+    qtbot.waitUntil(lambda: viewer.scheduler.stale_dropped > 0, timeout=30_000)
     # every cached tile comes from the new slide: its pixels are the gradient, not flat grey
     for key, img in viewer.scheduler.cache._items.items():
         assert img.pixelColor(img.width() // 2, img.height() // 2).getRgb()[:3] != (90, 90, 90), key

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtWidgets import QMessageBox, QWizard  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMessageBox, QWizard  # noqa: E402
 
 from engine.library import ModelLibrary  # noqa: E402
 from engine.runs import pid_alive, run_info  # noqa: E402
@@ -121,7 +121,7 @@ def test_train_cancel_resume_evaluate_add_to_library_and_heatmap(
     assert ev["metrics"]["auc"] > 0.9  # the toy classes are separable
     assert ev["epoch"] == h.best["epoch"]  # the final best model, not the one before the resume
     assert "95% CI" in view.metrics_label.text()
-    qtbot.wait(200)
+    QApplication.processEvents()  # posted layout and paint requests, before the screenshot
     view.curves.draw_now()
     view.results_plot.draw_now()
     view.grab().save(str(artifacts_dir / "training-2-finished.png"))
