@@ -1,0 +1,133 @@
+"""The CancerSiamese networks (torch): a 1D-CNN encoder shared by a type classifier (pre-training)
+and a Siamese network (two weight-sharing branches, element-wise |a - b|, dense layers, sigmoid
+"same type"), plus the ONNX export of the embedding branch and the similarity head.
+
+Import this module lazily: it imports torch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class SiameseModelConfig:
+    n_genes: int
+    channels: tuple[int, ...] = (16, 32, 64)
+    kernels: tuple[int, ...] = (7, 5, 3)
+    embed_dim: int = 128
+    head_dim: int = 64
+    dropout: float = 0.3
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"], d["kernels"] = list(self.channels), list(self.kernels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SiameseModelConfig:
+        d = dict(d)
+        d["channels"], d["kernels"] = tuple(d["channels"]), tuple(d["kernels"])
+        return cls(**d)
+
+
+class Encoder(nn.Module):
+    """Profile (B, G) -> embedding (B, D): conv/BN/ReLU/max-pool blocks, flatten, dense."""
+
+    def __init__(self, cfg: SiameseModelConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in, length = 1, cfg.n_genes
+        for c, k in zip(cfg.channels, cfg.kernels, strict=True):
+            layers += [nn.Conv1d(c_in, c, k, padding=k // 2), nn.BatchNorm1d(c), nn.ReLU()]
+            if length >= 4:
+                layers.append(nn.MaxPool1d(2))
+                length //= 2
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(c_in * length, cfg.embed_dim)
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x.unsqueeze(1)).flatten(1)
+        return self.norm(self.fc(self.dropout(h)))
+
+
+class TypeClassifier(nn.Module):
+    """Encoder + linear layer over the training types (pre-training)."""
+
+    def __init__(self, cfg: SiameseModelConfig, n_types: int) -> None:
+        super().__init__()
+        self.encoder = Encoder(cfg)
+        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.embed_dim, n_types))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+class SimilarityHead(nn.Module):
+    """|a - b| -> dense -> ReLU -> dense -> logit of "same type"."""
+
+    def __init__(self, cfg: SiameseModelConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.head_dim), nn.ReLU(), nn.Linear(cfg.head_dim, 1))
+
+    def forward(self, ea: torch.Tensor, eb: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.abs(ea - eb)).squeeze(-1)
+
+
+class SiameseNet(nn.Module):
+    def __init__(self, cfg: SiameseModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.head = SimilarityHead(cfg)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Logit that ``a`` and ``b`` are of the same type."""
+        return self.head(self.encoder(a), self.encoder(b))
+
+
+class _ExportWrapper(nn.Module):
+    """ONNX graph: ``expression (B, G)`` log values in gene order -> ``embedding (B, D)``, and
+    ``embedding_a, embedding_b (P, D)`` -> ``similarity (P,)`` (sigmoid). Normalisation inside."""
+
+    def __init__(self, net: SiameseNet, center: np.ndarray, scale: np.ndarray, sample_norm: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.sample_norm = sample_norm
+        self.register_buffer("center", torch.from_numpy(np.asarray(center, np.float32)))
+        self.register_buffer("scale", torch.from_numpy(np.asarray(scale, np.float32)))
+
+    def forward(self, x: torch.Tensor, ea: torch.Tensor, eb: torch.Tensor):
+        if self.sample_norm:
+            mu = x.mean(dim=1, keepdim=True)
+            sd = torch.sqrt(((x - mu) ** 2).mean(dim=1, keepdim=True))
+            x = (x - mu) / torch.clamp(sd, min=1e-6)
+        x = (x - self.center) / self.scale
+        emb = self.net.encoder(x)
+        sim = torch.sigmoid(self.net.head(ea, eb))
+        return emb, sim
+
+
+def export_onnx(net: SiameseNet, center: np.ndarray, scale: np.ndarray, sample_norm: bool, path: str) -> None:
+    """Write the embedding branch + similarity head as one ONNX file (see :class:`_ExportWrapper`)."""
+    wrapper = _ExportWrapper(net, center, scale, sample_norm).eval()
+    d = net.cfg.embed_dim
+    args = (torch.randn(3, net.cfg.n_genes), torch.randn(5, d), torch.randn(5, d))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, args, path,
+            input_names=["expression", "embedding_a", "embedding_b"],
+            output_names=["embedding", "similarity"],
+            dynamic_axes={"expression": {0: "n"}, "embedding": {0: "n"}, "embedding_a": {0: "p"},
+                          "embedding_b": {0: "p"}, "similarity": {0: "p"}},
+            opset_version=17, dynamo=False,
+        )
