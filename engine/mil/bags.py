@@ -8,13 +8,15 @@ One file per slide, ``FEATURES_DIR/<slide_id>.h5``:
 - attributes: ``extractor_sha256``, ``extractor_name``, ``mpp`` (analysis resolution),
   ``tile_size`` (model input pixels), ``tile_size_level0`` and ``stride_level0`` (level-0 pixels),
   ``origin_level0`` (x, y of grid cell (0, 0)), ``grid_shape`` (rows, cols), ``slide_path``,
-  ``slide_dimensions``, ``complete`` (written last).
+  ``slide_dimensions``, ``fingerprint`` (JSON of every setting that changes the bag: see
+  :func:`engine.mil.features.bag_fingerprint`), ``complete`` (written last).
 
 Files are written to a temporary name and renamed, so a file under the final name is complete.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,9 @@ from engine.errors import DatasetError
 from engine.fileio import atomic_path
 
 BAG_SUFFIX = ".h5"
+#: Fingerprint keys that are feature-extraction settings (besides extractor, mpp and tile size):
+#: the same for a whole cohort, and embedded in an exported MIL model.
+BAG_SETTING_KEYS = ("min_tissue_fraction", "max_tiles", "mask_px_per_tile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +101,42 @@ def bag_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
 
 
-def is_complete(path: str | os.PathLike[str], extractor_sha256: str, mpp: float, tile_size: int) -> bool:
-    """Whether ``path`` holds a finished bag made with this extractor at this mpp and tile size."""
+def stored_fingerprint(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The fingerprint recorded in a bag's attributes (``None`` for bags written without one)."""
+    raw = info.get("fingerprint")
+    if not raw:
+        return None
+    try:
+        fp = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return fp if isinstance(fp, dict) else None
+
+
+def fingerprint_changes(path: str | os.PathLike[str], fingerprint: dict[str, Any]) -> list[str] | None:
+    """What differs between the bag at ``path`` and ``fingerprint``.
+
+    Returns:
+        ``None`` when there is no complete bag; ``[]`` when the bag was made with exactly these
+        settings (it can be reused); else the names of the settings that changed (the bag must be
+        recomputed). A bag written without a fingerprint reports ``["fingerprint"]``.
+    """
     info = bag_info(path)
-    return (
-        info is not None
-        and info.get("extractor_sha256") == extractor_sha256
-        and abs(float(info.get("mpp", -1.0)) - mpp) < 1e-6
-        and int(info.get("tile_size", -1)) == tile_size
-    )
+    if info is None:
+        return None
+    stored = stored_fingerprint(info)
+    if stored is None:
+        return ["fingerprint"]
+    return sorted(k for k in set(stored) | set(fingerprint) if not _same(stored.get(k), fingerprint.get(k)))
+
+
+def _same(a: Any, b: Any) -> bool:
+    # resolutions are floats (compared with a tolerance); sizes and times are ints (exact)
+    if isinstance(a, float) or isinstance(b, float):
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            return False
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
+    return bool(a == b)
 
 
 def read_bag(path: str | os.PathLike[str]) -> Bag:

@@ -115,6 +115,8 @@ def export_run(
         extra={
             "clinical": ck["clinical_spec"],
             "tiling": {"tile_size": ex.get("tile_size"), "mpp": ex.get("mpp")},
+            # tissue settings and tile cap of the training bags: prediction tiles slides alike
+            "feature_settings": ex.get("feature_settings"),
             "model_config": ck["model_config"],
             "outputs": {"probabilities": "(1, C) softmax", "attention": "(N,) per tile, sums to 1"},
         },

@@ -5,13 +5,18 @@ embedding), or a ``patch_classification`` model whose graph also exposes its pen
 as an output named ``features`` / ``embedding``. Tiles are planned and read exactly as for
 heatmaps and run through the same streaming pipeline (:func:`engine.infer.pipeline.iter_tile_outputs`).
 
-Cohort extraction is resumable (a slide with a complete file for the same extractor, mpp and
-tile size is skipped), cancellable, and robust: a slide that does not open or has no tissue is
-reported and the others continue. ``FEATURES_DIR/extraction.json`` records the outcome.
+Cohort extraction is resumable and never reuses a stale bag: every bag records a fingerprint of
+everything that changes it (:func:`bag_fingerprint`: extractor sha256, mpp, tile size, tissue
+settings, tile cap, ROI file hash, slide file size and mtime); a slide whose bag has the same
+fingerprint is skipped, one whose settings changed is recomputed and reported. Extraction is
+cancellable, and robust: a slide that does not open or has no tissue is reported and the others
+continue. ``FEATURES_DIR/extraction.json`` records the outcome.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
@@ -24,8 +29,9 @@ import numpy as np
 from engine.errors import ConfigError, MetaScopeError, ModelPackageError, NoTissueError
 from engine.fileio import atomic_write_json, ensure_writable_dir
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
-from engine.mil.bags import Bag, bag_path, is_complete, write_bag
+from engine.mil.bags import Bag, bag_path, fingerprint_changes, write_bag
 from engine.mil.cohort import Cohort
+from engine.slides.tiling import TISSUE_MASK_PX_PER_TILE, TissueSettings
 
 if TYPE_CHECKING:
     from engine.infer.session import ModelSession
@@ -50,6 +56,7 @@ class FeatureConfig:
         read_workers: tile-reading threads.
         device: ``auto``, ``cpu`` or ``cuda`` (onnxruntime).
         slide_mpp: level-0 resolution for slides that do not record one.
+        mask_px_per_tile: tissue-mask pixels per tile side (see :class:`~engine.slides.tiling.TissueSettings`).
     """
 
     tile_size: int | None = None
@@ -60,6 +67,7 @@ class FeatureConfig:
     read_workers: int = 2
     device: str = "auto"
     slide_mpp: float | None = None
+    mask_px_per_tile: int = TISSUE_MASK_PX_PER_TILE
 
     def __post_init__(self) -> None:
         if self.tile_size is not None and not 8 <= int(self.tile_size) <= 4096:
@@ -76,6 +84,19 @@ class FeatureConfig:
             raise ConfigError("batch_size and read_workers must be >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        self.tissue_settings()  # validates min_tissue_fraction and mask_px_per_tile
+
+    def tissue_settings(self) -> TissueSettings:
+        return TissueSettings(min_fraction=self.min_tissue_fraction, mask_px_per_tile=self.mask_px_per_tile)
+
+    def bag_settings(self) -> dict[str, Any]:
+        """The settings besides extractor, mpp and tile size that change a bag (they are embedded
+        in an exported MIL model so prediction tiles slides exactly as training did)."""
+        return {
+            "min_tissue_fraction": float(self.min_tissue_fraction),
+            "max_tiles": self.max_tiles,
+            "mask_px_per_tile": int(self.mask_px_per_tile),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +184,61 @@ def resolve_tiling(extractor: Extractor, cfg: FeatureConfig) -> tuple[int, float
 # -- one slide -------------------------------------------------------------------------------
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a (small) file, e.g. a GeoJSON ROI."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def bag_fingerprint(
+    extractor_sha256: str,
+    tile_size: int,
+    mpp: float,
+    cfg: FeatureConfig,
+    slide_path: str | os.PathLike[str] | None,
+    roi: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Everything that changes a slide's bag: a bag is reused only when this matches exactly.
+
+    Returns:
+        JSON-ready dict: extractor sha256, ``mpp``, ``tile_size``, the tissue settings and tile cap
+        (:meth:`FeatureConfig.bag_settings`), ``slide_mpp`` (a user-given slide resolution),
+        ``roi_sha256`` (``""`` without a ROI), ``slide_size`` and ``slide_mtime_ns`` (``None``
+        for an in-memory slide).
+
+    Raises:
+        DatasetError: the ROI file cannot be read.
+    """
+    from engine.errors import DatasetError
+
+    size = mtime = None
+    if slide_path:
+        try:
+            st = os.stat(slide_path)
+            size, mtime = int(st.st_size), int(st.st_mtime_ns)
+        except OSError:
+            pass  # opening the slide reports it
+    roi_hash = ""
+    if roi is not None:
+        try:
+            roi_hash = file_sha256(roi)
+        except OSError as exc:
+            raise DatasetError(f"cannot read the region of interest {roi}: {exc.strerror or exc}") from exc
+    return {
+        "extractor_sha256": extractor_sha256,
+        "mpp": float(mpp),
+        "tile_size": int(tile_size),
+        **cfg.bag_settings(),
+        "slide_mpp": float(cfg.slide_mpp) if cfg.slide_mpp is not None else None,
+        "roi_sha256": roi_hash,
+        "slide_size": size,
+        "slide_mtime_ns": mtime,
+    }
+
+
 def plan_slide(
     reader: SlideReader, tile_size: int, mpp: float, cfg: FeatureConfig, roi: str | os.PathLike[str] | None = None
 ) -> TilePlan:
@@ -173,14 +249,13 @@ def plan_slide(
         NoTissueError: no tissue (or no tissue inside the ROI).
         MissingMppError: the slide has no resolution and ``cfg.slide_mpp`` is not set.
     """
-    from engine.slides.tiling import TissueSettings
     from engine.slides.tiling import plan_slide as plan
 
     return plan(
         reader,
         tile_size,
         mpp,
-        TissueSettings(min_fraction=cfg.min_tissue_fraction),
+        cfg.tissue_settings(),
         roi=roi,
         max_tiles=cfg.max_tiles,
         slide_mpp=cfg.slide_mpp,
@@ -234,6 +309,9 @@ def extract_slide(
         "slide_mpp": plan.slide_mpp,
         "effective_mpp": plan.effective_mpp,
         "roi": str(roi) if roi is not None else "",
+        "fingerprint": json.dumps(
+            bag_fingerprint(extractor.sha256, tile_size, mpp, cfg, reader.info.path or None, roi), sort_keys=True
+        ),
     }
     return Bag(feats, plan.level0_xy.astype(np.int64), plan.grid_rc.astype(np.int64), attrs)
 
@@ -243,11 +321,13 @@ def extract_slide(
 
 @dataclass(slots=True)
 class ExtractionReport:
-    """Outcome of :func:`extract_cohort` per slide id: ``done``, ``skipped`` (already complete),
-    ``no_tissue`` and ``failed`` (with the reason)."""
+    """Outcome of :func:`extract_cohort` per slide id: ``done``, ``skipped`` (a bag with the same
+    fingerprint exists), ``recomputed`` (a bag existed but a setting changed: which ones; these are
+    also in ``done`` once extracted), ``no_tissue`` and ``failed`` (with the reason)."""
 
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    recomputed: dict[str, str] = field(default_factory=dict)
     no_tissue: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     tiles: int = 0
@@ -261,6 +341,7 @@ class ExtractionReport:
             f"extracted {len(self.done)} slides ({self.tiles} tiles, {self.seconds:.1f} s), "
             f"{len(self.skipped)} already done, {len(self.no_tissue)} without tissue, {len(self.failed)} failed"
         ]
+        out += [f"  recomputed (settings changed: {v}): {k}" for k, v in self.recomputed.items()]
         out += [f"  no tissue: {k}: {v}" for k, v in self.no_tissue.items()]
         out += [f"  failed: {k}: {v}" for k, v in self.failed.items()]
         return out
@@ -302,10 +383,19 @@ def extract_cohort(
     for i, e in enumerate(cohort.entries):
         check_cancel(cancel)
         target = bag_path(out, e.slide_id)
-        if is_complete(target, ex.sha256, mpp, tile_size):
+        try:
+            fp = bag_fingerprint(ex.sha256, tile_size, mpp, cfg, e.slide_path, e.roi_path)
+        except MetaScopeError as exc:  # unreadable ROI
+            rep.failed[e.slide_id] = str(exc)
+            report(progress, ProgressEvent("features", i + 1, n, e.slide_id))
+            continue
+        changed = fingerprint_changes(target, fp)
+        if changed == []:
             rep.skipped.append(e.slide_id)
             report(progress, ProgressEvent("features", i + 1, n, f"{e.slide_id}: already done"))
             continue
+        if changed:
+            rep.recomputed[e.slide_id] = ", ".join(changed)
 
         def tile_progress(ev: ProgressEvent, _i: int = i, _sid: str = e.slide_id) -> None:
             report(progress, ProgressEvent("features", _i, n, f"{_sid}: {ev.step}/{ev.total} tiles", ev.metrics))
@@ -321,6 +411,7 @@ def extract_cohort(
             rep.failed[e.slide_id] = f"{type(exc).__name__}: {exc}"
         else:
             bag.attrs["slide_id"] = e.slide_id
+            bag.attrs["fingerprint"] = json.dumps(fp, sort_keys=True)
             write_bag(target, bag)
             rep.done.append(e.slide_id)
             rep.tiles += bag.n

@@ -27,7 +27,7 @@ from engine.mil.clinical import ClinicalSpec
 
 if TYPE_CHECKING:
     from engine.infer.session import ModelSession
-    from engine.mil.features import Extractor
+    from engine.mil.features import Extractor, FeatureConfig
 
 
 class Aggregator:
@@ -39,6 +39,8 @@ class Aggregator:
         clinical: the clinical encoding the model was trained with (empty: image only).
         extractor_sha256, extractor_name: the feature extractor it needs.
         tile_size, mpp: the tiling its features were extracted with.
+        feature_settings: the tissue settings and tile cap of its training bags (``None`` for
+            models exported before they were recorded: defaults are used).
     """
 
     def __init__(self, session: ModelSession) -> None:
@@ -54,12 +56,35 @@ class Aggregator:
         tiling = meta.extra.get("tiling", {})
         self.tile_size = int(tiling.get("tile_size", 0)) or None
         self.mpp = float(tiling["mpp"]) if tiling.get("mpp") else None
+        settings = meta.extra.get("feature_settings")
+        self.feature_settings: dict[str, Any] | None = dict(settings) if isinstance(settings, dict) else None
         self.inputs = [i.name for i in session.session.get_inputs()]
         self.feature_dim = meta.feature_dim
 
     @property
     def name(self) -> str:
         return self.session.name
+
+    def feature_config(
+        self, *, batch_size: int = 64, device: str = "auto", slide_mpp: float | None = None
+    ) -> FeatureConfig:
+        """The feature extraction settings of the training bags (tile size, mpp, tissue, tile cap).
+
+        Raises:
+            ModelPackageError: the recorded settings are not valid.
+        """
+        from engine.errors import ConfigError
+        from engine.mil.bags import BAG_SETTING_KEYS
+        from engine.mil.features import FeatureConfig
+
+        recorded = {k: v for k, v in (self.feature_settings or {}).items() if k in BAG_SETTING_KEYS and v is not None}
+        try:
+            return FeatureConfig(
+                tile_size=self.tile_size, mpp=self.mpp, batch_size=batch_size, device=device, slide_mpp=slide_mpp,
+                **recorded,
+            )
+        except (ConfigError, TypeError) as exc:
+            raise ModelPackageError(f"{self.name}: invalid feature settings in the model metadata ({exc})") from exc
 
     def check_extractor(self, extractor: Extractor) -> None:
         """Raise :class:`ModelPackageError` unless ``extractor`` is the one this model needs."""
@@ -243,7 +268,7 @@ def predict_slide(
     Raises:
         SlideOpenError, NoTissueError, ModelPackageError (wrong extractor), Cancelled.
     """
-    from engine.mil.features import FeatureConfig, extract_slide, load_extractor
+    from engine.mil.features import extract_slide, load_extractor
     from engine.slides.open import open_slide
 
     t0 = time.perf_counter()
@@ -251,7 +276,8 @@ def predict_slide(
     ex = extractor if not isinstance(extractor, (str, os.PathLike)) else load_extractor(extractor, device)
     agg.check_extractor(ex)
     num, codes, notes = agg.encode(clinical)
-    cfg = FeatureConfig(tile_size=agg.tile_size, mpp=agg.mpp, batch_size=batch_size, device=device, slide_mpp=slide_mpp)
+    # tile exactly as the training bags were: tile size, mpp, tissue settings and tile cap
+    cfg = agg.feature_config(batch_size=batch_size, device=device, slide_mpp=slide_mpp)
     with open_slide(slide_path, mpp=slide_mpp) as reader:
         bag = extract_slide(reader, ex, cfg, roi=roi, progress=progress, cancel=cancel)
     report(progress, ProgressEvent("aggregate", 0, 1, "scoring the slide"))

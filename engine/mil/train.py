@@ -30,7 +30,7 @@ import numpy as np
 from engine.errors import Cancelled, ConfigError, DatasetError
 from engine.fileio import atomic_write_json, ensure_writable_dir
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, report
-from engine.mil.bags import bag_info, bag_path, read_bag
+from engine.mil.bags import BAG_SETTING_KEYS, bag_info, bag_path, read_bag, stored_fingerprint
 from engine.mil.clinical import ClinicalSpec
 from engine.mil.cohort import Cohort, CohortEntry, label_scheme, load_cohort
 from engine.mil.splits import Fold, kfold_splits, single_split
@@ -240,12 +240,22 @@ def check_bags(cohort: Cohort, features_dir: Path) -> tuple[list[CohortEntry], l
             notes.append(f"{e.slide_id}: feature file has no tiles (no tissue); slide skipped")
             continue
         key = {k: info.get(k) for k in ("extractor_sha256", "extractor_name", "mpp", "tile_size", "feature_dim")}
+        # tissue settings and tile cap, embedded in the exported model so prediction tiles alike
+        fp = stored_fingerprint(info)
+        key["feature_settings"] = {k: fp.get(k) for k in BAG_SETTING_KEYS} if fp is not None else None
         if common is None:
             common = key
         elif key["extractor_sha256"] != common["extractor_sha256"] or key["feature_dim"] != common["feature_dim"]:
             raise DatasetError(
                 f"{e.slide_id}: features come from a different extractor than the other slides; "
                 "re-extract all slides with one extractor"
+            )
+        elif key["feature_settings"] != common["feature_settings"] or key["mpp"] != common["mpp"] or (
+            key["tile_size"] != common["tile_size"]
+        ):
+            raise DatasetError(
+                f"{e.slide_id}: features were extracted with other settings (mpp, tile size, tissue, tile cap) "
+                "than the other slides; re-extract all slides with one set of settings"
             )
         usable.append(e)
     if not usable or common is None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.data.geojson import points_in_rings
 from engine.errors import Cancelled, ModelPackageError, NoTissueError
 from engine.jobs import CancelToken
 from engine.mil.bags import bag_path, read_bag
 from engine.mil.cohort import load_cohort
-from engine.data.geojson import points_in_rings
 from engine.mil.features import FeatureConfig, extract_cohort, load_extractor
 from tests.fixtures.cohort import TILE_MPP, TILE_PX
 
@@ -93,3 +93,59 @@ def test_roi_restricts_tiles_and_bad_extractors_are_refused(mil_cohort, tmp_path
     ).tolist() == [True, False]
     with pytest.raises(ModelPackageError):
         load_extractor(tmp_path / "missing.onnx", "cpu")
+
+
+def test_bags_are_reused_only_when_every_setting_matches(mil_cohort, tmp_path: Path) -> None:
+    """ROI, tissue settings, tile cap and the slide file are fingerprinted; a change recomputes."""
+    import csv
+    import os
+
+    from engine.mil.bags import bag_info, stored_fingerprint
+
+    a, b = sorted(mil_cohort.slides)[:2]
+    slides = {sid: mil_cohort.root / "slides" / f"{sid}.svs" for sid in (a, b)}
+    roi = tmp_path / "roi.geojson"
+    square = [[100, 100], [600, 100], [600, 600], [100, 600], [100, 100]]
+    roi.write_text(json.dumps({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}}))
+
+    def manifest(with_roi: bool) -> Path:
+        path = tmp_path / ("roi.csv" if with_roi else "plain.csv")
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["slide", "label", "patient", "roi"])
+            w.writerow([slides[a], "N+", "p1", roi if with_roi else ""])
+            w.writerow([slides[b], "N0", "p2", ""])
+        return path
+
+    out = tmp_path / "feats"
+    plain = load_cohort(manifest(False))
+    ex = load_extractor(mil_cohort.extractor, "cpu")
+    cfg = FeatureConfig(device="cpu", read_workers=1)
+    first = extract_cohort(plain, ex, out, cfg)
+    assert sorted(first.done) == [a, b] and not first.recomputed
+    fp = stored_fingerprint(bag_info(bag_path(out, a)) or {})
+    assert fp is not None and fp["extractor_sha256"] == ex.sha256 and fp["tile_size"] == TILE_PX
+    assert fp["roi_sha256"] == "" and fp["slide_size"] == slides[a].stat().st_size and fp["max_tiles"] is None
+    again = extract_cohort(plain, ex, out, cfg)
+    assert sorted(again.skipped) == [a, b] and not again.done
+
+    capped = extract_cohort(plain, ex, out, FeatureConfig(device="cpu", read_workers=1, max_tiles=5))
+    assert capped.recomputed == {a: "max_tiles", b: "max_tiles"} and sorted(capped.done) == [a, b]
+    assert read_bag(bag_path(out, a)).n == 5
+    assert any("recomputed (settings changed: max_tiles)" in line for line in capped.lines())
+
+    tissue = extract_cohort(plain, ex, out, FeatureConfig(device="cpu", read_workers=1, min_tissue_fraction=0.6))
+    assert set(tissue.recomputed[a].split(", ")) == {"max_tiles", "min_tissue_fraction"}
+
+    with_roi = extract_cohort(load_cohort(manifest(True)), ex, out, FeatureConfig(device="cpu", read_workers=1, min_tissue_fraction=0.6))
+    assert with_roi.recomputed == {a: "roi_sha256"} and with_roi.skipped == [b]
+    centres = read_bag(bag_path(out, a)).coords + 32
+    assert np.all((centres >= 100) & (centres <= 600))
+
+    st = slides[b].stat()
+    os.utime(slides[b], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # the slide file changed
+    try:
+        touched = extract_cohort(load_cohort(manifest(True)), ex, out, FeatureConfig(device="cpu", read_workers=1, min_tissue_fraction=0.6))
+    finally:
+        os.utime(slides[b], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert touched.recomputed == {b: "slide_mtime_ns"} and touched.skipped == [a]

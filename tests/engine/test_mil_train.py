@@ -99,6 +99,9 @@ def test_export_and_predict_with_onnxruntime_attention_on_tumour(mil_runs, mil_c
     # numbers say what they were measured on; the manifest is named, not located
     assert meta.metrics["split"] and ("test" in meta.metrics or "selection" in meta.metrics)
     assert not meta.training_data["manifest"].startswith("/")
+    # the feature settings of the training bags travel with the model
+    assert meta.extra["feature_settings"] == {"min_tissue_fraction": 0.25, "max_tiles": None, "mask_px_per_tile": 16}
+    assert agg.feature_config().max_tiles is None and agg.feature_config().tile_size == 32
 
     # ONNX (any bag size) matches torch
     model, _ = load_run_model(mil_runs["fused"].run_dir)
@@ -139,6 +142,14 @@ def test_export_and_predict_with_onnxruntime_attention_on_tumour(mil_runs, mil_c
     assert set(d["probabilities"]) == {"N0", "N+"} and d["tile_size_level0"] == 64
     assert np.load(out / "attention.npy").shape == tuple(d["grid_shape"])
     assert (out / "attention.png").is_file() and (out / "tiles.csv").is_file()
+
+    # prediction tiles the slide with the model's recorded settings, not defaults
+    agg.feature_settings = {"min_tissue_fraction": 0.5, "max_tiles": 6, "mask_px_per_tile": 16}
+    capped = predict_slide(mil_cohort.root / "slides" / f"{positives[0]}.svs", mil_cohort.extractor, agg, device="cpu")
+    assert capped.attention.size == 6
+    agg.feature_settings = {"max_tiles": 0}
+    with pytest.raises(ModelPackageError, match="feature settings"):
+        agg.feature_config()
 
     # an aggregator refuses features of another extractor
     from engine.mil.extractor import build_stats_extractor

@@ -1,0 +1,230 @@
+"""The WGAN-GP optimisation loop (critic and generator steps, checkpoints, live gamma, realism).
+
+Used by :func:`engine.expression.wgan_train.train_wgan`; torch is imported when a loop is made.
+Loss (Gulrajani et al. 2017): the critic minimises ``D(fake) - D(real) + lambda * (||grad D(x_hat)|| - 1)^2``
+on random interpolates ``x_hat``; the generator minimises ``-D(fake)``; Adam(lr, betas (0.5, 0.9)),
+``n_critic`` critic steps per generator step. Both see the real batch's covariates.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import Cancelled
+from engine.expression.wgan import CovariateSpec, GeneScaler, build_models
+from engine.expression.wgan_train import WganData, WganTrainConfig, finite
+from engine.fileio import atomic_write_json
+from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, report
+from engine.runs import stop_requested
+from engine.train.runfolder import EventLog, load_checkpoint, save_torch, write_state
+
+CHECKPOINT = "checkpoints/last.pt"
+
+
+class WganLoop:
+    """Models, optimisers and state of one run; :meth:`train` runs the remaining epochs."""
+
+    def __init__(self, cfg: WganTrainConfig, data: WganData, run: Path, log: EventLog) -> None:
+        import torch
+
+        self.torch = torch
+        self.cfg, self.data, self.run, self.log = cfg, data, run, log
+        tr = data.train_idx
+        self.spec = CovariateSpec.fit(data.covariates.iloc[tr], list(cfg.covariates), cfg.categorical)
+        self.scaler = GeneScaler.fit(data.values[tr])
+        self.x = torch.from_numpy(self.scaler.transform(data.values[tr]))
+        num, codes, _ = self.spec.encode(data.covariates.iloc[tr].reset_index(drop=True))
+        self.num, self.codes = torch.from_numpy(num), torch.from_numpy(codes)
+        torch.manual_seed(cfg.seed)
+        self.gen, self.critic = build_models(len(data.genes), self.spec, cfg.model_config())
+        self.gen_ema = copy.deepcopy(self.gen).eval() if cfg.ema > 0 else None
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=betas)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        (run / "checkpoints").mkdir(exist_ok=True)
+        if (run / CHECKPOINT).is_file():
+            self._load(load_checkpoint(run / CHECKPOINT))
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def payload(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model": (self.gen_ema or self.gen).state_dict(),
+            "generator": self.gen.state_dict(),
+            "critic": self.critic.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_c": self.opt_c.state_dict(),
+            "epoch": epoch,
+            "genes": list(self.data.genes),
+            "covariate_spec": self.spec.to_dict(),
+            "scaler": self.scaler.to_dict(),
+            "model_config": self.cfg.model_config(),
+            "history": self.history,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": self.torch.get_rng_state(),
+        }
+
+    def _load(self, ck: dict[str, Any]) -> None:
+        self.gen.load_state_dict(ck["generator"])
+        self.critic.load_state_dict(ck["critic"])
+        if self.gen_ema is not None:
+            self.gen_ema.load_state_dict(ck["model"])
+        self.opt_g.load_state_dict(ck["opt_g"])
+        self.opt_c.load_state_dict(ck["opt_c"])
+        self.start_epoch = int(ck["epoch"])
+        self.history = list(ck.get("history", []))
+        self.rng.bit_generator.state = ck["numpy_rng"]
+        self.torch.set_rng_state(ck["torch_rng"])
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def _batch(self) -> tuple[Any, Any, Any]:
+        n = self.x.shape[0]
+        idx = self.torch.from_numpy(self.rng.choice(n, size=min(self.cfg.batch_size, n), replace=False))
+        return self.x[idx], self.num[idx], self.codes[idx]
+
+    def _noise(self, n: int) -> Any:
+        return self.torch.randn(n, self.cfg.noise_dim)
+
+    def critic_step(self) -> tuple[float, float, float]:
+        torch = self.torch
+        real, num, codes = self._batch()
+        with torch.no_grad():
+            fake = self.gen(self._noise(len(real)), num, codes)
+        eps = torch.rand(len(real), 1)
+        mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
+        grad = torch.autograd.grad(self.critic(mix, num, codes).sum(), mix, create_graph=True)[0]
+        gp = ((grad.norm(2, dim=1) - 1.0) ** 2).mean()
+        w = self.critic(real, num, codes).mean() - self.critic(fake, num, codes).mean()
+        loss = -w + self.cfg.gp_lambda * gp
+        self.opt_c.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_c.step()
+        return float(loss.detach()), float(gp.detach()), float(w.detach())
+
+    def generator_step(self) -> float:
+        _, num, codes = self._batch()
+        for p in self.critic.parameters():
+            p.requires_grad_(False)
+        loss = -self.critic(self.gen(self._noise(len(num)), num, codes), num, codes).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        for p in self.critic.parameters():
+            p.requires_grad_(True)
+        if self.gen_ema is not None:
+            with self.torch.no_grad():
+                d = self.cfg.ema
+                for pe, p in zip(self.gen_ema.parameters(), self.gen.parameters(), strict=True):
+                    pe.mul_(d).add_(p.detach(), alpha=1 - d)
+                for be, b in zip(self.gen_ema.buffers(), self.gen.buffers(), strict=True):
+                    be.copy_(b)
+        return float(loss.detach())
+
+    # -- epochs ----------------------------------------------------------------------------------
+
+    def _check_stop(self, cancel: CancelToken | None) -> None:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        if stop_requested(self.run):
+            raise Cancelled("stop requested")
+
+    def _epoch(self, epoch: int, cancel: CancelToken | None) -> dict[str, float]:
+        cfg = self.cfg
+        sums = np.zeros(4)
+        last_step_event = 0.0
+        self.gen.train()
+        self.critic.train()
+        for step in range(1, cfg.steps_per_epoch + 1):
+            self._check_stop(cancel)
+            c = np.zeros(3)
+            for _ in range(cfg.n_critic):
+                c += self.critic_step()
+            c /= cfg.n_critic
+            g = self.generator_step()
+            sums += (c[0], g, c[1], c[2])
+            now = time.monotonic()
+            if now - last_step_event >= 1.0 or step == cfg.steps_per_epoch:
+                last_step_event = now
+                self.log.write(
+                    "step", epoch=epoch, step=step, steps=cfg.steps_per_epoch, loss=float(c[0]),
+                    critic_loss=float(c[0]), generator_loss=g, gradient_penalty=float(c[1]), wasserstein=float(c[2]),
+                )
+        m = sums / cfg.steps_per_epoch
+        return {
+            "critic_loss": float(m[0]), "generator_loss": float(m[1]),
+            "gradient_penalty": float(m[2]), "wasserstein": float(m[3]),
+        }
+
+    def train(self, progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
+        cfg = self.cfg
+        self.torch.set_num_threads(cfg.cpu_threads)
+        self.log.write(
+            "run_started", epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, device="cpu",
+            resumed=self.start_epoch > 0, start_epoch=self.start_epoch, train_samples=int(len(self.data.train_idx)),
+            heldout_samples=int(len(self.data.heldout_idx)), genes=len(self.data.genes),
+            covariates=self.spec.names,
+        )
+        for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
+            write_state(self.run, "running", epoch=epoch, epochs=cfg.epochs)
+            self.log.write("epoch_started", epoch=epoch, epochs=cfg.epochs, steps=cfg.steps_per_epoch)
+            t0 = time.perf_counter()
+            m = self._epoch(epoch, cancel)
+            if cfg.gamma_every and (epoch % cfg.gamma_every == 0 or epoch == cfg.epochs):
+                m["val_gamma"] = self.live_gamma()
+            m["train_loss"] = m["critic_loss"]
+            m["seconds"] = round(time.perf_counter() - t0, 3)
+            self.history.append({"epoch": epoch, **m})
+            save_torch(self.payload(epoch), self.run / CHECKPOINT)
+            self.log.write("epoch_ended", epoch=epoch, epochs=cfg.epochs, **m)
+            self.log.write("checkpoint", epoch=epoch, path=CHECKPOINT)
+            msg = f"W {m['wasserstein']:.3f} critic {m['critic_loss']:.3f} gen {m['generator_loss']:.3f}"
+            if m.get("val_gamma") is not None:
+                msg += f" gamma {m['val_gamma']:.3f}"
+            report(progress, ProgressEvent("train", epoch, cfg.epochs, msg, m))
+
+    # -- sampling and realism --------------------------------------------------------------------
+
+    def sample(self, n: int, seed: int) -> np.ndarray:
+        """``n`` profiles (log scale) for covariates drawn from the training rows."""
+        torch = self.torch
+        gen = self.gen_ema or self.gen
+        gen.eval()
+        rng = np.random.default_rng(seed)
+        idx = torch.from_numpy(rng.choice(self.x.shape[0], size=n, replace=n > self.x.shape[0]))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            z = gen(torch.randn(n, self.cfg.noise_dim, generator=g), self.num[idx], self.codes[idx]).numpy()
+        return self.scaler.inverse(z)
+
+    def live_gamma(self) -> float | None:
+        from engine.expression.realism import gamma
+
+        held = self.data.values[self.data.heldout_idx]
+        return finite(gamma(held, self.sample(len(self.data.train_idx), 12345)))
+
+    def final_realism(self) -> dict[str, Any]:
+        """Realism on the held-out samples beside the Gaussian baseline and real-vs-real;
+        writes ``metrics.json`` and ``realism/``."""
+        from engine.expression.realism import evaluate_realism, write_report
+
+        d = self.data
+        real_train = d.values[d.train_idx]
+        synthetic = self.sample(len(d.train_idx), self.cfg.seed + 777)
+        metrics, sets = evaluate_realism(d.values[d.heldout_idx], synthetic, real_train, seed=self.cfg.seed)
+        metrics["train_samples"] = int(len(d.train_idx))
+        metrics["heldout_samples"] = int(len(d.heldout_idx))
+        metrics["epochs"] = self.cfg.epochs
+        metrics["evaluated_on"] = "held-out real samples (never used in training)"
+        metrics["history"] = [{k: h.get(k) for k in ("epoch", "wasserstein", "val_gamma")} for h in self.history]
+        write_report(metrics, sets, d.genes, self.run / "realism")
+        atomic_write_json(self.run / "metrics.json", metrics)
+        return metrics
