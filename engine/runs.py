@@ -33,6 +33,7 @@ from typing import Any
 from engine.errors import ConfigError, OutputError
 from engine.fileio import atomic_write_json
 from engine.paths import runs_dir
+from engine.procs import pid_alive
 
 # evaluate_run lives with patch training; re-exported because the run views import it from here
 from engine.train.run_evaluation import EVALUATION_NAME, evaluate_run  # noqa: F401
@@ -53,49 +54,6 @@ FINAL_STATES = ("finished", "failed", "cancelled", "crashed")
 
 
 # -- processes -------------------------------------------------------------------------------------
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id exists (and is not a zombie on Linux)."""
-    if not pid or pid <= 0:
-        return False
-    if sys.platform.startswith("win"):
-        return _win_pid_alive(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.is_file():
-        try:
-            # field 3 is the state; "Z" (zombie) and "X" (dead) mean the run has ended
-            state = stat.read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return True
-        return state not in ("Z", "X")
-    return True
-
-
-def _win_pid_alive(pid: int) -> bool:
-    import ctypes
-
-    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-    process_query_limited_information = 0x1000
-    still_active = 259
-    handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
-    if not handle:
-        return False
-    try:
-        code = ctypes.c_ulong()
-        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
-            return False
-        return code.value == still_active
-    finally:
-        kernel32.CloseHandle(handle)
-
-
 def project_root() -> Path:
     """Folder holding ``main.py`` when running from source."""
     return Path(__file__).resolve().parent.parent

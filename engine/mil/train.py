@@ -41,6 +41,7 @@ from engine.train.runfolder import (
     load_checkpoint,
     load_run_config,
     prepare_new_run,
+    run_lock,
     save_torch,
     write_state,
 )
@@ -314,14 +315,22 @@ def train_mil(
         DatasetError: unusable cohort or features; ConfigError: bad settings; OutputError: run
         folder not writable or already used; Cancelled: cancelled (checkpoint kept).
     """
-    from engine.mil.evaluate import write_evaluation
-
     run = Path(run_dir)
     if resume:
         cfg = load_mil_config(run)
         ensure_writable_dir(run)
     else:
         prepare_new_run(run)
+    with run_lock(run):  # no second process trains into this folder meanwhile
+        return _train_locked(cfg, run, resume, progress, cancel)
+
+
+def _train_locked(
+    cfg: MILTrainConfig, run: Path, resume: bool, progress: ProgressCallback | None, cancel: CancelToken | None
+) -> TrainResult:
+    """:func:`train_mil` once the run folder is prepared and locked."""
+    from engine.mil.evaluate import write_evaluation
+
     (run / "checkpoints").mkdir(exist_ok=True)
     log = _RunLog(run)
 

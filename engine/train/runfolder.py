@@ -7,21 +7,28 @@ reader never sees half a line), every other file is replaced atomically.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import socket
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError, MetaScopeError
 from engine.fileio import atomic_path, atomic_write_json, json_default
+from engine.procs import pid_alive
 
 CONFIG_NAME = "config.json"
 EVENTS_NAME = "events.jsonl"
 STATE_NAME = "state.json"
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"
+#: held (OS file lock) by the process training into the folder, for the whole run
+LOCK_NAME = ".lock"
 
 EVENT_TYPES = (
     "run_started", "resumed", "data_checked", "epoch_started", "step", "epoch_ended", "checkpoint",
@@ -32,6 +39,18 @@ STATUSES = ("running", "cancelled", "finished", "failed")
 
 class RunFolderError(MetaScopeError):
     """A run folder cannot be used (exists and is not resumable, still running, damaged)."""
+
+
+class RunLockedError(RunFolderError, ConfigError):
+    """Another live process holds the run folder's lock (it is training into it).
+
+    Attributes:
+        pid: that process's id when it recorded one, else ``None``.
+    """
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 class EventLog:
@@ -92,23 +111,6 @@ def read_state(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    # a zombie (killed, not yet reaped by its parent) is not running
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def is_running(run_dir: str | os.PathLike[str]) -> bool:
     """Whether another live process on this machine is training into ``run_dir``."""
     st = read_state(run_dir)
@@ -117,7 +119,112 @@ def is_running(run_dir: str | os.PathLike[str]) -> bool:
     pid = st.get("pid")
     if st.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
         return False
-    return _pid_alive(pid)
+    return pid_alive(pid)
+
+
+# -- the run lock ---------------------------------------------------------------------------------
+
+# byte the Windows lock covers: past the pid text, so other processes can still read who holds it
+_WIN_LOCK_OFFSET = 1 << 20
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` without waiting; ``False`` when another holder has it."""
+    if sys.platform.startswith("win"):
+        import msvcrt
+
+        os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        if exc.errno in (errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return True  # a file system without locks (some network shares): run unlocked
+        raise
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if sys.platform.startswith("win"):
+        import msvcrt
+
+        os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
+        with contextlib.suppress(OSError):
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def lock_holder(run_dir: str | os.PathLike[str]) -> int | None:
+    """The pid recorded in ``RUN_DIR/.lock`` (the last process that held it), or ``None``."""
+    try:
+        text = (Path(run_dir) / LOCK_NAME).read_text(encoding="utf-8").strip()
+        pid = json.loads(text).get("pid") if text else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str], enabled: bool = True) -> Iterator[None]:
+    """Hold an OS lock on ``RUN_DIR/.lock`` while the block runs: no two processes train into
+    one run folder (a second trainer, or ``--resume`` of a live run, is refused).
+
+    The lock is the operating system's (``fcntl.flock`` on POSIX, ``msvcrt.locking`` on
+    Windows), so it is released when the holder exits or dies, whatever happened; the file
+    itself stays (it records the last holder's pid and host). Use it in every trainer::
+
+        with run_lock(run_dir):
+            ...  # write config, events, checkpoints
+
+    Args:
+        run_dir: the run folder (created if missing).
+        enabled: ``False`` makes this a no-op (DDP ranks other than 0 share rank 0's lock).
+
+    Raises:
+        RunLockedError: another live process holds the lock.
+        OutputError: the lock file cannot be created.
+    """
+    if not enabled:
+        yield
+        return
+    from engine.errors import OutputError
+
+    run = Path(run_dir)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"cannot lock run folder {run}: {exc.strerror or exc}") from exc
+    try:
+        if not _try_lock(fd):
+            pid = lock_holder(run)
+            who = f"process {pid}" if pid else "another process"
+            raise RunLockedError(
+                f"run {run} is being trained by {who}; stop it (or wait for it to finish) before "
+                "training or resuming into this folder",
+                pid,
+            )
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode())
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
 
 
 def prepare_new_run(run_dir: Path) -> None:
@@ -129,7 +236,8 @@ def prepare_new_run(run_dir: Path) -> None:
     if run_dir.exists():
         if not run_dir.is_dir():
             raise RunFolderError(f"run folder {run_dir} exists and is a file")
-        content = sorted(p.name for p in run_dir.iterdir())
+        # a lone lock file is what a run that died before writing anything leaves behind
+        content = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
         if content:
             hint = " (it is a training run: use --resume to continue it)" if CONFIG_NAME in content else ""
             raise RunFolderError(

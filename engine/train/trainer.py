@@ -207,7 +207,7 @@ def _resolve_config(cfg: TrainConfig | None, run_dir: Path, resume: bool) -> tup
     stored = TrainConfig.from_dict(stored_raw["config"])
     if rf.is_running(run_dir):
         st = rf.read_state(run_dir) or {}
-        raise rf.RunFolderError(f"run {run_dir} is still running (pid {st.get('pid')}); stop it before resuming")
+        raise rf.RunLockedError(f"run {run_dir} is being trained by process {st.get('pid')}; stop it before resuming", st.get("pid"))
     if cfg is None:
         return stored, stored_raw
     a, b = stored.to_dict(), cfg.to_dict()
@@ -260,19 +260,21 @@ def train(
 
     ddp.init_process_group(dist, run.use_cuda)
     try:
-        if not resume:
-            if dist.is_main:
-                rf.prepare_new_run(run_dir)
-            ddp.barrier(dist)
-        ds = dataset if dataset is not None else _open_dataset(cfg)
-        check_trainable(ds)
-        fingerprint = data_fingerprint(ds)
-        if stored_raw is not None and stored_raw.get("fingerprint") not in (None, fingerprint):
-            raise rf.RunFolderError(
-                f"the data at {cfg.data} changed since run {run_dir} started (different patches or labels); "
-                "start a new run folder"
-            )
-        return _train(run, ds, fingerprint, resume, torch)
+        if not resume and dist.is_main:
+            rf.prepare_new_run(run_dir)
+        # rank 0 holds the folder's OS lock for the whole run: no second trainer, no live resume
+        with rf.run_lock(run_dir, enabled=dist.is_main):
+            if not resume:
+                ddp.barrier(dist)
+            ds = dataset if dataset is not None else _open_dataset(cfg)
+            check_trainable(ds)
+            fingerprint = data_fingerprint(ds)
+            if stored_raw is not None and stored_raw.get("fingerprint") not in (None, fingerprint):
+                raise rf.RunFolderError(
+                    f"the data at {cfg.data} changed since run {run_dir} started (different patches or labels); "
+                    "start a new run folder"
+                )
+            return _train(run, ds, fingerprint, resume, torch)
     finally:
         ddp.destroy(dist)
 
