@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -21,7 +20,6 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from engine.errors import MetaScopeError
 from gui.wizard.common import DatasetSummary, MessageLabel, human_count
 from gui.workers import Worker, start_worker
 
@@ -33,8 +31,20 @@ def _list_architectures(**_kw: Any) -> list[Any]:
     return list_architectures()
 
 
+def _check_weights(arch: str, num_classes: int, input_size: int, weights: str, **_kw: Any) -> str:
+    """Load ``weights`` into a fresh ``arch`` network (imports torch: runs in a worker)."""
+    from engine.models.registry import build_model
+
+    build_model(arch, num_classes, input_size, weights=weights)
+    return weights
+
+
 class ModelPage(QWizardPage):
     """Pick an architecture (description, parameter count) and optionally a weights file."""
+
+    #: The weights check started by Next ended: True when the weights load (the wizard then moves
+    #: on by itself), False when refused (the reason is in :attr:`message`).
+    weights_checked = Signal(bool)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -43,6 +53,9 @@ class ModelPage(QWizardPage):
         self.architectures: list[Any] = []
         self._worker: Worker | None = None
         self._error = ""
+        self._checking: tuple[Any, ...] | None = None  # the weights check running now (its key)
+        self._weights_ok: tuple[Any, ...] | None = None  # the last (arch, classes, size, file) that loaded
+        self._check_worker: Worker | None = None
 
         self.arch_list = QListWidget()
         self.arch_list.setMinimumHeight(150)
@@ -174,26 +187,57 @@ class ModelPage(QWizardPage):
         return ""
 
     def isComplete(self) -> bool:  # noqa: N802 (Qt override)
-        return self.arch() is not None and not self._error
+        return self.arch() is not None and not self._error and self._checking is None
 
-    def validatePage(self) -> bool:  # noqa: N802 (Qt override)
-        """Load the weights into the chosen network now, so a mismatch is reported on this page."""
+    @property
+    def checking_weights(self) -> bool:
+        """True while the weights file is being loaded into the network (after Next)."""
+        return self._checking is not None
+
+    def _weights_key(self) -> tuple[Any, ...] | None:
         weights = self.weights_path()
         a, s = self.arch(), self.summary
         if weights is None or a is None or s is None:
-            return True
-        from engine.models.registry import build_model
+            return None
+        return a.name, max(2, len(s.class_names)), min(s.patch_size), weights
 
-        QGuiApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
-        try:
-            build_model(a.name, max(2, len(s.class_names)), min(s.patch_size), weights=weights)
-        except MetaScopeError as exc:
-            self.message.show_message(f"These weights do not fit {a.name}: {exc}", "error")
-            return False
-        except Exception as exc:  # noqa: BLE001 - a foreign file may break torch.load in many ways
-            self.message.show_message(f"Cannot load {Path(weights).name}: {type(exc).__name__}: {exc}", "error")
-            return False
-        finally:
-            QGuiApplication.restoreOverrideCursor()
-        self.message.show_message(f"✓ {Path(weights).name} loads into {a.name}.", "ok")
-        return True
+    def validatePage(self) -> bool:  # noqa: N802 (Qt override)
+        """Load the weights into the chosen network before moving on, so a mismatch is reported on
+        this page. Loading imports torch and reads the file: it runs in a worker, and the wizard
+        moves on by itself once the weights load (see :attr:`weights_checked`)."""
+        key = self._weights_key()
+        if key is None or key == self._weights_ok:
+            return True
+        if self._checking is None:
+            self._checking = key
+            self.message.show_message(f"Loading {Path(key[3]).name} into {key[0]}…", "info")
+            self.completeChanged.emit()
+            worker = Worker(_check_weights, *key)
+            worker.signals.finished.connect(lambda _w, k=key: self._on_weights_loaded(k))
+            worker.signals.failed.connect(lambda msg, user, _tb, k=key: self._on_weights_refused(k, msg, user))
+            self._check_worker = start_worker(worker)
+        return False
+
+    def _on_weights_loaded(self, key: tuple[Any, ...]) -> None:
+        self._checking = None
+        if key != self._weights_key():  # the choice changed while the file was read
+            self._revalidate()
+            return
+        self._weights_ok = key
+        self.message.show_message(f"✓ {Path(key[3]).name} loads into {key[0]}.", "ok")
+        self.completeChanged.emit()
+        self.weights_checked.emit(True)
+        wizard = self.wizard()
+        if wizard is not None and wizard.currentPage() is self:
+            wizard.next()
+
+    def _on_weights_refused(self, key: tuple[Any, ...], message: str, user_error: bool) -> None:
+        self._checking = None
+        if key != self._weights_key():
+            self._revalidate()
+            return
+        text = (f"These weights do not fit {key[0]}: {message}" if user_error
+                else f"Cannot load {Path(key[3]).name}: {message}")  # a foreign file breaks torch.load in many ways
+        self.message.show_message(text, "error")
+        self.completeChanged.emit()
+        self.weights_checked.emit(False)

@@ -121,8 +121,7 @@ def test_cancel_ends_a_child_that_ignores_it(qtbot) -> None:  # type: ignore[no-
     out = _outcome(qtbot, worker)
     worker.start()
     qtbot.waitUntil(lambda: out["partial"] == ["started"], timeout=CHILD_TIMEOUT_MS)
-    t0 = time.monotonic()
     worker.cancel()
+    # the child would sleep 120 s, twice the wait's limit: ending within it means it was ended
     _wait(qtbot, worker, out)
     assert out.get("cancelled") and "finished" not in out
-    assert time.monotonic() - t0 < 10

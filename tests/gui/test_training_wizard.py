@@ -158,8 +158,11 @@ def test_model_settings_review_pages_reject_bad_choices(qtbot, tmp_path: Path) -
     garbage.write_bytes(b"this is not a checkpoint")
     model.weights_edit.setText(str(garbage))
     assert model.isComplete()
-    wizard.next()  # validatePage loads the weights into the network: refused here, with a reason
-    assert wizard.currentPage() is model
+    # Next loads the weights into the network in a worker (torch stays off the GUI thread): refused
+    with qtbot.waitSignal(model.weights_checked, timeout=WAIT_MS) as checked:
+        wizard.next()
+        assert model.checking_weights and not model.isComplete() and wizard.currentPage() is model
+    assert checked.args == [False] and wizard.currentPage() is model and not model.checking_weights
     assert model.message.kind == "error" and "garbage.pt" in model.message.text()
     model.weights_check.setChecked(False)
     _next(qtbot, wizard)
@@ -189,3 +192,41 @@ def test_model_settings_review_pages_reject_bad_choices(qtbot, tmp_path: Path) -
     assert not review.validatePage() and "letter or digit" in review.message.text()
     review.name_edit.setText("tiny run")
     assert review.validatePage() and review.config.batch_size == 4
+
+
+def test_good_weights_load_in_a_worker_then_the_wizard_moves_on(qtbot, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import threading
+
+    import torch
+
+    from engine.models.registry import build_model
+    from gui.wizard import page_model
+
+    root = make_folder_dataset(tmp_path / "tiny", per_class=6, size=32)
+    weights = tmp_path / "seed.pt"
+    torch.save(build_model("seed_cnn", 2, 32).state_dict(), weights)
+    threads: list[bool] = []
+    real = page_model._check_weights
+
+    def recorded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(page_model, "_check_weights", recorded)
+    wizard = _open(qtbot, root, mpp=0.5)
+    _next(qtbot, wizard)
+    _next(qtbot, wizard)
+    model = wizard.model_page
+    qtbot.waitUntil(lambda: model.arch() is not None, timeout=WAIT_MS)
+    assert model.select("seed_cnn")
+    model.weights_check.setChecked(True)
+    model.weights_edit.setText(str(weights))
+    with qtbot.waitSignal(model.weights_checked, timeout=WAIT_MS) as checked:
+        wizard.next()
+        assert wizard.currentPage() is model and "Loading seed.pt" in model.message.text()
+    assert checked.args == [True] and threads == [False]
+    assert wizard.currentPage() is wizard.settings_page  # moved on by itself once the weights loaded
+    wizard.back()
+    assert "seed.pt loads into seed_cnn" in model.message.text()
+    wizard.next()  # checked already: no second load
+    assert wizard.currentPage() is wizard.settings_page and threads == [False]
