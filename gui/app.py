@@ -77,6 +77,8 @@ def run_gui(argv_paths: list[str]) -> int:
 def _install_startup_probe(app: QApplication, window: MainWindow, t0: float) -> None:
     """Print start-up facts once the event loop runs (the window is painted), then quit."""
 
+    done: list[bool] = []
+
     def heavy() -> str:
         return ",".join(m for m in HEAVY_MODULES if m in sys.modules) or "-"
 
@@ -89,9 +91,22 @@ def _install_startup_probe(app: QApplication, window: MainWindow, t0: float) -> 
             delay_s = float(os.environ.get(STARTUP_PROBE_ENV, "0"))
         except ValueError:
             delay_s = 0.0
-        QTimer.singleShot(int(max(0.0, delay_s) * 1000), finish)
+        QTimer.singleShot(int(max(0.0, delay_s) * 1000), finish_when_opened)
+
+    def finish_when_opened() -> None:
+        """A slide given on the command line is still being read (a busy machine): wait for it."""
+        view = window.slide_view
+        if not view.opening:
+            finish()
+            return
+        view.slide_opened.connect(lambda _path: finish())
+        view.slide_open_failed.connect(lambda _path, _msg: finish())
 
     def finish() -> None:
+        if done:
+            return
+        done.append(True)
+        print(f"startup_slide={window.slide_view.slide_path or '-'}", flush=True)
         print(f"later_torch_imported={int('torch' in sys.modules)}", flush=True)
         shot = os.environ.get(SCREENSHOT_ENV)
         if shot:

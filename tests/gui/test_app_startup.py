@@ -39,9 +39,11 @@ def test_app_starts_without_torch(tmp_path: Path) -> None:
 
 
 def test_app_opens_a_slide_given_on_the_command_line(tmp_path: Path, synthetic_svs: SyntheticSlide) -> None:
-    # stay up for two seconds: the slide is opened and its tiles are read, still without torch
+    # stay up for two seconds, and in any case until the slide (read in a worker) is shown: its
+    # tiles are read, still without torch
     facts = _launch([str(synthetic_svs.path)], tmp_path, probe="2")
     assert facts["startup_visible"] == "1"
+    assert facts["startup_slide"] == str(synthetic_svs.path.resolve())
     assert facts["later_torch_imported"] == "0"
     recent = (tmp_path / "settings.ini").read_text()
     assert "synthetic.svs" in recent
