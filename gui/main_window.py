@@ -105,6 +105,9 @@ class MainWindow(QMainWindow):
             self.datasets_view.set_training_available(False)
         self.add_view("Models", icon("models"), self.models_view)
         self.models_view.library_changed.connect(self.slide_view.refresh_models)
+        from gui.modality_views import add_modality_views
+
+        add_modality_views(self)  # Samples and Generator (genomics / expression)
 
     def _on_datasets_view_train_requested(self, dataset: dict) -> None:
         if self.training_view is None:

@@ -31,13 +31,16 @@ from PySide6.QtWidgets import (
 
 from engine.errors import MetaScopeError, ModelPackageError
 from engine.library import LibraryEntry, ModelLibrary
-from engine.modelpkg import ModelMetadata, read_metadata, sidecar_paths
+from engine.modelpkg import TABULAR_TASKS, ModelMetadata, read_metadata, sidecar_paths
+from gui.modalities import MODEL_TASK_LABELS
+from gui.views.model_actions import ModelActionsPanel
 
 COLUMNS = ("Name", "Task", "Classes", "Input", "Validation", "Training data", "Date", "sha256")
 TASK_LABELS = {
     "patch_classification": "Patch classifier",
     "feature_extractor": "Feature extractor",
     "mil_aggregator": "Slide-level (MIL)",
+    **MODEL_TASK_LABELS,
 }
 
 
@@ -70,7 +73,7 @@ def format_training_data(data: dict[str, Any]) -> str:
     parts = [str(name)] if name else []
     for key in ("n_train", "train", "n_samples", "samples", "count"):
         if isinstance(data.get(key), int):
-            parts.append(f"{data[key]:,} patches")
+            parts.append(f"{data[key]:,} {'samples' if data.get('kind') or 'study' in data or 'matrix' in data else 'patches'}")
             break
     if data.get("format"):
         parts.append(str(data["format"]))
@@ -88,6 +91,8 @@ def format_date(created: str, fallback: Path) -> str:
 
 
 def format_input(meta: ModelMetadata) -> str:
+    if meta.task in TABULAR_TASKS and meta.task != "mil_aggregator":
+        return f"{meta.feature_dim}-d" if meta.feature_dim else "tabular / expression profile"
     if meta.task == "mil_aggregator":
         return f"{meta.feature_dim or '?'}-d features"
     mpp = f" @ {meta.input_mpp:g} µm/px" if meta.input_mpp else " (mpp unknown)"
@@ -125,6 +130,10 @@ class ModelsView(QWidget):
 
     #: Emitted after a model is added, renamed or removed, so model pickers re-list the library.
     library_changed = Signal()
+    #: A ``predictions.csv`` to review in the Samples view (from a model action).
+    review_samples_requested = Signal(str)
+    #: A generator model to open in the Generator view.
+    generator_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None, library: ModelLibrary | None = None) -> None:
         super().__init__(parent)
@@ -185,6 +194,11 @@ class ModelsView(QWidget):
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.table)
         splitter.addWidget(self.card)
+        # genomics / expression models: evaluate, one-shot test, classify, generate...
+        self.actions = ModelActionsPanel()
+        self.actions.review_samples_requested.connect(self.review_samples_requested)
+        self.actions.generator_requested.connect(self.generator_requested)
+        splitter.addWidget(self.actions)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
 
@@ -274,8 +288,10 @@ class ModelsView(QWidget):
                 if not self._entries
                 else ""
             )
+            self.actions.hide()
             return
         self.card.setHtml(model_card_html(entry))
+        self.actions.show_model(entry.metadata.task, entry.path, entry.metadata.training_data)
         md = card_path(entry.path)
         if md.is_file():
             try:
