@@ -8,8 +8,12 @@ costs almost nothing next to the network; larger datasets are read per batch by 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +53,36 @@ def _collate(items: list[np.ndarray]) -> Any:
     return torch.from_numpy(np.stack(items))
 
 
+@dataclass(frozen=True, slots=True)
+class CacheSharing:
+    """One decoded cache shared by the DDP ranks of one machine (see :func:`engine.train.ddp.cache_sharing`).
+
+    Attributes:
+        path: the file every local rank maps (same name on all of them).
+        leader: this rank decodes into it (local rank 0); the others only map it.
+        barrier: waits for all ranks (a collective with a timeout).
+    """
+
+    path: Path
+    leader: bool
+    barrier: Callable[[], None]
+
+
+def _shared_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A new file-backed uint8 array, its space reserved up front (a RAM disk that runs full
+    then fails here with an error, not later with SIGBUS)."""
+    nbytes = int(np.prod(shape))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if hasattr(os, "posix_fallocate") and nbytes:
+            os.posix_fallocate(fd, 0, nbytes)
+        else:
+            os.ftruncate(fd, nbytes)
+    finally:
+        os.close(fd)
+    return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
+
+
 class PatchSource:
     """Patches ``ds[indices]`` served as uint8 ``(n, H, W, 3)`` torch batches.
 
@@ -59,6 +93,8 @@ class PatchSource:
         cache: decode everything into memory now.
         num_workers: DataLoader workers for the uncached path.
         pin_memory: pin batches for faster host-to-GPU copies.
+        sharing: with ``cache``, share one decoded copy between the DDP ranks of this machine
+            (the leader decodes, the others map its file) instead of decoding one per rank.
     """
 
     def __init__(
@@ -71,6 +107,7 @@ class PatchSource:
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         stage: str = "cache",
+        sharing: CacheSharing | None = None,
     ) -> None:
         self.ds = ds
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -78,17 +115,39 @@ class PatchSource:
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.images: np.ndarray | None = None
-        if cache:
-            self.images = self._decode_all(progress, cancel, stage)
+        if cache and sharing is not None:
+            self.images = self._decode_shared(sharing, progress, cancel, stage)
+        elif cache:
+            h, w = self.size
+            self.images = self._decode_all(np.empty((self.indices.size, h, w, 3), np.uint8), progress, cancel, stage)
 
     def __len__(self) -> int:
         return int(self.indices.size)
 
-    def _decode_all(self, progress: ProgressCallback | None, cancel: CancelToken | None, stage: str) -> np.ndarray:
+    def _decode_shared(
+        self, sharing: CacheSharing, progress: ProgressCallback | None, cancel: CancelToken | None, stage: str
+    ) -> np.ndarray:
+        h, w = self.size
+        shape = (int(self.indices.size), h, w, 3)
+        images: np.ndarray | None = None
+        if sharing.leader:
+            images = self._decode_all(_shared_array(sharing.path, shape), progress, cancel, stage)
+            images.flush()
+        sharing.barrier()  # the file is complete
+        if images is None:
+            images = np.memmap(sharing.path, dtype=np.uint8, mode="r", shape=shape)
+        sharing.barrier()  # every rank has mapped it
+        if sharing.leader:
+            with contextlib.suppress(OSError):  # the mappings keep the data; the name can go now
+                sharing.path.unlink()
+        return images
+
+    def _decode_all(
+        self, out: np.ndarray, progress: ProgressCallback | None, cancel: CancelToken | None, stage: str
+    ) -> np.ndarray:
         from engine.infer.session import available_cores
 
         h, w = self.size
-        out = np.empty((self.indices.size, h, w, 3), dtype=np.uint8)
         chunk = 256
         starts = list(range(0, self.indices.size, chunk))
 
@@ -141,3 +200,9 @@ class PatchSource:
 def cache_fits(n: int, size: tuple[int, int], limit_gb: float) -> bool:
     """Whether ``n`` decoded patches of ``size`` fit in ``limit_gb`` GiB."""
     return n * size[0] * size[1] * 3 <= limit_gb * 1024**3
+
+
+def cache_patches_on_machine(n_train: int, n_val: int, train_copies: int) -> int:
+    """Patches one machine holds when caching: the training set once per copy (one when the
+    ranks share it, one per rank otherwise) plus the validation set (each rank caches its shard)."""
+    return n_train * max(1, train_copies) + n_val

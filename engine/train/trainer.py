@@ -381,7 +381,7 @@ def _loop(
     from engine.models import build_model
     from engine.train import ddp
     from engine.train.augment import augment_batch, batch_generator
-    from engine.train.loader import PatchSource, cache_fits
+    from engine.train.loader import PatchSource, cache_fits, cache_patches_on_machine
 
     cfg, dist, events, device = run.cfg, run.dist, run.events, run.device
     torch.manual_seed(cfg.seed)
@@ -439,11 +439,20 @@ def _loop(
         stale = int(ckpt.get("stale", 0))
         _set_rng(ckpt.get("rng", {}), torch)
 
-    n_cache = train_idx.size + val_idx.size
+    # every rank needs all training patches (global batches are split across ranks each step):
+    # the ranks of one machine share one decoded copy where a shared folder has room, else the
+    # memory check counts one copy per rank; each rank keeps its own validation shard
+    sharing, copies = None, 1
+    wants_cache = cfg.cache in ("memory", "auto")
+    if wants_cache and dist.distributed:
+        nbytes = int(train_idx.size) * int(np.prod(ds.patch_size)) * 3
+        sharing, copies = ddp.cache_sharing(dist, run.run_dir, nbytes, device)
+    n_cache = cache_patches_on_machine(int(train_idx.size), int(val_idx.size), copies)
     use_cache = cfg.cache == "memory" or (cfg.cache == "auto" and cache_fits(n_cache, ds.patch_size, cfg.cache_limit_gb))
-    # each rank keeps its own validation shard; training needs all training patches everywhere
     val_local = val_idx[dist.rank :: dist.world_size]
-    train_src = PatchSource(ds, train_idx, use_cache, cfg.num_workers, run.use_cuda, run.progress, run.cancel, "cache")
+    train_src = PatchSource(
+        ds, train_idx, use_cache, cfg.num_workers, run.use_cuda, run.progress, run.cancel, "cache", sharing=sharing
+    )
     val_src = PatchSource(ds, val_local, use_cache, cfg.num_workers, run.use_cuda, run.progress, run.cancel, "cache_val")
     train_labels = torch.from_numpy(labels_all[train_idx])
 
