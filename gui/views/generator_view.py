@@ -31,7 +31,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.fileio import atomic_write_text
 from engine.paths import runs_dir
 from engine.runs import EventFollower, RunHistory, list_runs, new_run_dir, run_info
 from gui.modalities import EXPRESSION_MATRIX, dataset_kind, read_json, wgan_train_args
@@ -43,14 +42,6 @@ from gui.wizard.common import MessageLabel
 from gui.wizard.page_modality import GeneSelector, ModalityRequest, label_columns
 
 POLL_MS = 500
-
-
-def write_covariates(path: Path, values: dict[str, str], n: int) -> Path:
-    """A covariates TSV: ``n`` rows of the chosen values (one column per set covariate)."""
-    cols = list(values)
-    lines = ["\t".join(cols)] + ["\t".join(values[c] for c in cols)] * n
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
 
 
 class GeneratorView(QWidget):
@@ -304,14 +295,12 @@ class GeneratorView(QWidget):
         values = self.covariate_values()
         n = self.n_spin.value()
         args = ["expression", "generate", str(run), "--n", str(n)]
-        before = None
         if values:
-            cov_file = out / "covariates.tsv"
-            args += ["--covariates", str(cov_file)]
-            before = lambda: write_covariates(cov_file, values, n)  # noqa: E731
+            # fixed values; covariates left empty are drawn from the training samples
+            args += ["--set", ",".join(f"{k}={v}" for k, v in values.items())]
         args += ["--out", str(self.synthetic)]
         self.export_button.setEnabled(False)
-        return self.runner.start("generate", args, f"Generating {n} profiles…", before=before)
+        return self.runner.start("generate", args, f"Generating {n} profiles…")
 
     def _on_runner_finished(self, tag: str, _result: Any) -> None:
         if tag == "generate":
@@ -326,9 +315,15 @@ class GeneratorView(QWidget):
             return None
         cfg = read_json(run / "config.json").get("config", {})
         matrix = cfg.get("matrix") or (self.dataset_combo.currentData() or {}).get("path", "")
+        samples = cfg.get("samples") or (self.dataset_combo.currentData() or {}).get("samples", "")
         args = ["expression", "realism", "--real", str(matrix), "--synthetic", str(self.synthetic)]
+        if samples:
+            args += ["--samples", str(samples)]
         if cfg.get("genes"):
             args += ["--genes", str(cfg["genes"])]
+        if run.is_dir():
+            # compared on the run's held-out real samples, the baseline fitted on its training samples
+            args += ["--run", str(run)]
         args += ["--out", str(self._realism_out)]
         return self.runner.start("realism", args, "Comparing with real samples…")
 

@@ -92,7 +92,8 @@ def read_classification(out_dir: Path) -> tuple[str, list[tuple[str, str, float]
     if isinstance(raw, list):
         for r in raw:
             if isinstance(r, dict) and isinstance(r.get("similarity"), (int, float)):
-                sims.append((str(r.get("sample") or r.get("support") or ""), str(r.get("type") or ""),
+                sims.append((str(r.get("support_sample") or r.get("sample") or r.get("support") or ""),
+                             str(r.get("type") or ""),
                              float(r["similarity"])))
     if not sims:
         for path in sorted(out_dir.glob("*.csv")):
@@ -102,7 +103,8 @@ def read_classification(out_dir: Path) -> tuple[str, list[tuple[str, str, float]
                     continue
                 for r in reader:
                     try:
-                        sims.append((r.get("support") or r.get("sample") or "", r.get("type") or
+                        sims.append((r.get("support_sample") or r.get("support") or r.get("sample") or "",
+                                     r.get("type") or
                                      r.get("support_type") or "", float(r["similarity"])))
                     except (TypeError, ValueError):
                         continue

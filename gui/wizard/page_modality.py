@@ -296,6 +296,10 @@ class ModalityModelPage(QWizardPage):
         gf.addRow("Folds:", self.genomics_folds)
         gf.addRow("Epochs (networks):", self.genomics_epochs)
         gf.addRow(self.genomics_features_label, self.genomics_features)
+        self.genomics_drop = QLineEdit()
+        self.genomics_drop.setPlaceholderText("more columns never to use as features (label leaks), comma-separated")
+        self.genomics_drop_label = QLabel("Also drop:")
+        gf.addRow(self.genomics_drop_label, self.genomics_drop)
         # siamese
         s = QWidget()
         sf = QFormLayout(s)
@@ -373,6 +377,9 @@ class ModalityModelPage(QWizardPage):
         self.genomics_features.setProperty("flag", flag)
         self.genomics_features.setVisible(bool(flag))
         self.genomics_features_label.setVisible(bool(flag))
+        self._drop_flag = "--drop-columns" in opts
+        self.genomics_drop.setVisible(self._drop_flag)
+        self.genomics_drop_label.setVisible(self._drop_flag)
 
     def _on_label_changed(self, *_a: Any) -> None:
         entry = label_columns(self.item()).get(self.siamese_label.currentData() or "", {})
@@ -394,6 +401,9 @@ class ModalityModelPage(QWizardPage):
         if kind == "genomics":
             flag = str(self.genomics_features.property("flag") or "")
             extra = [flag, str(self.genomics_features.currentData())] if flag and self.genomics_features.count() else []
+            drop = ",".join(c.strip() for c in self.genomics_drop.text().split(",") if c.strip())
+            if drop and getattr(self, "_drop_flag", False):
+                extra += ["--drop-columns", drop]
             return genomics_train_args(item.get("path", ""), run_dir, str(self.genomics_model.currentData()),
                                        self.genomics_folds.value(), self.genomics_epochs.value(), extra)
         if kind == "siamese":

@@ -52,19 +52,17 @@ def fake_run_cli(args, json_output=False, **_kw):  # noqa: ANN001, ANN003, ANN20
         support = Path(_opt(args, "--support")).read_text(encoding="utf-8").splitlines()[1:]
         rows = [ln.split("\t") for ln in support]
         sims = [{"sample": s, "type": t, "similarity": 0.9 - 0.2 * i} for i, (s, t) in enumerate(rows)]
-        (out / "metrics.json").write_text(json.dumps({"predicted": rows[0][1], "similarities": sims}),
-                                          encoding="utf-8")
+        out.mkdir(parents=True, exist_ok=True)
+        support_rows = [{"support_sample": d["sample"], "type": d["type"], "similarity": d["similarity"]} for d in sims]
+        (out / "classification.json").write_text(json.dumps({"predicted": rows[0][1], "support": support_rows}),
+                                                 encoding="utf-8")
     elif cmd == "markers":
         (out / "markers.csv").write_text("rank,gene,saliency\n1,GENE3,0.9\n2,GENE7,0.5\n", encoding="utf-8")
         _png(out / "saliency.png")
     elif cmd == "generate":
         dest = Path(_opt(args, "--out"))
         dest.parent.mkdir(parents=True, exist_ok=True)
-        covs = ""
-        if "--covariates" in args:
-            covs = Path(_opt(args, "--covariates")).read_text(encoding="utf-8")
-        dest.write_text("sample\tGENE1\tGENE2\nsyn-0\t1.0\t2.0\n" + ("# " + covs.splitlines()[1] if covs else ""),
-                        encoding="utf-8")
+        dest.write_text("sample\tGENE1\tGENE2\nsyn-0\t1.0\t2.0\n", encoding="utf-8")
     elif cmd == "realism":
         (out / "metrics.json").write_text(json.dumps(
             {"gamma": 0.96, "c2st_auc": 0.66, "baseline": {"gamma": 0.95, "c2st_auc": 0.79}}), encoding="utf-8")

@@ -142,7 +142,8 @@ def test_generator_view_generate_realism_export(qtbot, tmp_path: Path, fake) -> 
     qtbot.waitUntil(lambda: "0.960" in view.realism_label.text(), timeout=WAIT_MS)
     gen_args = fake[-2]
     assert gen_args[:4] == ["expression", "generate", str(run), "--n"]
-    assert Path(gen_args[gen_args.index("--covariates") + 1]).read_text().splitlines()[:2] == ["sex", "F"]
+    assert gen_args[gen_args.index("--set") + 1] == "sex=F" and "--covariates" not in gen_args
+    assert fake[-1][fake[-1].index("--run") + 1] == str(run)
     assert "Gaussian baseline" in view.realism_label.text() and view.gallery.count() == 1
     assert view.export_button.isEnabled()
     dest = tmp_path / "out.tsv"

@@ -71,6 +71,9 @@ def test_wizard_builds_the_genomics_command_and_starts_it(qtbot, spawned) -> Non
     model.genomics_model.setCurrentIndex(model.genomics_model.findData("dense_embed"))
     model.genomics_folds.setValue(3)
     model.genomics_epochs.setValue(7)
+    if model.genomics_features.isVisibleTo(model):  # the engine's CLI offers feature groups / extra leak columns
+        model.genomics_features.setCurrentIndex(model.genomics_features.findData("clinical"))
+        model.genomics_drop.setText("CANCER_TYPE, OS_MONTHS")
     wizard.next()
     review = wizard.modality_review_page
     assert wizard.currentPage() is review
@@ -78,6 +81,8 @@ def test_wizard_builds_the_genomics_command_and_starts_it(qtbot, spawned) -> Non
     text = review.command.toPlainText()
     assert text.startswith("metascope train genomics --study /data/msk_study --out ")
     assert "--model dense_embed --folds 3 --epochs 7" in text
+    if model.genomics_features.isVisibleTo(model):
+        assert "--features clinical --drop-columns CANCER_TYPE,OS_MONTHS" in text
     with qtbot.waitSignal(wizard.start_requested, timeout=5000) as blocker:
         wizard.button(QWizard.WizardButton.FinishButton).click()
     request = blocker.args[0]
