@@ -90,30 +90,91 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (renames, new files) durable; POSIX only (Windows cannot open a
+    folder for fsync, and its renames are journaled by NTFS)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders; nothing more to do there
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (written by callers with plain writes)."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                with open(os.path.join(folder, name), "rb") as fh:
+                    os.fsync(fh.fileno())
+            except OSError:
+                continue
+        _fsync_dir(Path(folder))
+
+
+def old_dir(path: str | os.PathLike[str]) -> Path:
+    """The hidden name :func:`atomic_dir` parks the previous folder under while replacing it."""
+    final = Path(path)
+    return final.with_name(f".{final.name}.old")
+
+
+def recover_dir(path: str | os.PathLike[str]) -> Path:
+    """Undo a replacement :func:`atomic_dir` could not finish (a crash between its two renames
+    leaves the previous complete folder only under its hidden ``.old`` name): when ``path`` is
+    missing and the ``.old`` folder exists, rename it back. Call before reading a result folder.
+
+    Returns:
+        ``path``.
+    """
+    final = Path(path)
+    old = old_dir(final)
+    if not final.exists() and old.is_dir():
+        try:
+            os.replace(old, final)
+        except OSError:
+            return final  # another process recovered it first, or the folder is read-only
+        _fsync_dir(final.parent)
+    return final
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; on success it replaces ``path`` as a whole.
 
     Used for per-slide result folders: readers see either the old complete folder or the new
-    complete folder, never a mix.
+    complete folder, never a mix. The new folder's files are fsynced before the renames and the
+    parent after them (POSIX); a crash between the two renames is undone by :func:`recover_dir`
+    (called here first, and by readers).
     """
     final = Path(path)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     except OSError as exc:
         raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
+    old = old_dir(final)
     try:
         yield tmp
         os.chmod(tmp, _default_mode(is_dir=True))
+        _fsync_tree(tmp)
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)
+            _fsync_dir(final.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+            _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        recover_dir(final)  # an error between the renames: put the previous folder back now
         raise

@@ -18,7 +18,7 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import MetaScopeError
-from engine.fileio import atomic_dir
+from engine.fileio import atomic_dir, recover_dir
 from engine.infer.pipeline import HeatmapResult
 from engine.jobs import CancelToken, check_cancel
 from engine.slides.base import SlideReader
@@ -241,7 +241,7 @@ def load_heatmap_result(folder: str | os.PathLike[str]) -> HeatmapResult:
     Raises:
         HeatmapFileError: files missing, unreadable or inconsistent.
     """
-    d = Path(folder)
+    d = recover_dir(folder)  # a replacement cut short by a crash: the previous folder comes back
     missing = [f for f in ("heatmap.npy", "heatmap.json", "tiles.csv") if not (d / f).is_file()]
     if missing:
         raise HeatmapFileError(f"{d} is not a complete MetaScope heatmap folder (missing {', '.join(missing)})")
