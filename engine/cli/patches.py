@@ -248,11 +248,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
         rep = export_onnx(args.run_dir, args.out, progress=bar, features=args.features, name=args.name, exporter=args.exporter)
     finally:
         bar.close()
+    card = None
+    if not args.features:
+        from engine.modelcard import write_model_card
+
+        # the same card the Training view writes: MODEL.md beside MODEL.onnx
+        card = write_model_card(args.run_dir, rep.path, name=args.name)
     if args.json:
-        print(json.dumps(rep.to_dict(), indent=2))
+        print(json.dumps({**rep.to_dict(), "model_card": str(card) if card else None}, indent=2))
     else:
         kind = "feature extractor" if args.features else "classifier"
-        print(f"exported {kind} {rep.path} ({rep.size_bytes / 1e6:.1f} MB, verified: max abs diff {rep.max_abs_diff:.2g})")
+        print(f"exported {kind} {rep.path} ({rep.size_bytes / 1e6:.1f} MB, verified: max abs diff {rep.max_abs_diff:.2g})"
+              + (f"; model card {card.name}" if card else ""))
     return 0
 
 

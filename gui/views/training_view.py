@@ -8,7 +8,6 @@ Closing the app therefore never kills a run, and the view reattaches to running 
 from __future__ import annotations
 
 import html
-import json
 import os
 import signal
 from pathlib import Path
@@ -89,9 +88,13 @@ def _evaluate(run_dir: Path, progress: Any = None, cancel: Any = None, partial: 
 def _export(
     run_dir: Path, out: Path, name: str, exporter: str, progress: Any = None, cancel: Any = None, partial: Any = None
 ) -> Any:
+    """Export the run's best model to ``out`` with its model card beside it (``MODEL.md``)."""
     from engine.export.onnx_export import export_onnx
+    from engine.modelcard import write_model_card
 
-    return export_onnx(run_dir, out, progress=progress, name=name, exporter=exporter)
+    report = export_onnx(run_dir, out, progress=progress, name=name, exporter=exporter)
+    write_model_card(run_dir, out, name=name)
+    return report
 
 
 def _export_and_add(
@@ -103,56 +106,25 @@ def _export_and_add(
     cancel: Any = None,
     partial: Any = None,
 ) -> Any:
-    """Export the run's best model into the run folder and add it to the model library."""
+    """Export the run's best model into the run folder and add it to the model library, each
+    package with its model card beside it."""
     from engine.export.onnx_export import export_onnx
-    from engine.fileio import atomic_write_text
     from engine.library import ModelLibrary
+    from engine.modelcard import write_model_card
 
     out = run_dir / "model.onnx"
     export_onnx(run_dir, out, progress=progress, name=name, exporter=exporter)
+    write_model_card(run_dir, out, card=card)
     entry = ModelLibrary().add(out)
-    atomic_write_text(entry.path.with_suffix(".md"), card)
+    write_model_card(run_dir, entry.path, card=card)
     return entry
 
 
 def model_card(info: RunInfo, history: RunHistory, evaluation: dict[str, Any] | None) -> str:
-    """A Markdown model card for a run's model: data, settings, validation results."""
-    stored = _read_run_config(info.path)
-    cfg = stored.get("config", {})
-    data = stored.get("data", {})
-    lines = [f"# {info.name}", "", "Patch classifier trained with MetaScope.", "", "## Training data", ""]
-    lines.append(f"- Dataset: `{cfg.get('data', '?')}` ({data.get('format', cfg.get('fmt', '?'))})")
-    counts = data.get("class_counts") or {}
-    if counts:
-        lines.append("- Patches per class: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-    lines.append(
-        f"- Split: {data.get('split', cfg.get('split'))}, {data.get('n_train', '?')} training / {data.get('n_val', '?')} validation patches"
-    )
-    if data.get("mpp"):
-        lines.append(f"- Resolution: {data['mpp']:g} µm/px, patches {data.get('patch_size', ['?'])[0]} px")
-    lines += ["", "## Training", ""]
-    lines.append(
-        f"- Architecture `{cfg.get('arch')}`, {history.epoch or '?'} of {cfg.get('epochs')} epochs, batch {cfg.get('batch_size')}, "
-        f"learning rate {cfg.get('lr')}, seed {cfg.get('seed')}"
-    )
-    if cfg.get("weights"):
-        lines.append(f"- Initialised from `{cfg['weights']}`")
-    lines.append(f"- Device: {history.device or cfg.get('device')}")
-    if evaluation:
-        m, ci = evaluation["metrics"], evaluation.get("ci", {})
-        lines += ["", f"## Validation (best epoch {evaluation.get('epoch')}, {evaluation.get('n_val')} patches)", ""]
-        lines += ["| Metric | Value | 95% CI |", "|---|---|---|"]
-        for key in ("auc", "accuracy", "sensitivity", "specificity", "f1"):
-            lo_hi = ci.get(key)
-            ci_text = f"{lo_hi[0]:.3f}–{lo_hi[1]:.3f}" if lo_hi and all(v == v for v in lo_hi) else ""
-            lines.append(f"| {key.upper() if key == 'auc' else key} | {m[key]:.3f} | {ci_text} |")
-    lines += [
-        "",
-        "Validation metrics are estimated on held-out patches of the same dataset; check the model on ",
-        "slides from your own lab before relying on it.",
-        "",
-    ]
-    return "\n".join(lines)
+    """The run's Markdown model card (:func:`engine.modelcard.model_card`, as the CLI writes it)."""
+    from engine.modelcard import model_card as card
+
+    return card(info.path, name=info.name, history=history, evaluation=evaluation)
 
 
 def _model_stamp(run: Path, evaluation: dict[str, Any]) -> int | None:
@@ -160,14 +132,6 @@ def _model_stamp(run: Path, evaluation: dict[str, Any]) -> int | None:
         return (run / str(evaluation.get("model_file", "best.pt"))).stat().st_mtime_ns
     except OSError:
         return None
-
-
-def _read_run_config(run: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 class _Tracked:

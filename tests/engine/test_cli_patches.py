@@ -26,6 +26,13 @@ def test_train_export_evaluate_predict(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["export", str(run), "--out", str(model), "--exporter", "torchscript"]) == 0
     assert "verified" in capsys.readouterr().out
     assert read_metadata(model).input_mpp == 0.5
+    # the same model card the Training view writes, beside the package, without absolute paths
+    card = (tmp_path / "toy.md").read_text(encoding="utf-8")
+    assert card.startswith("# run\n") and "Patch classifier trained with MetaScope" in card
+    assert "- Dataset: `data`" in card and str(tmp_path) not in card and "seed_cnn" in card
+    from engine.modelcard import model_card
+
+    assert card == model_card(run)
 
     assert main(["evaluate", str(model), "--data", str(data), "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
