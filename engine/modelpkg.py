@@ -8,9 +8,12 @@ supplies the same fields.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,9 @@ TASKS = (
     "expression_embedding",
     "expression_generator",
 )
+#: ``input_mpp`` bounds: the slide resolution range of :data:`engine.slides.open.MPP_RANGE`. A
+#: value outside it is a typo (50 for 0.5) that would plan millions of tiles per slide.
+INPUT_MPP_RANGE = (0.01, 100.0)
 #: Tasks whose input is not an image patch.
 TABULAR_TASKS = ("mil_aggregator", "genomics_classifier", "expression_embedding", "expression_generator")
 
@@ -96,8 +102,14 @@ class ModelMetadata:
                 )
         if self.task not in TABULAR_TASKS and self.input_size < 8:
             raise ModelPackageError(f"input_size {self.input_size} is too small")
-        if self.input_mpp is not None and not self.input_mpp > 0:
-            raise ModelPackageError(f"input_mpp must be positive, got {self.input_mpp}")
+        if self.input_mpp is not None and not (
+            isinstance(self.input_mpp, (int, float)) and math.isfinite(self.input_mpp)
+            and INPUT_MPP_RANGE[0] <= self.input_mpp <= INPUT_MPP_RANGE[1]
+        ):
+            raise ModelPackageError(
+                f"input_mpp must be between {INPUT_MPP_RANGE[0]} and {INPUT_MPP_RANGE[1]} microns per pixel, "
+                f"got {self.input_mpp}"
+            )
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise ModelPackageError("mean and std need three values each, std > 0")
         if self.channel_order not in ("RGB", "BGR"):
@@ -156,24 +168,120 @@ def sidecar_paths(onnx_path: str | os.PathLike[str]) -> list[Path]:
     return [p.with_name(p.name + ".json"), p.with_suffix(".json")]
 
 
-def read_metadata(onnx_path: str | os.PathLike[str]) -> ModelMetadata:
+# -- reading the metadata without parsing the model -----------------------------------------------
+# ModelProto fields (onnx.proto): graph = 7, metadata_props = 14; GraphProto: input = 11;
+# StringStringEntryProto: key = 1, value = 2.
+_MODEL_GRAPH, _MODEL_METADATA, _GRAPH_INPUT = 7, 14, 11
+
+
+class _NotProtobuf(ValueError):
+    pass
+
+
+def _varint(fh: Any) -> int:
+    result = shift = 0
+    while True:
+        b = fh.read(1)
+        if not b:
+            raise _NotProtobuf("truncated")
+        result |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise _NotProtobuf("bad varint")
+
+
+def _fields(fh: Any, end: int) -> Iterator[tuple[int, int, int]]:
+    """``(field number, wire type, length or value)`` of one protobuf message's fields up to
+    byte ``end``. Length-delimited payloads (the weights) are skipped by seeking, never read,
+    unless the consumer reads them (the position is reset after each)."""
+    while fh.tell() < end:
+        key = _varint(fh)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _NotProtobuf("field 0")
+        if wire == 0:
+            yield number, wire, _varint(fh)
+        elif wire in (1, 5):
+            fh.seek(8 if wire == 1 else 4, io.SEEK_CUR)
+        elif wire == 2:
+            n = _varint(fh)
+            start = fh.tell()
+            if start + n > end:
+                raise _NotProtobuf("field runs past the end")
+            yield number, wire, n
+            fh.seek(start + n)
+        else:
+            raise _NotProtobuf(f"wire type {wire}")
+    if fh.tell() != end:
+        raise _NotProtobuf("field runs past the end")
+
+
+def _scan_model(fh: Any, size: int) -> tuple[dict[str, str], bool]:
+    """``(metadata_props, whether the graph has inputs)`` of a serialised ONNX ModelProto,
+    reading only field headers and the metadata strings (not the weights)."""
+    props: dict[str, str] = {}
+    has_inputs = False
+    for number, wire, n in _fields(fh, size):
+        if wire != 2:
+            continue
+        start = fh.tell()
+        if number == _MODEL_GRAPH:
+            has_inputs = has_inputs or any(f == _GRAPH_INPUT and w == 2 for f, w, _ in _fields(fh, start + n))
+        elif number == _MODEL_METADATA:
+            entry: dict[int, str] = {}
+            for f, w, m in _fields(fh, start + n):
+                if w == 2 and f in (1, 2):
+                    entry[f] = fh.read(m).decode("utf-8", errors="replace")
+            props[entry.get(1, "")] = entry.get(2, "")
+    return props, has_inputs
+
+
+def model_properties(source: str | os.PathLike[str] | bytes) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (path) or its bytes, without parsing the graph.
+
+    Raises:
+        ModelPackageError: missing file, or not an ONNX model (not a ModelProto, no graph inputs).
+    """
+    name = "model" if isinstance(source, bytes) else Path(source).name
+    try:
+        if isinstance(source, bytes):
+            props, has_inputs = _scan_model(io.BytesIO(source), len(source))
+        else:
+            with open(source, "rb") as fh:
+                props, has_inputs = _scan_model(fh, os.fstat(fh.fileno()).st_size)
+    except FileNotFoundError:
+        raise ModelPackageError(f"model file not found: {source}") from None
+    except OSError as exc:
+        raise ModelPackageError(f"cannot read model {source}: {exc.strerror or exc}") from exc
+    except _NotProtobuf as exc:
+        raise ModelPackageError(f"{name} is not an ONNX model ({exc})") from None
+    if not has_inputs:
+        raise ModelPackageError(f"{name} is not an ONNX model (no graph inputs)")
+    return props
+
+
+def read_metadata(onnx_path: str | os.PathLike[str], data: bytes | None = None) -> ModelMetadata:
     """Read the metadata of a model package (embedded, else a sidecar JSON).
+
+    Only the ONNX field headers and the metadata strings are read (:func:`model_properties`),
+    not the weights, so this is cheap for any model size.
+
+    Args:
+        onnx_path: the ``.onnx`` file (names messages, locates sidecars).
+        data: the file's bytes when the caller already read them (then the file is not read again).
 
     Raises:
         ModelPackageError: missing file, not an ONNX model, or no MetaScope metadata.
     """
-    import onnx  # lazy: heavy import
-
     p = Path(onnx_path)
-    if not p.is_file():
+    if data is None and not p.is_file():
         raise ModelPackageError(f"model file not found: {p}")
     try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise ModelPackageError(f"{p.name} is not an ONNX model ({type(exc).__name__})") from exc
-    if not model.graph.input:
-        raise ModelPackageError(f"{p.name} is not an ONNX model (no graph inputs)")
-    props = {prop.key: prop.value for prop in model.metadata_props}
+        props = model_properties(p if data is None else data)
+    except ModelPackageError as exc:
+        raise ModelPackageError(str(exc).replace("model is not", f"{p.name} is not", 1)) from None
     raw: dict[str, Any] | None = None
     if METADATA_KEY in props:
         try:

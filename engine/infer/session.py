@@ -159,11 +159,14 @@ def load_model(
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     p = Path(path)
-    meta = read_metadata(p)  # raises ModelPackageError for missing/non-ONNX/no metadata
+    if not p.is_file():
+        raise ModelPackageError(f"model file not found: {p}")
     try:
-        data = p.read_bytes()
+        data = p.read_bytes()  # read once: the metadata, the sha256 and onnxruntime all use these bytes
     except OSError as exc:
         raise ModelPackageError(f"cannot read model {p}: {exc.strerror or exc}") from exc
+    # only the field headers and metadata strings: onnxruntime parses the graph once, below
+    meta = read_metadata(p, data)  # raises ModelPackageError for non-ONNX / no metadata
     digest = hashlib.sha256(data).hexdigest()
     _verify_library(p, digest)
 
