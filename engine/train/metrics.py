@@ -62,13 +62,23 @@ def _group_index(groups: Any, n: int) -> tuple[np.ndarray, int]:
     return codes, int(codes.max()) + 1 if n else 0
 
 
-def _cluster_resample(codes: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of one cluster-bootstrap resample: ``n_groups`` groups drawn with replacement,
-    each contributing all of its cases."""
-    order = np.argsort(codes, kind="stable")
-    starts = np.r_[0, np.cumsum(np.bincount(codes, minlength=n_groups))]
-    picked = rng.integers(0, n_groups, n_groups)
-    return np.concatenate([order[starts[g] : starts[g + 1]] for g in picked])
+class _Clusters:
+    """Cases sorted by group, for drawing cluster-bootstrap resamples quickly."""
+
+    def __init__(self, codes: np.ndarray, n_groups: int) -> None:
+        self.n_groups = n_groups
+        self.order = np.argsort(codes, kind="stable")
+        self.sizes = np.bincount(codes, minlength=n_groups)
+        self.starts = np.r_[0, np.cumsum(self.sizes)[:-1]]
+
+    def resample(self, rng: np.random.Generator) -> np.ndarray:
+        """Indices of one resample: ``n_groups`` groups drawn with replacement, each with all its cases."""
+        picked = rng.integers(0, self.n_groups, self.n_groups)
+        sizes = self.sizes[picked]
+        # position k of the output is case (k - first output position of its group) of that group
+        first = np.cumsum(sizes) - sizes
+        offsets = np.arange(int(sizes.sum())) - np.repeat(first, sizes)
+        return self.order[np.repeat(self.starts[picked], sizes) + offsets]
 
 
 def resampling_unit(groups: Any, unit: str) -> str:
@@ -103,10 +113,10 @@ def bootstrap_auc_ci(
     auc = roc_auc if s.ndim == 1 else macro_auc
     rng = np.random.default_rng(seed)
     n = y.size
-    codes, n_groups = _group_index(groups, n) if groups is not None else (None, 0)
+    clusters = _Clusters(*_group_index(groups, n)) if groups is not None else None
     vals = []
     for _ in range(n_boot):
-        idx = rng.integers(0, n, n) if codes is None else _cluster_resample(codes, n_groups, rng)
+        idx = rng.integers(0, n, n) if clusters is None else clusters.resample(rng)
         a = auc(y[idx], s[idx])
         if not np.isnan(a):
             vals.append(a)
