@@ -111,15 +111,31 @@ def report_html(item: dict[str, Any]) -> str:
         v = _first(rep, *keys)
         if v is not None and not isinstance(v, (dict, list)):
             rows.append((label, f"{v:,}" if isinstance(v, int) else html.escape(str(v))))
+    orientation = rep.get("orientation")
+    if isinstance(orientation, dict) and orientation.get("value"):
+        rows.append(("Orientation", html.escape(f"{orientation['value']} ({orientation.get('why', '')})")))
+    for key, label in (("dropped_genes", "Dropped genes"), ("dropped_samples", "Dropped samples")):
+        d = rep.get(key)
+        if isinstance(d, dict) and d.get("count"):
+            rows.append((label, html.escape(f"{d['count']:,} ({d.get('reason', '')})")))
     balance = _first(rep, "label_balance", "label_counts", "class_counts", "labels")
     if balance is not None:
         rows.append(("Label balance", _counts_text(balance.get("counts", balance) if isinstance(balance, dict)
                                                    else balance)))
+    types = _first(rep, "tumour_types", "tumor_types", "cancer_types")
+    if isinstance(types, dict):
+        top = dict(sorted(types.items(), key=lambda kv: -kv[1] if isinstance(kv[1], (int, float)) else 0)[:12])
+        rows.append(("Tumour types", _counts_text(top) + (f" … ({len(types)} types)" if len(types) > 12 else "")))
     panels = _first(rep, "panels")
     if isinstance(panels, dict):
         rows.append(("Gene panels", _counts_text(panels)))
     missing = _first(rep, "missing", "missing_values", "missing_per_column")
-    if isinstance(missing, dict) and missing:
+    if isinstance(missing, dict) and "handling" in missing:
+        frac = missing.get("fraction")
+        rows.append(("Missing values", f"{missing.get('count', 0):,}"
+                     + (f" ({frac:.1%})" if isinstance(frac, float) else "")
+                     + f", {html.escape(str(missing['handling']))}"))
+    elif isinstance(missing, dict) and missing:
         worst = sorted(((k, v) for k, v in missing.items() if isinstance(v, (int, float)) and v), key=lambda kv: -kv[1])
         rows.append(("Missing values", ", ".join(
             f"{html.escape(str(k))} {v:.0%}" if isinstance(v, float) and v <= 1 else f"{html.escape(str(k))} {v:,}"
@@ -135,13 +151,16 @@ def report_html(item: dict[str, Any]) -> str:
             f"{html.escape(str(k))} ({v.get('distinct', '?')} values)" if isinstance(v, dict) else html.escape(str(k))
             for k, v in cols.items())))
     not_computed = _first(rep, "not_computed", "features_not_computed", "unavailable_features")
-    if not_computed:
+    if isinstance(not_computed, dict):
+        rows.append(("Not computable here", "<br>".join(
+            f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in not_computed.items())))
+    elif not_computed:
         rows.append(("Not computable here", html.escape(", ".join(map(str, not_computed))
                                                          if isinstance(not_computed, list) else str(not_computed))))
     body = "".join(f"<tr><td style='padding:1px 12px 1px 0;color:#666;vertical-align:top'>{k}</td><td>{v}</td></tr>"
                    for k, v in rows)
     out = f"<table>{body}</table>"
-    warnings = rep.get("warnings") or []
+    warnings = [*(rep.get("warnings") or []), *(rep.get("notes") or [])]
     if item.get("summary"):
         out += f"<p style='color:#1b6e20;margin:4px 0'>✓ {html.escape(item['summary'])}</p>"
     out += "".join(f"<p style='color:#8a5a00;margin:2px 0'>⚠ {html.escape(str(w))}</p>" for w in warnings)

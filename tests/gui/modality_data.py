@@ -51,3 +51,31 @@ def write_run(run: Path, kind: str, status: str = "finished", events: list[dict]
             "sample,truth,predicted,score,group,correct\nS1,Metastasis,Metastasis,0.9,Lung,1\n"
             "S2,Primary,Metastasis,0.7,Lung,0\n", encoding="utf-8")
     return run
+
+
+def write_study(folder: Path, n: int = 40, seed: int = 0) -> Path:
+    """A tiny cBioPortal study in the datahub layout (clinical sample table + reduced MAF)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    cols = ["SAMPLE_ID", "PATIENT_ID", "ONCOTREE_CODE_GROUP", "TUMOR_PURITY", "SAMPLE_TYPE", "MET_COUNT",
+            "GENE_PANEL", "SEX", "TMB_NONSYNONYMOUS", "FGA", "AGE_AT_SEQUENCING"]
+    header = ["#" + "\t".join(c.title().replace("_", " ") for c in cols)] * 2
+    header += ["#" + "\t".join(["STRING"] * len(cols)), "#" + "\t".join(["1"] * len(cols)), "\t".join(cols)]
+    rows, maf = [], ["Hugo_Symbol\tChromosome\tStart_Position\tEnd_Position\tReference_Allele\tTumor_Seq_Allele2\t"
+                     "Tumor_Sample_Barcode\tt_depth\tt_alt_count\tt_ref_count\tVAF"]
+    genes = ["TP53", "KRAS", "PIK3CA", "APC", "EGFR"]
+    for i in range(n):
+        met = i % 2 == 1
+        sid = f"P-{i:07d}"
+        rows.append("\t".join([sid, sid, ["BRCA", "LUAD", "COAD"][i % 3], f"{rng.uniform(0.2, 0.9):.2f}",
+                               "Metastasis" if met else "Primary", f"{rng.integers(1, 5) if met else 0}",
+                               "IMPACT468", "Female" if i % 3 else "Male", f"{rng.gamma(2, 3 + 3 * met):.2f}",
+                               f"{rng.uniform(0, 0.5):.3f}", f"{rng.uniform(35, 80):.1f}"]))
+        for g in rng.choice(genes, size=int(rng.integers(1, 4)), replace=False):
+            depth = int(rng.integers(200, 900))
+            alt = int(depth * rng.uniform(0.05, 0.5))
+            pos = int(rng.integers(1_000_000, 9_000_000))
+            maf.append(f"{g}\t1\t{pos}\t{pos}\tG\tA\t{sid}\t{depth}\t{alt}\t{depth - alt}\t{alt / depth:.4f}")
+    (folder / "data_clinical_sample.txt").write_text("\n".join(header + rows) + "\n", encoding="utf-8")
+    (folder / "data_mutations.txt").write_text("\n".join(maf) + "\n", encoding="utf-8")
+    return folder

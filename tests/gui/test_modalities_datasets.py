@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,26 @@ def test_matrix_import_end_to_end(qtbot, tmp_path: Path) -> None:  # noqa: ANN00
     assert item["kind"] == EXPRESSION_MATRIX and item["report"]["n_samples"] == 24
     assert "type" in item["report"].get("label_columns", {})
     assert "24 samples" in view.dataset_list.item(0).text()
+
+
+@pytest.mark.slow  # the report draws a t-SNE and the EDA plots: ~10 s
+def test_study_import_end_to_end(qtbot, tmp_path: Path, dialogs) -> None:  # noqa: ANN001
+    from gui.cli_job import has_command
+
+    if not has_command(["genomics", "report"]):
+        pytest.skip("the genomics engine (metascope genomics report) is not built in yet")
+    from tests.gui.modality_data import write_study
+
+    study = write_study(tmp_path / "tiny_study")
+    view = _view(qtbot)
+    with qtbot.waitSignal(view.import_finished, timeout=180_000):
+        view.modality_import.start_import(GENOMICS_STUDY, str(study))
+    item = view.current_item()
+    assert item["kind"] == GENOMICS_STUDY and item["report"], "the report JSON was read"
+    assert "40" in view.modality_report.summary.text()
+    assert "MET_COUNT" in json.dumps(item["report"])  # a label leak, listed as dropped
+    assert view.modality_report.plot_combo.count() >= 1
+    # a folder that is not a study: a dialog, nothing added
+    with qtbot.waitSignal(view.modality_import.failed, timeout=60_000):
+        view.modality_import.start_import(GENOMICS_STUDY, str(tmp_path / "nowhere"))
+    assert view.dataset_list.count() == 1 and "not found" in dialogs[-1][1]
