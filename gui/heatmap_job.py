@@ -5,15 +5,14 @@ and the ``progress``/``partial`` callbacks: :func:`run_heatmap` in a child proce
 (``gui.workers.ProcessWorker``, so its compute never holds the GUI process's GIL), the short
 jobs on a worker thread (``gui.workers.Worker``). Nothing here imports Qt or torch.
 
-Results are cached per (slide, model) under ``engine.paths.cache_dir()/heatmaps``: the slide is
-identified by its path, size and modification time (hashing a multi-gigabyte slide would take
-longer than the heatmap), the model by its sha256. The cache folder is written atomically by the
-engine, so a cancelled or failed run leaves no partial cache.
+Results go to the engine's heatmap cache (:mod:`engine.infer.cache`, shared with
+``metascope heatmap --cache``): per (slide, model), the slide identified by its path, size and
+modification time, the model by its sha256; written atomically, so a cancelled or failed run
+leaves no partial cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import html
 import os
 from collections.abc import Callable
@@ -27,7 +26,6 @@ from engine.errors import ModelPackageError
 from engine.jobs import CancelToken, ProgressCallback, check_cancel
 
 PartialCallback = Callable[[object], None]
-CACHE_SUBDIR = "heatmaps"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,27 +187,19 @@ def list_models(extra_paths: list[str], progress: ProgressCallback | None = None
     return out
 
 
-# -- cache -----------------------------------------------------------------------------------
-def slide_key(slide_path: str | os.PathLike[str]) -> str:
-    """Cache key of a slide file: its name plus a hash of its path, size and modification time."""
-    from engine.infer.outputs import safe_name
-
-    p = Path(slide_path).resolve()
-    st = p.stat()
-    digest = hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return f"{safe_name(p.stem)}-{digest}"
-
-
+# -- cache (engine.infer.cache) -------------------------------------------------------------
 def cache_root(slide_path: str | os.PathLike[str]) -> Path:
-    from engine.paths import cache_dir
+    """The engine cache folder of every result of one slide."""
+    from engine.infer import cache
 
-    return cache_dir() / CACHE_SUBDIR / slide_key(slide_path)
+    return cache.cache_root(slide_path)
 
 
 def cache_folder(slide_path: str | os.PathLike[str], model: ModelChoice, mpp: float | None = None) -> Path:
-    """Folder holding the cached result of (slide, model), and the user's mpp when one was given."""
-    name = model.sha256[:24] if mpp is None else f"{model.sha256[:24]}-mpp{mpp:.6g}"
-    return cache_root(slide_path) / name
+    """Folder holding the cached result of (slide, model), and the user's slide mpp when one was given."""
+    from engine.infer import cache
+
+    return cache.cache_folder(slide_path, model.sha256, mpp)
 
 
 def load_cached(slide_path: str, model: ModelChoice, mpp: float | None = None) -> HeatmapData | None:
@@ -218,18 +208,12 @@ def load_cached(slide_path: str, model: ModelChoice, mpp: float | None = None) -
     Raises:
         HeatmapFileError: the cache folder exists but is unreadable.
     """
-    from engine.infer.outputs import load_heatmap_result
+    from engine.infer import cache
 
-    try:
-        folder = cache_folder(slide_path, model, mpp)
-    except OSError:
+    hit = cache.load_cached(slide_path, model.sha256, mpp)
+    if hit is None:
         return None
-    if not (folder / "heatmap.json").is_file():
-        return None
-    result = load_heatmap_result(folder)
-    if str(result.model.get("sha256", model.sha256)) != model.sha256:
-        return None
-    return HeatmapData(result, slide_path, model, str(folder))
+    return HeatmapData(hit[0], slide_path, model, str(hit[1]))
 
 
 # -- compute ---------------------------------------------------------------------------------
@@ -245,7 +229,7 @@ def run_heatmap(slide_path: str, model: ModelChoice, mpp: float | None = None,
         MetaScopeError: the slide or model is unusable (one-line message for a dialog).
         Cancelled: ``cancel`` was set; nothing is written.
     """
-    from engine.infer.outputs import write_heatmap_outputs
+    from engine.infer import cache
     from engine.infer.pipeline import InferenceConfig, compute_heatmap
     from engine.slides import open_slide
 
@@ -263,9 +247,8 @@ def run_heatmap(slide_path: str, model: ModelChoice, mpp: float | None = None,
         result = compute_heatmap(reader, model.path, InferenceConfig(slide_mpp=mpp), progress=progress, cancel=cancel,
                                  on_batch=on_batch, on_start=on_start)
         check_cancel(cancel)
-        folder = cache_folder(slide_path, model, mpp)
         # the cache is one folder written atomically: a cancel here leaves the old state
-        write_heatmap_outputs(result, folder.parent, reader=reader, folder_name=folder.name, cancel=cancel)
+        folder = cache.store(result, slide_path, model.sha256, reader, slide_mpp=mpp, cancel=cancel)
     # the tile plan (tissue mask included) is not needed for display or export: keep the
     # result that travels back to the GUI process small
     result.plan = None

@@ -59,6 +59,11 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     hm.add_argument(
         "--min-tissue", type=float, default=0.25, help="minimum tissue fraction of an analysed tile (default 0.25)"
     )
+    hm.add_argument(
+        "--cache", action="store_true",
+        help="reuse heatmaps the app (or an earlier --cache run) computed with the same slide, model and "
+        "settings, and store new ones in the app's heatmap cache",
+    )
     hm.set_defaults(handler=_heatmap)
 
     st = sub.add_parser(
@@ -110,6 +115,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _heatmap(args: argparse.Namespace) -> int:
     from engine.fileio import ensure_writable_dir
+    from engine.infer.cache import cached_heatmap
     from engine.infer.outputs import safe_name, write_heatmap_outputs
     from engine.infer.pipeline import InferenceConfig, compute_heatmap
     from engine.infer.session import load_model
@@ -135,7 +141,10 @@ def _heatmap(args: argparse.Namespace) -> int:
         progress = TerminalProgress(err)
         try:
             with open_slide(slide, mpp=cfg.slide_mpp) as reader:
-                result = compute_heatmap(reader, session, cfg, progress=progress)
+                if args.cache:
+                    result, from_cache = cached_heatmap(reader, slide, session, cfg, progress=progress)
+                else:
+                    result, from_cache = compute_heatmap(reader, session, cfg, progress=progress), False
                 name = _unique(safe_name(result.slide_name), used)
                 folder = write_heatmap_outputs(result, out, reader=reader, folder_name=name)
         except MetaScopeError as exc:
@@ -149,10 +158,12 @@ def _heatmap(args: argparse.Namespace) -> int:
             continue
         progress.close()
         s = result.summary
+        timing = "from the cache" if from_cache else (
+            f"{result.timing['total_s']:.1f} s ({result.timing['tiles_per_s']:.0f} tiles/s)"
+        )
         print(
             f"{result.slide_name}: max {s['max_probability']:.3f}, {s['fraction_above_threshold']:.1%} of "
-            f"{s['tiles_analysed']} tissue tiles >= {cfg.threshold:g}, {result.timing['total_s']:.1f} s "
-            f"({result.timing['tiles_per_s']:.0f} tiles/s) -> {folder}"
+            f"{s['tiles_analysed']} tissue tiles >= {cfg.threshold:g}, {timing} -> {folder}"
         )
     if failed:
         print(f"{failed} of {len(args.slides)} slide(s) failed", file=err)
