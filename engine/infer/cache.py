@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.fileio import recover_dir
 from engine.jobs import CancelToken
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ def load_cached(
         folder = cache_folder(slide_path, model_sha256, slide_mpp, cfg, root)
     except OSError:
         return None
+    recover_dir(folder)  # a replacement cut short by a crash: the previous result comes back
     if not (folder / "heatmap.json").is_file():
         return None
     result = load_heatmap_result(folder)

@@ -89,3 +89,18 @@ def test_heatmap_reader_recovers_the_previous_result(tmp_path: Path) -> None:
     with pytest.raises(HeatmapFileError, match="missing heatmap.npy"):
         load_heatmap_result(target)  # recovered first, then judged on its content
     assert (target / "heatmap.json").is_file() and not old_dir(target).exists()
+
+
+def test_heatmap_cache_lookup_recovers_the_previous_result(tmp_path: Path) -> None:
+    from engine.infer import cache
+    from engine.infer.outputs import HeatmapFileError
+
+    slide = tmp_path / "case.tif"
+    slide.write_bytes(b"slide")
+    folder = cache.cache_folder(slide, "ab" * 32, 0.5, root=tmp_path / "cache")
+    old_dir(folder).mkdir(parents=True)
+    (old_dir(folder) / "heatmap.json").write_text("{}")
+    # before: the entry was taken for missing and recomputed; now it is renamed back and read
+    with pytest.raises(HeatmapFileError):
+        cache.load_cached(slide, "ab" * 32, 0.5, root=tmp_path / "cache")
+    assert (folder / "heatmap.json").is_file() and not old_dir(folder).exists()
