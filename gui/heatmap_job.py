@@ -112,7 +112,7 @@ def _describe(path: Path, sha256: str | None = None, in_library: bool = False) -
     meta = read_metadata(path)
     auc = meta.metrics.get("auc") if isinstance(meta.metrics, dict) else None
     if meta.task == "mil_aggregator":
-        from gui.mil_job import describe_mil
+        from engine.mil.package import describe_mil
 
         info = describe_mil(meta)
         parts = ["slide-level (attention MIL)", f"classes: {', '.join(meta.class_names)}"]

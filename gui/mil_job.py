@@ -1,116 +1,31 @@
-"""Qt-free jobs for slide-level (MIL) prediction in the slide view.
+"""Qt-free jobs for slide-level (MIL) prediction in the slide view: thin wrappers over the engine.
 
-A ``mil_aggregator`` package records the feature extractor it was trained on (name + sha256) and
-its clinical encoding. :func:`describe_mil` turns such a package into what the view needs (the
-extractor found in the model library by sha256, the clinical columns for a form), and
-:func:`run_prediction` runs :func:`engine.mil.predict.predict_slide` in the same child process
-mechanism as heatmaps (``gui.workers.ProcessWorker``). Nothing here imports Qt or torch.
+What a MIL package needs (its extractor found by sha256, the clinical form fields) comes from
+:mod:`engine.mil.package`; prediction and its files from :mod:`engine.mil.predict`, as for
+``metascope mil predict``. :func:`run_prediction` runs in the same child process mechanism as
+heatmaps (``gui.workers.ProcessWorker``). Nothing here imports Qt or torch.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.errors import ModelPackageError
 from engine.jobs import CancelToken, ProgressCallback
+from engine.mil.package import (  # noqa: F401 - the slide view's names for them
+    MIL_TASK,
+    ClinicalField,
+    MilModelInfo,
+    clinical_fields,
+    describe_mil,
+    find_extractor,
+)
 
 PartialCallback = Callable[[object], None]
-MIL_TASK = "mil_aggregator"
-
-
-@dataclass(frozen=True, slots=True)
-class ClinicalField:
-    """One clinical input of a MIL model, for the form.
-
-    Attributes:
-        name: column name the model was trained with.
-        kind: ``"numeric"`` or ``"categorical"``.
-        categories: training categories (categorical).
-        median: training median, used when the value is left blank (numeric).
-    """
-
-    name: str
-    kind: str
-    categories: tuple[str, ...] = ()
-    median: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MilModelInfo:
-    """What the slide view shows and needs for a slide-level model."""
-
-    class_names: tuple[str, ...]
-    extractor_name: str
-    extractor_sha256: str
-    extractor_path: str  # "" when no library model has that sha256
-    clinical: tuple[ClinicalField, ...]
-    tile_size: int | None
-    mpp: float | None
-
-
-def clinical_fields(spec: Mapping[str, Any] | None) -> tuple[ClinicalField, ...]:
-    """The form fields of a model's clinical spec (``metadata.extra["clinical"]``), in the
-    order the model encodes them."""
-    from engine.mil.clinical import ClinicalSpec
-
-    s = ClinicalSpec.from_dict(dict(spec) if spec else None)
-    return tuple(ClinicalField(f.name, "numeric", median=f.median) for f in s.numeric) + tuple(
-        ClinicalField(f.name, "categorical", categories=f.categories) for f in s.categorical)
-
-
-def find_extractor(sha256: str, extra_paths: list[str] | None = None) -> str:
-    """Path of a feature extractor with this sha256: the model library, the bundled models, then
-    ``extra_paths``; "" when none matches."""
-    from engine.library import ModelLibrary
-    from engine.modelpkg import sha256_file
-    from engine.paths import resources_dir
-
-    if not sha256:
-        return ""
-    for entry in ModelLibrary().entries():
-        if entry.sha256 == sha256:
-            return str(entry.path.resolve())
-    for p in [*sorted((resources_dir() / "models").glob("*.onnx")), *(Path(x) for x in extra_paths or [])]:
-        try:
-            if p.is_file() and sha256_file(p) == sha256:
-                return str(p.resolve())
-        except OSError:
-            continue
-    return ""
-
-
-def describe_mil(meta: Any, extra_extractors: list[str] | None = None) -> MilModelInfo:
-    """The :class:`MilModelInfo` of a ``mil_aggregator`` package's metadata.
-
-    Raises:
-        ModelPackageError: not a slide-level model, or its clinical spec is unreadable.
-    """
-    from engine.errors import ConfigError
-
-    if meta.task != MIL_TASK:
-        raise ModelPackageError(f"{meta.name} is not a slide-level (MIL) model")
-    fx = meta.feature_extractor or {}
-    sha = str(fx.get("sha256", ""))
-    tiling = meta.extra.get("tiling", {}) if isinstance(meta.extra, dict) else {}
-    try:
-        fields = clinical_fields(meta.extra.get("clinical") if isinstance(meta.extra, dict) else None)
-    except ConfigError as exc:
-        raise ModelPackageError(f"{meta.name}: {exc}") from exc
-    return MilModelInfo(
-        class_names=tuple(meta.class_names),
-        extractor_name=str(fx.get("name", "")) or "unnamed extractor",
-        extractor_sha256=sha,
-        extractor_path=find_extractor(sha, extra_extractors),
-        clinical=fields,
-        tile_size=int(tiling["tile_size"]) if tiling.get("tile_size") else None,
-        mpp=float(tiling["mpp"]) if tiling.get("mpp") else None,
-    )
 
 
 def check_extractor(path: str, expected_sha256: str, progress: ProgressCallback | None = None,
@@ -120,18 +35,9 @@ def check_extractor(path: str, expected_sha256: str, progress: ProgressCallback 
     Raises:
         ModelPackageError: not a feature extractor package, or a different one.
     """
-    from engine.modelpkg import read_metadata, sha256_file
+    from engine.mil.package import check_extractor_file
 
-    p = Path(path)
-    meta = read_metadata(p)
-    if meta.task not in ("feature_extractor", "patch_classification"):
-        raise ModelPackageError(f"{p.name} is a {meta.task.replace('_', ' ')} model, not a feature extractor")
-    digest = sha256_file(p)
-    if expected_sha256 and digest != expected_sha256:
-        raise ModelPackageError(
-            f"{p.name} is not the feature extractor this model was trained with "
-            f"(sha256 {digest[:12]}…, the model needs {expected_sha256[:12]}…)")
-    return str(p.resolve())
+    return check_extractor_file(path, expected_sha256)
 
 
 def run_prediction(slide_path: str, aggregator_path: str, extractor_path: str, clinical: dict[str, str],
@@ -164,13 +70,10 @@ def export_prediction(pred: Any, out_root: str, progress: ProgressCallback | Non
     """
     from engine.fileio import ensure_writable_dir
     from engine.infer.outputs import safe_name
-    from engine.mil.predict import write_prediction
-    from engine.slides import open_slide
+    from engine.mil.predict import write_prediction_for_slide
 
     ensure_writable_dir(out_root)
-    with open_slide(pred.slide_path) as reader:
-        thumbnail = reader.thumbnail(1024)
-    return str(write_prediction(pred, Path(out_root) / safe_name(Path(pred.slide_path).stem), thumbnail))
+    return str(write_prediction_for_slide(pred, Path(out_root) / safe_name(Path(pred.slide_path).stem)))
 
 
 # -- text ------------------------------------------------------------------------------------

@@ -109,7 +109,10 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
         description="Slide-level prediction with onnxruntime.",
     )
     p.add_argument("slide", metavar="SLIDE")
-    p.add_argument("--extractor", required=True, metavar="E.onnx")
+    p.add_argument(
+        "--extractor", default=None, metavar="E.onnx",
+        help="the feature extractor the model was trained with (default: found in the model library by sha256)",
+    )
     p.add_argument("--model", required=True, metavar="M.onnx")
     p.add_argument("--clinical", default="", help="clinical values, e.g. age=45,er=positive (missing ones are imputed)")
     p.add_argument("--roi", default=None, help="GeoJSON region of interest")
@@ -250,15 +253,16 @@ def _export(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from engine.mil.clinical import parse_clinical_arg
-    from engine.mil.predict import predict_slide, write_prediction
-    from engine.slides.open import open_slide
+    from engine.mil.package import extractor_for
+    from engine.mil.predict import predict_slide, write_prediction_for_slide
 
     clinical = parse_clinical_arg(args.clinical)
+    extractor = args.extractor or extractor_for(args.model)
     bar = TerminalProgress()
     try:
         pred = predict_slide(
             args.slide,
-            args.extractor,
+            extractor,
             args.model,
             clinical,
             roi=args.roi,
@@ -268,9 +272,7 @@ def _predict(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    with open_slide(args.slide, mpp=args.slide_mpp) as reader:
-        thumb = reader.thumbnail(1024)
-    out = write_prediction(pred, args.out, thumbnail=thumb)
+    out = write_prediction_for_slide(pred, args.out, slide_mpp=args.slide_mpp)
     probs = ", ".join(f"{c} {p:.3f}" for c, p in zip(pred.class_names, pred.probabilities, strict=True))
     print(f"{Path(args.slide).name}: {pred.predicted_class} ({probs}); {pred.attention.size} tiles")
     for note in pred.clinical_notes:

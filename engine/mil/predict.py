@@ -331,6 +331,22 @@ def write_prediction(
     return out
 
 
+def write_prediction_for_slide(
+    pred: SlidePrediction, out_dir: str | os.PathLike[str], slide_mpp: float | None = None
+) -> Path:
+    """:func:`write_prediction` with ``attention.png`` over the slide's thumbnail (the slide is
+    reopened for it), as the CLI and the app export a prediction.
+
+    Raises:
+        OutputError: the folder cannot be written; SlideOpenError: the slide can no longer be read.
+    """
+    from engine.slides.open import open_slide
+
+    with open_slide(pred.slide_path, mpp=slide_mpp) as reader:
+        thumbnail = reader.thumbnail(1024)
+    return write_prediction(pred, out_dir, thumbnail)
+
+
 def _attention_png(pred: SlidePrediction, path: Path, thumbnail: np.ndarray | None) -> None:
     """Attention grid coloured (viridis-like via matplotlib) and blended over the thumbnail."""
     import matplotlib

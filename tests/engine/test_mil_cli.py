@@ -10,7 +10,9 @@ import pytest
 from engine.cli import main
 
 
-def test_cli_validate_features_train_evaluate_export_predict(mil_cohort, mil_features, tmp_path: Path, capsys) -> None:
+def test_cli_validate_features_train_evaluate_export_predict(
+    mil_cohort, mil_features, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     features, _ = mil_features
     assert main(["mil", "validate", str(mil_cohort.manifest)]) == 0
     out = capsys.readouterr().out
@@ -94,6 +96,18 @@ def test_cli_validate_features_train_evaluate_export_predict(mil_cohort, mil_fea
     assert "case01.svs" in captured.out and "not seen in training" in captured.err
     for name in ("prediction.json", "attention.npy", "attention.png", "tiles.csv"):
         assert (pred / name).is_file()
+    # without --extractor the model's extractor is found in the model library by sha256
+    from engine.library import ModelLibrary
+
+    monkeypatch.setenv("METASCOPE_HOME", str(tmp_path / "home"))
+    short = ["mil", "predict", str(slide), "--model", str(model), "--out", str(tmp_path / "pred2"), "--device", "cpu"]
+    assert main(short) == 2
+    assert "not in the model library" in capsys.readouterr().err
+    ModelLibrary().add(mil_cohort.extractor)
+    assert main(short) == 0
+    capsys.readouterr()
+    first, second = (json.loads((d / "prediction.json").read_text()) for d in (pred, tmp_path / "pred2"))
+    assert first["n_tiles"] == second["n_tiles"] and first["extractor"]["sha256"] == second["extractor"]["sha256"]
     assert (
         main(
             [
