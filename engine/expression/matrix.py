@@ -195,8 +195,13 @@ def _is_numeric_column(col: pd.Series) -> bool:
     return bool(vals[present].notna().mean() >= 0.9)
 
 
-def _detect_orientation(row_ids: list[str], col_ids: list[str], table_ids: set[str] | None) -> tuple[str, str]:
-    """("samples_x_genes" | "genes_x_samples", why)."""
+_GENE_HEADER = re.compile(r"gene|symbol|ensembl|probe|mirna|hugo|feature|transcript|entrez", re.IGNORECASE)
+_SAMPLE_HEADER = re.compile(r"sample|barcode|patient|case|specimen|cell|subject", re.IGNORECASE)
+
+
+def _detect_orientation(row_ids: list[str], col_ids: list[str], table_ids: set[str] | None,
+                        corner: str = "") -> tuple[str, str]:
+    """("samples_x_genes" | "genes_x_samples", why); ``corner`` is the first header cell."""
     if table_ids:
         rows = sum(r in table_ids for r in row_ids)
         cols = sum(c in table_ids for c in col_ids)
@@ -212,6 +217,10 @@ def _detect_orientation(row_ids: list[str], col_ids: list[str], table_ids: set[s
     if max(sr, sc) >= 0.5 and abs(sr - sc) >= 0.3:
         return ("samples_x_genes", "row ids look like sample barcodes") if sr > sc else (
             "genes_x_samples", "column ids look like sample barcodes")
+    if _GENE_HEADER.search(corner or ""):
+        return "genes_x_samples", f"the id column is named '{corner}'"
+    if _SAMPLE_HEADER.search(corner or ""):
+        return "samples_x_genes", f"the id column is named '{corner}'"
     if len(row_ids) > len(col_ids):
         return "genes_x_samples", "guessed from the shape (more rows than columns: rows are genes)"
     return "samples_x_genes", "guessed from the shape (more columns than rows: columns are genes)"
@@ -350,7 +359,8 @@ def read_matrix(path, samples_path=None, orientation: str = "auto", log: str = "
 
     table_ids = set(table.index) if table is not None else None
     if orientation == "auto":
-        orientation, why = _detect_orientation(row_ids, col_ids, table_ids)
+        corner = "" if report.get("row_ids") else str(first)
+        orientation, why = _detect_orientation(row_ids, col_ids, table_ids, corner)
         report["orientation"] = {"value": orientation, "detected": True, "why": why}
     else:
         report["orientation"] = {"value": orientation, "detected": False, "why": "forced by the user"}
@@ -372,6 +382,7 @@ def _finish(values, samples, genes, table, extra, log, report) -> ExpressionMatr
     raw_genes = [str(g) for g in genes]
     genes = [clean_gene_id(g) for g in raw_genes]
     report["gene_id_type"] = gene_id_type(genes)
+    values, report["scale"] = _detect_scale(values, log)  # before averaging duplicates: counts stay integers
     report["gene_versions_stripped"] = sum(a != b for a, b in zip(raw_genes, genes, strict=False))
     if len(set(samples)) != len(samples):  # keep the first of duplicated sample ids
         keep = ~pd.Index(samples).duplicated(keep="first")
@@ -403,8 +414,6 @@ def _finish(values, samples, genes, table, extra, log, report) -> ExpressionMatr
         sample_table = extra
         sample_table.index = pd.Index(samples, name="sample")
 
-    values, scale = _detect_scale(values, log)
-    report["scale"] = scale
     values, samples, genes = _handle_missing(values, samples, genes, report)
     if not samples or not genes:
         raise DatasetError(f"no usable data left ({len(samples)} samples x {len(genes)} genes)")

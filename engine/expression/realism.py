@@ -305,7 +305,7 @@ def plot_correlations(sets: dict[str, np.ndarray], path: Path) -> None:
         ax.set_title(f"{title}: gene-gene correlation", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, ax=fig.axes, shrink=0.8)
+    fig.colorbar(im, ax=ax, shrink=0.8)
     save_figure(fig, path)
 
 

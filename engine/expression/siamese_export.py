@@ -56,7 +56,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], nam
     meta = ModelMetadata(
         name=name or f"Siamese {run.name}", task=TASK, class_names=tuple(split["train_types"]),
         positive_class=0, output="probabilities", arch="cancer_siamese_1dcnn", input_name="expression",
-        output_name="embedding", feature_dim=mcfg.embed_dim,
+        output_name="embedding", feature_dim=mcfg.output_dim,
         training_data={"matrix": cfg.matrix, "samples": cfg.samples, "label_column": cfg.label_column,
                        "train_types": split["train_types"], "val_types": split["val_types"],
                        "test_types": split["test_types"], "train_samples": len(split["train"])},

@@ -28,7 +28,7 @@ from engine.train.runfolder import load_checkpoint, save_torch
 
 
 class SiameseFitter:
-    def __init__(self, cfg, run: Path, x: np.ndarray, labels: np.ndarray, split: dict, device: str, log,
+    def __init__(self, cfg, run: Path, x: np.ndarray, labels: np.ndarray, split: dict, prep, device: str, log,
                  progress, cancel) -> None:
         self.cfg, self.run, self.device, self.log = cfg, run, device, log
         self.progress, self.cancel = progress, cancel
@@ -41,7 +41,9 @@ class SiameseFitter:
         self.members = [tr[labels[tr] == t] for t in self.train_types]
         self.mcfg = SiameseModelConfig(n_genes=x.shape[1], channels=tuple(cfg.channels),
                                        kernels=tuple([7, 5, 3, 3, 3][: len(cfg.channels)]),
-                                       embed_dim=cfg.embed_dim, head_dim=cfg.head_dim, dropout=cfg.dropout)
+                                       embed_dim=cfg.embed_dim, head_dim=cfg.head_dim, dropout=cfg.dropout,
+                                       corr_skip=cfg.corr_skip)
+        self.prep = prep
         self.steps = cfg.steps_per_epoch or int(min(150, max(20, len(tr) // cfg.batch_size)))
         self.total = cfg.pretrain_epochs + cfg.epochs
         self.rng = np.random.default_rng(cfg.seed + 17)
@@ -122,11 +124,14 @@ class SiameseFitter:
                        val_samples=len(self.val_idx), test_samples=len(self.split["test"]),
                        genes=self.mcfg.n_genes)
         torch.manual_seed(self.cfg.seed)
-        net = SiameseNet(self.mcfg).to(self.device)
+        net = SiameseNet(self.mcfg)
+        net.encoder.set_normalisation(self.prep.center, self.prep.scale)
+        net = net.to(self.device)
         if ck is None or ck["phase"] == "pretrain":
             clf = self._pretrain(ck)
             if clf is not None:
                 net.encoder.load_state_dict(clf.encoder.state_dict())
+                net.encoder.set_normalisation(self.prep.center, self.prep.scale)
             ck = None
         return self._siamese(net, ck)
 

@@ -23,6 +23,8 @@ class SiameseModelConfig:
     embed_dim: int = 128
     head_dim: int = 64
     dropout: float = 0.3
+    corr_skip: bool = True  # the head also sees the Pearson correlation of the two profiles
+    corr_init: float = 10.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -35,12 +37,25 @@ class SiameseModelConfig:
         d["channels"], d["kernels"] = tuple(d["channels"]), tuple(d["kernels"])
         return cls(**d)
 
+    @property
+    def output_dim(self) -> int:
+        """Width of the exported embedding: the learned part (+ the unit profile with corr_skip)."""
+        return self.embed_dim + (self.n_genes if self.corr_skip else 0)
+
 
 class Encoder(nn.Module):
-    """Profile (B, G) -> embedding (B, D): conv/BN/ReLU/max-pool blocks, flatten, dense."""
+    """Profile (B, G) -> embedding (B, D): conv/BN/ReLU/max-pool blocks, flatten, dense.
+
+    With ``corr_skip`` the output also carries the profile centred and scaled to unit length
+    (B, G), so the head can use the Pearson correlation of two profiles (a skip connection: the
+    network learns what to add to the correlation). ``center`` / ``scale`` undo the per-gene
+    standardisation for that part."""
 
     def __init__(self, cfg: SiameseModelConfig) -> None:
         super().__init__()
+        self.cfg = cfg
+        self.register_buffer("center", torch.zeros(cfg.n_genes))
+        self.register_buffer("scale", torch.ones(cfg.n_genes))
         layers: list[nn.Module] = []
         c_in, length = 1, cfg.n_genes
         for c, k in zip(cfg.channels, cfg.kernels, strict=True):
@@ -54,9 +69,22 @@ class Encoder(nn.Module):
         self.fc = nn.Linear(c_in * length, cfg.embed_dim)
         self.norm = nn.LayerNorm(cfg.embed_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_normalisation(self, center: np.ndarray, scale: np.ndarray) -> None:
+        self.center.copy_(torch.from_numpy(np.asarray(center, np.float32)))
+        self.scale.copy_(torch.from_numpy(np.asarray(scale, np.float32)))
+
+    def learned(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x.unsqueeze(1)).flatten(1)
         return self.norm(self.fc(self.dropout(h)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.learned(x)
+        if not self.cfg.corr_skip:
+            return e
+        v = x * self.scale + self.center
+        v = v - v.mean(dim=1, keepdim=True)
+        u = v / torch.clamp(torch.sqrt((v * v).sum(dim=1, keepdim=True)), min=1e-6)
+        return torch.cat([e, u], dim=1)
 
 
 class TypeClassifier(nn.Module):
@@ -68,7 +96,7 @@ class TypeClassifier(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.embed_dim, n_types))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+        return self.head(self.encoder.learned(x))
 
 
 class SimilarityHead(nn.Module):
@@ -76,10 +104,18 @@ class SimilarityHead(nn.Module):
 
     def __init__(self, cfg: SiameseModelConfig) -> None:
         super().__init__()
+        self.d = cfg.embed_dim
+        self.corr_skip = cfg.corr_skip
         self.net = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.head_dim), nn.ReLU(), nn.Linear(cfg.head_dim, 1))
+        if cfg.corr_skip:
+            self.alpha = nn.Parameter(torch.tensor(float(cfg.corr_init)))
 
     def forward(self, ea: torch.Tensor, eb: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.abs(ea - eb)).squeeze(-1)
+        d = self.d
+        logit = self.net(torch.abs(ea[:, :d] - eb[:, :d])).squeeze(-1)
+        if self.corr_skip:
+            logit = logit + self.alpha * (ea[:, d:] * eb[:, d:]).sum(dim=-1)
+        return logit
 
 
 class SiameseNet(nn.Module):
@@ -119,7 +155,7 @@ class _ExportWrapper(nn.Module):
 def export_onnx(net: SiameseNet, center: np.ndarray, scale: np.ndarray, sample_norm: bool, path: str) -> None:
     """Write the embedding branch + similarity head as one ONNX file (see :class:`_ExportWrapper`)."""
     wrapper = _ExportWrapper(net, center, scale, sample_norm).eval()
-    d = net.cfg.embed_dim
+    d = net.cfg.output_dim
     args = (torch.randn(3, net.cfg.n_genes), torch.randn(5, d), torch.randn(5, d))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -75,6 +75,7 @@ class SiameseTrainConfig:
     head_dim: int = 64
     channels: tuple[int, ...] = (16, 32, 64)
     dropout: float = 0.3
+    corr_skip: bool = True
     noise: float = 0.3
     gene_dropout: float = 0.1
     patience: int = 8
@@ -274,7 +275,7 @@ def _train_locked(cfg, run, resume, log, progress, cancel) -> TrainResult:
     torch.set_num_threads(cfg.cpu_threads)
     log.state("running", epoch=0, epochs=cfg.pretrain_epochs + cfg.epochs)
     try:
-        fitter = SiameseFitter(cfg, run, x, labels, split, device, log, progress, cancel)
+        fitter = SiameseFitter(cfg, run, x, labels, split, prep, device, log, progress, cancel)
         best = fitter.fit()
         metrics = _finish(cfg, run, m, labels, split, best, log)
         log.event("finished", metrics=_headline(metrics), best_epoch=best.get("epoch"))

@@ -266,6 +266,11 @@ def prepare_data(cfg: WganTrainConfig, run: Path, resume: bool) -> tuple[WganDat
     from engine.expression.wgan import check_training_values
 
     check_training_values(values, genes)
+    absent = [c for c in cfg.covariates if c not in table.columns]
+    if absent:
+        raise DatasetError(
+            f"covariate(s) {', '.join(absent)} not a column of the sample table (columns: {', '.join(map(str, table.columns))})"
+        )
     covs = table.reindex(samples)[list(cfg.covariates)] if cfg.covariates else pd.DataFrame(index=samples)
     data = WganData(values, samples, genes, covs, train_idx, held_idx, notes)
     return data, split
