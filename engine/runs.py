@@ -449,7 +449,7 @@ VAL_METRICS = (
 
 
 #: Numeric ``epoch_ended`` fields that are bookkeeping, not metrics to plot.
-NOT_METRICS = frozenset({"epoch", "epochs", "fold", "time", "train_loss", "step", "steps", "lr", "seed"})
+NOT_METRICS = frozenset({"epoch", "epochs", "fold", "time", "train_loss", "step", "steps", "lr", "seed", "seconds"})
 
 
 def _is_extra_metric(key: str) -> bool:

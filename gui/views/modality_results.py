@@ -70,17 +70,19 @@ def metrics_table_html(metrics: dict[str, Any], limit: int = 14) -> str:
     for k in keys[:limit]:
         label = "AUC" if k == "auc" else "C2ST AUC" if k == "c2st_auc" else k.replace("_", " ")
         rows.append((label, f"<b>{_fmt(flat[k])}</b>{_ci(metrics, k)}"))
-    base = metrics.get("baseline") or metrics.get("gaussian")
-    if isinstance(base, dict):
-        bits = [f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in base.items() if isinstance(v, (int, float))][:4]
-        rows.append(("Gaussian baseline", " · ".join(bits)))
-    real = metrics.get("real_vs_real") or metrics.get("real")
-    if isinstance(real, dict):
-        bits = [f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in real.items() if isinstance(v, (int, float))][:4]
-        rows.append(("Real vs real", " · ".join(bits)))
+    for key, label in (("baseline", "Gaussian baseline"), ("real_vs_real", "Real vs real")):
+        if isinstance(metrics.get(key), dict):
+            rows.append((label, _compare_text(metrics[key])))
     body = "".join(f"<tr><td style='padding:1px 12px 1px 0;color:#666'>{html.escape(k)}</td><td>{v}</td></tr>"
                    for k, v in rows)
     return f"<table>{body}</table>"
+
+
+def _compare_text(d: dict[str, Any]) -> str:
+    """``gamma 0.957 · C2ST AUC 0.790`` of a baseline / reference entry of a realism report."""
+    keys = [k for k in ("gamma", "c2st_auc") if isinstance(d.get(k), (int, float))]
+    keys = keys or [k for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:4]
+    return " · ".join(f"{'C2ST AUC' if k == 'c2st_auc' else k.replace('_', ' ')} {_fmt(d[k])}" for k in keys)
 
 
 class PngGallery(QWidget):
@@ -104,8 +106,11 @@ class PngGallery(QWidget):
     def set_folder(self, folder: str | Path | None, prefer: str = "") -> None:
         self.combo.blockSignals(True)
         self.combo.clear()
-        for p in pngs(folder):
-            self.combo.addItem(p.stem.replace("_", " "), str(p))
+        # a run's own plots, then those of its report sub-folders (e.g. realism/)
+        subs = [d for d in sorted(Path(folder).iterdir()) if d.is_dir()] if folder and Path(folder).is_dir() else []
+        for p in [*pngs(folder), *(q for d in subs for q in pngs(d))]:
+            prefix = "" if p.parent == Path(folder) else f"{p.parent.name}: "  # type: ignore[arg-type]
+            self.combo.addItem(prefix + p.stem.replace("_", " "), str(p))
         self.combo.blockSignals(False)
         if prefer:
             idx = next((i for i in range(self.combo.count()) if prefer in str(self.combo.itemData(i))), 0)
@@ -174,7 +179,7 @@ class RunResultsPanel(QGroupBox):
         kind = run_kind(run)
         self.setTitle(f"Results: {RUN_KINDS.get(kind, ('', kind, ''))[1]}")
         self.metrics_label.setText(metrics_table_html(read_json(run / "metrics.json")))
-        if changed or self.gallery.count() != len(list(run.glob("*.png"))):
+        if changed or self.gallery.count() != len(list(run.glob("*.png"))) + len(list(run.glob("*/*.png"))):
             self.gallery.set_folder(run)
         if changed:
             self.message.clear_message()

@@ -205,8 +205,9 @@ def draw_curves(canvas: PlotCanvas, h: Any) -> None:
     loss_points, epoch_loss = list(h.loss_points), list(h.train_epoch_loss)
     val_points = {k: list(v) for k, v in h.val_points.items()}
     # every other metric of the run kind (critic/generator loss, gamma, N-way accuracy, ...)
-    extra_losses = {k: v for k, v in extra.items() if "loss" in k}
-    extra_metrics = {k: v for k, v in extra.items() if "loss" not in k}
+    training_terms = ("loss", "penalty", "wasserstein")
+    extra_losses = {k: v for k, v in extra.items() if any(t in k for t in training_terms)}
+    extra_metrics = {k: v for k, v in extra.items() if k not in extra_losses}
     x_max = max(h.epochs, 1) + 0.2
 
     def draw(c: PlotCanvas) -> None:
