@@ -288,7 +288,8 @@ def run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
         config=_read_json(run / CONFIG_NAME),
         message=message,
         updated=max(mtimes) if mtimes else 0.0,
-        has_checkpoint=any(run.glob("*.pt")) or any(run.glob("checkpoints/*.pt")),
+        # torch checkpoints, or pickled ones (the genomics boosted trees)
+        has_checkpoint=any(run.glob("*.pt")) or any(run.glob("checkpoints/*.pt")) or any(run.glob("checkpoints/*.pkl")),
         state=state,
     )
 

@@ -1,0 +1,94 @@
+"""End to end in the main window: a tiny mutation study -> wizard -> real training run -> results ->
+Review samples (with explanations); Cancel + resume of a genomics run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtWidgets import QWizard  # noqa: E402
+
+from gui.cli_job import has_command  # noqa: E402
+from gui.modalities import GENOMICS_STUDY  # noqa: E402
+from gui.views.datasets_view import DatasetStore  # noqa: E402
+from tests.gui.modality_data import write_study  # noqa: E402
+
+WAIT_MS = 240_000
+
+
+@pytest.mark.slow  # a real (tiny) training run: ~20 s
+def test_genomics_journey_in_the_main_window(qtbot, window, tmp_path: Path) -> None:  # noqa: ANN001
+    if not has_command(["train", "genomics"]) or window.training_view is None:
+        pytest.skip("the genomics engine or training is not built in")
+    study = write_study(tmp_path / "study", n=48)
+    DatasetStore().upsert({"path": str(study), "kind": GENOMICS_STUDY, "name": "study", "report": {"samples": 48}})
+    window.show_view("Datasets")
+    window.datasets_view.reload(select=str(study))
+    window.datasets_view.train_button.click()
+    training = window.training_view
+    wizard = training.findChild(QWizard)
+    qtbot.waitUntil(lambda: wizard is not None and wizard.isVisible(), timeout=10_000)
+    assert wizard.dataset_page.task() == "genomics"
+    wizard.next()
+    wizard.modality_model_page.genomics_epochs.setValue(2)
+    wizard.next()
+    wizard.modality_review_page.name_edit.setText("tiny-genomics")
+    wizard.button(QWizard.WizardButton.FinishButton).click()
+    qtbot.waitUntil(lambda: training.info() is not None, timeout=10_000)
+    run = training.info().path
+    qtbot.waitUntil(lambda: training.info(run) is not None and training.info(run).status == "finished", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: training.modality_results.isVisible(), timeout=10_000)
+    assert "AUC" in training.modality_results.metrics_label.text()
+    assert training.modality_results.gallery.count() >= 1
+    assert training.history().epochs == 2
+
+    samples = window.samples_view
+    with qtbot.waitSignal(samples.loaded, timeout=10_000):
+        training.modality_results.samples_button.click()
+    assert window.stack.currentWidget() is samples
+    rows = samples.visible_rows()
+    assert rows and all(r.truth in ("Primary", "Metastasis") for r in rows)
+    assert samples.explanations, "the genomics trainer writes explanations.csv"
+    explained = next(iter(samples.explanations))
+    samples.search_edit.setText(explained)
+    assert samples.select_sample(explained) and explained in samples.explain_title.text()
+
+    # the model is in the run folder: add it to the library, then the Models view offers its actions
+    with qtbot.waitSignal(training.library_changed, timeout=30_000):
+        training.modality_results.add_button.click()
+    window.show_view("Models")
+    models = window.models_view
+    row = next(i for i, e in enumerate(models.entries) if e.metadata.task == "genomics_classifier")
+    models.table.selectRow(row)
+    assert models.actions.stack.currentWidget() is models.actions.genomics
+    assert models.actions.genomics.study_combo.currentData() == str(study)
+
+
+@pytest.mark.slow  # a real (tiny) training run, cancelled and resumed: ~30 s
+def test_genomics_run_cancel_and_resume(qtbot, tmp_path: Path) -> None:  # noqa: ANN001
+    if not has_command(["train", "genomics"]):
+        pytest.skip("the genomics engine is not built in")
+    from engine.runs import new_run_dir
+    from gui.views.training_view import TrainingView
+    from gui.wizard.page_modality import ModalityRequest
+
+    study = write_study(tmp_path / "study", n=48)
+    view = TrainingView()
+    qtbot.addWidget(view)
+    view.show()
+    run = new_run_dir("cancel-genomics")
+    args = ("train", "genomics", "--study", str(study), "--out", str(run), "--model", "gbm", "--epochs", "15")
+    assert view.start_run(ModalityRequest("genomics", args, run), run) == run
+    # Cancel once the first epoch has ended (a checkpoint exists)
+    qtbot.waitUntil(lambda: view.history(run) is not None and view.history(run).epoch >= 2, timeout=WAIT_MS)
+    view.cancel_run(run)
+    qtbot.waitUntil(lambda: view.info(run) is not None and view.info(run).status == "cancelled", timeout=WAIT_MS)
+    assert view.info(run).resumable and view.resume_button.isEnabled()
+    stopped_at = view.history(run).epoch
+    assert view.resume_run(run)
+    qtbot.waitUntil(lambda: view.info(run).status == "finished", timeout=WAIT_MS)
+    assert view.history(run).epoch >= stopped_at
+    assert (run / "model.onnx").is_file() and (run / "predictions.csv").is_file()
