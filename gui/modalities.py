@@ -117,7 +117,8 @@ def read_predictions(path: str | os.PathLike[str]) -> list[SampleRow]:
         raise DatasetError(f"cannot read {p}: {exc.strerror or exc}") from exc
     reader = csv.DictReader(text.splitlines(), delimiter=_sniff_dialect(text.split("\n", 1)[0]))
     columns = [c.strip() for c in reader.fieldnames or []]
-    missing = [c for c in ("sample", "truth", "predicted") if c not in columns]
+    # ``genomics predict`` on a study without labels writes no truth: the samples are still listed
+    missing = [c for c in ("sample", "predicted") if c not in columns]
     if missing:
         raise DatasetError(f"{p.name} has no column {missing[0]!r} (needs {', '.join(PREDICTION_COLUMNS)})")
     rows = []
@@ -125,7 +126,7 @@ def read_predictions(path: str | os.PathLike[str]) -> list[SampleRow]:
         r = {str(k).strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         truth, predicted = r.get("truth", ""), r.get("predicted", "")
         correct_text = r.get("correct", "")
-        correct = correct_text.lower() in ("1", "1.0", "true", "yes") if correct_text else truth == predicted
+        correct = correct_text.lower() in ("1", "1.0", "true", "yes") if correct_text else truth in ("", predicted)
         extra = {k: v for k, v in r.items() if k not in PREDICTION_COLUMNS}
         rows.append(SampleRow(r.get("sample", ""), truth, predicted, _float(r.get("score")), r.get("group", ""),
                               correct, extra))

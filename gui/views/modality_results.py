@@ -45,7 +45,8 @@ def _fmt(v: Any) -> str:
 
 
 def _ci(metrics: dict[str, Any], key: str) -> str:
-    for holder in (metrics.get("ci"), metrics.get("cis"), metrics.get(f"{key}_ci")):
+    for holder in (metrics.get("ci95"), metrics.get("ci"), metrics.get("cis"), metrics.get(f"{key}_ci95"),
+                   metrics.get(f"{key}_ci")):
         ci = holder.get(key) if isinstance(holder, dict) else holder
         if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
             return f" <span style='color:#666'>(95% CI {ci[0]:.3f}–{ci[1]:.3f})</span>"
@@ -83,6 +84,25 @@ def _compare_text(d: dict[str, Any]) -> str:
     keys = [k for k in ("gamma", "c2st_auc") if isinstance(d.get(k), (int, float))]
     keys = keys or [k for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:4]
     return " · ".join(f"{'C2ST AUC' if k == 'c2st_auc' else k.replace('_', ' ')} {_fmt(d[k])}" for k in keys)
+
+
+def per_group_html(folder: str | Path, limit: int = 25) -> str:
+    """The per-tumour-type table an evaluation wrote (``per_type_auc.csv``), as HTML."""
+    import csv
+
+    path = Path(folder) / "per_type_auc.csv"
+    if not path.is_file():
+        return ""
+    with open(path, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    head = "".join(f"<th style='padding:1px 8px;text-align:left'>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td style='padding:1px 8px'>{html.escape(r.get(c) or '')}</td>" for c in cols)
+                   + "</tr>" for r in rows[:limit])
+    more = f"<div style='color:#666'>… {len(rows) - limit} more groups</div>" if len(rows) > limit else ""
+    return f"<p style='margin:6px 0 2px 0'><b>Per tumour type</b></p><table>{head and '<tr>' + head + '</tr>'}{body}</table>{more}"
 
 
 class PngGallery(QWidget):
@@ -178,7 +198,7 @@ class RunResultsPanel(QGroupBox):
         self.run = run
         kind = run_kind(run)
         self.setTitle(f"Results: {RUN_KINDS.get(kind, ('', kind, ''))[1]}")
-        self.metrics_label.setText(metrics_table_html(read_json(run / "metrics.json")))
+        self.metrics_label.setText(metrics_table_html(read_json(run / "metrics.json")) + per_group_html(run))
         if changed or self.gallery.count() != len(list(run.glob("*.png"))) + len(list(run.glob("*/*.png"))):
             self.gallery.set_folder(run)
         if changed:

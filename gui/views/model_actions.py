@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 
 from gui.modalities import GENOMICS_STUDY, dataset_kind, read_json
 from gui.views.cli_runner import CliRunner
-from gui.views.modality_results import PngGallery, metrics_table_html
+from gui.views.modality_results import PngGallery, metrics_table_html, per_group_html
 from gui.views.oneshot_panel import OneShotPanel, results_dir
 
 ACTION_TASKS = ("genomics_classifier", "expression_embedding", "expression_generator")
@@ -114,7 +114,8 @@ class GenomicsActions(QWidget):
         if self._out is None:
             return
         if tag == "evaluate":
-            self.metrics_label.setText(metrics_table_html(read_json(self._out / "metrics.json")))
+            self.metrics_label.setText(metrics_table_html(read_json(self._out / "metrics.json"))
+                                       + per_group_html(self._out))
             self.gallery.set_folder(self._out)
         self.samples_button.setEnabled((self._out / "predictions.csv").is_file())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -121,9 +122,8 @@ def test_generator_view_generate_realism_export(qtbot, tmp_path: Path, fake) -> 
               {"event": "epoch_ended", "epoch": 1, "critic_loss": -0.5, "generator_loss": 0.3, "val_gamma": 0.91},
               {"event": "finished"}]
     run = write_run(runs_dir() / "20260101-wgan", "wgan", events=events, predictions=False)
-    (run / "config.json").write_text(
-        '{"kind": "wgan", "config": {"matrix": "%s", "genes": "", "covariates": ["age", "sex"]}}' % matrix,
-        encoding="utf-8")
+    (run / "config.json").write_text(json.dumps(
+        {"kind": "wgan", "config": {"matrix": str(matrix), "genes": "", "covariates": ["age", "sex"]}}), encoding="utf-8")
     view = GeneratorView()
     qtbot.addWidget(view)
     view.resize(1200, 1000)
