@@ -68,6 +68,7 @@ class GeneratorView(QWidget):
         self.dataset_combo = QComboBox()
         self.dataset_combo.currentIndexChanged.connect(self._on_dataset_changed)
         self.genes = GeneSelector()
+        self.genes.changed.connect(self._on_genes_changed)
         self.covariates_edit = QLineEdit()
         self.covariates_edit.setPlaceholderText("age,sex,stage")
         self.where_edit = QLineEdit()
@@ -182,6 +183,11 @@ class GeneratorView(QWidget):
         if item and not self.covariates_edit.text():
             cols = label_columns(item)
             self.covariates_edit.setText(",".join(c for c in cols if c.lower() in ("age", "sex", "gender", "stage")))
+
+    def _on_genes_changed(self) -> None:
+        # the DEG volcano plot, until a realism report replaces it
+        if self.genes.deg_radio.isChecked() and self.genes.genes_path and self._realism_out is None:
+            self.gallery.set_folder(Path(self.genes.genes_path).parent)
 
     def training_args(self, run: Path) -> list[str] | None:
         item = self.dataset_combo.currentData()

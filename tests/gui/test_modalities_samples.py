@@ -70,3 +70,17 @@ def test_samples_bad_file_says_why(qtbot, tmp_path: Path) -> None:  # noqa: ANN0
         view.load(bad)
     assert "sample" in blocker.args[0] or "predicted" in blocker.args[0]
     assert view.message.kind == "error"
+
+
+def test_main_window_routes_to_samples_and_generator(qtbot, window, tmp_path: Path) -> None:  # noqa: ANN001
+    assert {"Samples", "Generator"} <= set(window.view_names())
+    path = write_predictions(tmp_path / "eval")
+    with qtbot.waitSignal(window.samples_view.loaded, timeout=10_000):
+        window.models_view.review_samples_requested.emit(str(path))
+    assert window.stack.currentWidget() is window.samples_view
+    assert len(window.samples_view.visible_rows()) == 5
+    run = tmp_path / "wgan-run"
+    run.mkdir()
+    window.models_view.generator_requested.emit(str(run))
+    assert window.stack.currentWidget() is window.generator_view
+    assert window.generator_view.current_run() == run
