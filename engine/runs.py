@@ -455,7 +455,7 @@ NOT_METRICS = frozenset({"epoch", "epochs", "fold", "time", "train_loss", "step"
 
 def _is_extra_metric(key: str) -> bool:
     known = {k for k, _ in VAL_METRICS}
-    return not (key in NOT_METRICS or key in known or key.endswith("_s") or key.startswith("n_"))
+    return not (key in NOT_METRICS or key in known or key.endswith(("_s", "_ways")) or key.startswith("n_"))
 
 
 @dataclass(slots=True)

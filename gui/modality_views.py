@@ -12,6 +12,27 @@ from typing import Any
 from gui.icons import icon
 
 
+def open_oneshot_dialog(window: Any, run: str) -> Any:
+    """The one-shot panel (N-way test, classify, markers) on a Siamese run's model, in a dialog."""
+    from pathlib import Path
+
+    from PySide6.QtWidgets import QDialog, QVBoxLayout
+
+    from gui.views.datasets_view import DatasetStore
+    from gui.views.oneshot_panel import OneShotPanel
+
+    dialog = QDialog(window)
+    dialog.setWindowTitle(f"One-shot tumour type: {Path(run).name}")
+    panel = OneShotPanel(dialog)
+    panel.set_model(Path(run) / "model.onnx", DatasetStore().items(), run)
+    panel.review_samples_requested.connect(lambda path: (dialog.close(), window.show_view("Samples"),
+                                                         window.samples_view.load(path)))
+    QVBoxLayout(dialog).addWidget(panel)
+    dialog.resize(900, 760)
+    dialog.open()
+    return dialog
+
+
 def add_modality_views(window: Any) -> None:
     """Add "Samples" and "Generator" to ``window`` (a :class:`gui.main_window.MainWindow`)."""
     from gui.views.generator_view import GeneratorView
@@ -34,6 +55,7 @@ def add_modality_views(window: Any) -> None:
     if training is not None:
         training.review_samples_requested.connect(review)
         training.generator_requested.connect(open_generator)
+        training.oneshot_requested.connect(lambda run: open_oneshot_dialog(window, run))
         window.generator_view.train_requested.connect(lambda req: training.start_run(req, req.run_dir))
     else:  # the viewer edition cannot train; it still generates with onnxruntime
         window.generator_view.train_button.setEnabled(False)

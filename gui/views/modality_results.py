@@ -162,6 +162,7 @@ class RunResultsPanel(QGroupBox):
 
     review_samples_requested = Signal(str)  # predictions.csv
     generator_requested = Signal(str)  # a wgan run folder
+    oneshot_requested = Signal(str)  # a siamese run folder
     library_changed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -181,9 +182,11 @@ class RunResultsPanel(QGroupBox):
         self.save_button.clicked.connect(self._on_save_clicked)
         self.generator_button = QPushButton("Generate and check realism…")
         self.generator_button.clicked.connect(lambda: self.run and self.generator_requested.emit(str(self.run)))
+        self.oneshot_button = QPushButton("One-shot test and classify…")
+        self.oneshot_button.clicked.connect(lambda: self.run and self.oneshot_requested.emit(str(self.run)))
         self.message = MessageLabel()
         row = QHBoxLayout()
-        for b in (self.samples_button, self.generator_button, self.add_button, self.save_button):
+        for b in (self.samples_button, self.generator_button, self.oneshot_button, self.add_button, self.save_button):
             row.addWidget(b)
         row.addStretch(1)
         lay = QVBoxLayout(self)
@@ -204,8 +207,9 @@ class RunResultsPanel(QGroupBox):
         if changed:
             self.message.clear_message()
         self.samples_button.setVisible((run / "predictions.csv").is_file())
-        self.generator_button.setVisible(kind == "wgan")
         has_model = (run / "model.onnx").is_file()
+        self.generator_button.setVisible(kind == "wgan")
+        self.oneshot_button.setVisible(kind == "siamese" and has_model)
         busy = self._worker is not None
         self.add_button.setEnabled(has_model and not busy)
         self.save_button.setEnabled(has_model and not busy)

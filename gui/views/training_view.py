@@ -158,6 +158,8 @@ class TrainingView(QWidget):
     review_samples_requested = Signal(str)
     #: Emitted with a finished generator (wgan) run folder to open in the Generator view.
     generator_requested = Signal(str)
+    #: Emitted with a finished Siamese run folder (one-shot test, classify, markers).
+    oneshot_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None, runs_parent: Path | None = None) -> None:
         super().__init__(parent)
@@ -288,6 +290,7 @@ class TrainingView(QWidget):
         self.modality_results = RunResultsPanel()
         self.modality_results.review_samples_requested.connect(self.review_samples_requested)
         self.modality_results.generator_requested.connect(self.generator_requested)
+        self.modality_results.oneshot_requested.connect(self.oneshot_requested)
         self.modality_results.library_changed.connect(self.library_changed)
         self.modality_results.hide()
         dl.addWidget(self.modality_results)

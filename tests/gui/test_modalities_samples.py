@@ -84,3 +84,23 @@ def test_main_window_routes_to_samples_and_generator(qtbot, window, tmp_path: Pa
     window.models_view.generator_requested.emit(str(run))
     assert window.stack.currentWidget() is window.generator_view
     assert window.generator_view.current_run() == run
+
+
+def test_siamese_run_opens_the_oneshot_dialog(qtbot, window, tmp_path: Path) -> None:  # noqa: ANN001
+    from engine.paths import runs_dir
+    from gui.views.oneshot_panel import OneShotPanel
+    from tests.gui.modality_data import write_run
+
+    if window.training_view is None:
+        pytest.skip("viewer edition: no Training view")
+    run = write_run(runs_dir() / "20260101-siamese", "siamese", metrics={"ways": {"6": {"siamese": 0.9, "nn1": 0.85}}})
+    (run / "model.onnx").write_bytes(b"x")
+    training = window.training_view
+    training.refresh_runs()
+    training.select_run(run)
+    window.show_view("Training")
+    qtbot.waitUntil(lambda: training.modality_results.oneshot_button.isVisible(), timeout=10_000)
+    assert "6-way" in training.modality_results.metrics_label.text()
+    training.modality_results.oneshot_button.click()
+    panels = [p for p in window.findChildren(OneShotPanel) if p.model is not None]  # not the Models view's
+    assert len(panels) == 1 and panels[0].model == run / "model.onnx" and panels[0].run_edit.text() == str(run)
