@@ -5,7 +5,8 @@
   a numeric column gets its standardised value (missing -> the training median) plus a missing
   indicator. The spec is plain JSON, stored in checkpoints and in the ONNX package, so
   :mod:`engine.expression.generate` encodes covariates without torch.
-- :class:`GeneScaler`: per-gene standardisation of log-scale values and its exact inverse.
+- :class:`GeneScaler`: per-gene standardisation of log-scale values and its exact inverse;
+  :func:`detect_floor`: the platform's detection floor generated values are clipped at.
 - :func:`build_models`: generator and critic MLPs, each with its own embedding tables.
 
 torch is imported inside :func:`build_models` only (the spec and scaler are numpy).
@@ -197,6 +198,20 @@ class GeneScaler:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GeneScaler:
         return cls(np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64))
+
+
+def detect_floor(values: np.ndarray, min_fraction: float = 0.005) -> float | None:
+    """The matrix's detection floor: its minimum when at least ``min_fraction`` of the values
+    sit exactly there (e.g. 0 of log2(x+1) counts, -2 of a floored log2 scale), else ``None``.
+
+    Generated values are clipped at the floor: real data has a point mass there, and values
+    below it do not exist on that platform.
+    """
+    x = np.asarray(values, np.float64)
+    if x.size == 0:
+        return None
+    low = float(np.min(x))
+    return low if float(np.mean(np.abs(x - low) < 1e-6)) >= min_fraction else None
 
 
 def check_training_values(values: np.ndarray, genes: list[str]) -> None:

@@ -3,8 +3,8 @@
 The ONNX graph takes ``noise (N, noise_dim)`` float32, then ``numeric (N, Kn)`` float32 and
 ``codes (N, Kc)`` int64 when the generator has numeric / categorical covariates, and returns
 ``expression (N, G)``: log-scale profiles (the per-gene standardisation is inverted inside the
-graph). The metadata (``extra``) carries everything :mod:`engine.expression.generate` needs
-without torch: genes, covariate spec (category maps, scaling), gene scaler, noise dim, input
+graph, then values are clipped at the training matrix's detection floor when it has one). The
+metadata (``extra``) carries everything :mod:`engine.expression.generate` needs without torch: genes, covariate spec (category maps, scaling), gene scaler, noise dim, input
 names and a sample of the training covariate rows (the default covariate distribution).
 """
 
@@ -77,6 +77,7 @@ def _export_onnx(gen: Any, ck: dict[str, Any], path: str) -> list[str]:
     mean = torch.tensor(ck["scaler"]["mean"], dtype=torch.float32)
     std = torch.tensor(ck["scaler"]["std"], dtype=torch.float32)
     has_num, has_codes = spec.numeric_dim > 0, bool(spec.cardinalities)
+    floor = ck.get("floor")
     n = 3
 
     class Wrapper(torch.nn.Module):
@@ -91,7 +92,8 @@ def _export_onnx(gen: Any, ck: dict[str, Any], path: str) -> list[str]:
             num = cond[k] if has_num else noise.new_zeros((noise.shape[0], 0))
             k += int(has_num)
             codes = cond[k] if has_codes else torch.zeros((noise.shape[0], 0), dtype=torch.int64)
-            return self.gen(noise, num, codes) * self.std + self.mean
+            x = self.gen(noise, num, codes) * self.std + self.mean
+            return x if floor is None else torch.clamp(x, min=floor)
 
     names = ["noise"]
     args: list[torch.Tensor] = [torch.randn(n, int(ck["model_config"]["noise_dim"]))]
@@ -123,7 +125,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], nam
     mpath = run / "metrics.json"
     if mpath.is_file():
         m = json.loads(mpath.read_text(encoding="utf-8"))
-        metrics = {k: m.get(k) for k in ("gamma", "gamma_correlation", "c2st_auc", "mean_corr", "var_corr")}
+        metrics = {k: m.get(k) for k in ("gamma", "c2st_auc", "mean_corr", "var_corr")}
         metrics["baseline"] = {k: (m.get("baseline") or {}).get(k) for k in ("gamma", "c2st_auc")}
         if m.get("real_vs_real"):
             metrics["real_vs_real"] = {k: m["real_vs_real"].get(k) for k in ("gamma", "c2st_auc")}
@@ -150,6 +152,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], nam
                 "genes": list(ck["genes"]),
                 "covariates": spec.to_dict(),
                 "scaler": ck["scaler"],
+                "floor": ck.get("floor"),
                 "noise_dim": int(ck["model_config"]["noise_dim"]),
                 "inputs": inputs,
                 "output_scale": "log (as the training matrix)",

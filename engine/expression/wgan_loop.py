@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import Cancelled
-from engine.expression.wgan import CovariateSpec, GeneScaler, build_models
+from engine.expression.wgan import CovariateSpec, GeneScaler, build_models, detect_floor
 from engine.expression.wgan_train import WganData, WganTrainConfig, finite
 from engine.fileio import atomic_write_json
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, report
@@ -37,6 +37,7 @@ class WganLoop:
         tr = data.train_idx
         self.spec = CovariateSpec.fit(data.covariates.iloc[tr], list(cfg.covariates), cfg.categorical)
         self.scaler = GeneScaler.fit(data.values[tr])
+        self.floor = detect_floor(data.values[tr])
         self.x = torch.from_numpy(self.scaler.transform(data.values[tr]))
         num, codes, _ = self.spec.encode(data.covariates.iloc[tr].reset_index(drop=True))
         self.num, self.codes = torch.from_numpy(num), torch.from_numpy(codes)
@@ -66,6 +67,7 @@ class WganLoop:
             "genes": list(self.data.genes),
             "covariate_spec": self.spec.to_dict(),
             "scaler": self.scaler.to_dict(),
+            "floor": self.floor,
             "model_config": self.cfg.model_config(),
             "history": self.history,
             "numpy_rng": self.rng.bit_generator.state,
@@ -203,7 +205,8 @@ class WganLoop:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             z = gen(torch.randn(n, self.cfg.noise_dim, generator=g), self.num[idx], self.codes[idx]).numpy()
-        return self.scaler.inverse(z)
+        x = self.scaler.inverse(z)
+        return x if self.floor is None else np.maximum(x, np.float32(self.floor))
 
     def live_gamma(self) -> float | None:
         from engine.expression.realism import gamma
