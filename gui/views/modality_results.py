@@ -151,10 +151,33 @@ class PngGallery(QWidget):
                              if not pix.isNull() else QPixmap())
 
 
+def run_card(run: Path) -> str:
+    """A Markdown model card of a genomics / expression run: kind, data, settings, results."""
+    cfg_all = read_json(run / "config.json")
+    kind, cfg = str(cfg_all.get("kind", "")), cfg_all.get("config", {})
+    lines = [f"# {run.name}", "", f"{RUN_KINDS.get(kind, ('', kind, ''))[1]}, trained with MetaScope.", "",
+             "## Training", ""]
+    lines += [f"- {k.replace('_', ' ')}: `{v}`" for k, v in cfg.items()
+              if isinstance(v, (str, int, float)) and not isinstance(v, bool) and v != ""][:16]
+    metrics = read_json(run / "metrics.json")
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numbers or oneshot_table(metrics):
+        lines += ["", "## Results (held-out data of the run)", ""]
+        lines += [f"- {n}-way accuracy: Siamese {s:.3f}, 1-NN {nn:.3f}" for n, s, nn, _t in oneshot_table(metrics)
+                  if s is not None and nn is not None]
+        lines += [f"- {k.replace('_', ' ')}: {v:.3f}" if isinstance(v, float) else f"- {k.replace('_', ' ')}: {v}"
+                  for k, v in list(numbers.items())[:12]]
+    lines += ["", "Check the model on data from your own lab before relying on it.", ""]
+    return "\n".join(lines)
+
+
 def _add_to_library(model: Path, name: str, progress: Any = None, cancel: Any = None, partial: Any = None) -> Any:
+    from engine.fileio import atomic_write_text
     from engine.library import ModelLibrary
 
-    return ModelLibrary().add(model, name=name)
+    entry = ModelLibrary().add(model, name=name)
+    atomic_write_text(entry.path.with_suffix(".md"), run_card(model.parent))
+    return entry
 
 
 class RunResultsPanel(QGroupBox):
