@@ -46,7 +46,7 @@ def test_import_validate_summary_thumbnails_and_remembered(
     assert set(view.thumbnail_labels()) == {"tumour"}
 
     # "train on it" hands the remembered entry to the wizard
-    with qtbot.waitSignal(view.train_requested, timeout=5000) as sig:
+    with qtbot.waitSignal(view.train_requested, timeout=WAIT_MS) as sig:
         view.train_button.click()
     assert sig.args[0]["path"] == str(folder_dataset_3class) and sig.args[0]["mpp"] == 0.5
 

@@ -68,7 +68,7 @@ def test_library_lists_imported_model_with_metadata_and_card(qtbot, packaged_mod
     view = ModelsView()
     qtbot.addWidget(view)
     assert view.table.rowCount() == 0
-    with qtbot.waitSignal(view.library_changed, timeout=5000):
+    with qtbot.waitSignal(view.library_changed, timeout=30_000):
         entry = view.import_model(packaged_model)
     assert entry is not None
     assert view.table.rowCount() == 1
@@ -127,7 +127,7 @@ def test_rename_delete_export(qtbot, packaged_model: Path, tmp_path: Path, monke
     view.table.selectRow(0)
 
     monkeypatch.setattr(QInputDialog, "getText", staticmethod(lambda *a, **k: ("Lymph node v2", True)))
-    with qtbot.waitSignal(view.library_changed, timeout=5000):
+    with qtbot.waitSignal(view.library_changed, timeout=30_000):
         view.rename_button.click()
     assert view.table.item(0, 0).text() == "Lymph node v2"
     entry = view.selected_entry()
@@ -146,7 +146,7 @@ def test_rename_delete_export(qtbot, packaged_model: Path, tmp_path: Path, monke
     view.delete_button.click()
     assert view.table.rowCount() == 1
     monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.StandardButton.Yes))
-    with qtbot.waitSignal(view.library_changed, timeout=5000):
+    with qtbot.waitSignal(view.library_changed, timeout=30_000):
         view.delete_button.click()
     assert view.table.rowCount() == 0
     assert ModelLibrary().entries() == []

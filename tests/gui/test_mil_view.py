@@ -154,7 +154,7 @@ def test_mil_model_predicts_the_slide_and_paints_attention(open_and_wait, qtbot,
     assert hit_t is not None and hit_n is not None
     assert hit_t[0] > 0.5 and hit_n[0] < 0.1
     view.viewer.repaint()
-    qtbot.waitUntil(lambda: view.viewer.missing_tiles == 0 and view.viewer.scheduler.idle, timeout=10_000)
+    qtbot.waitUntil(lambda: view.viewer.missing_tiles == 0 and view.viewer.scheduler.idle, timeout=30_000)
     p_t, p_n = view.viewer.to_screen(tumour.cx, tumour.cy), view.viewer.to_screen(normal.cx, normal.cy)
     shown = view.viewer.grab().toImage()
     panel.show_check.setChecked(False)
@@ -181,7 +181,7 @@ def test_mil_model_predicts_the_slide_and_paints_attention(open_and_wait, qtbot,
     panel.threshold_slider.setValue(20)
     view.viewer.fit()
     view.viewer.repaint()
-    qtbot.waitUntil(lambda: view.viewer.missing_tiles == 0 and view.viewer.scheduler.idle, timeout=10_000)
+    qtbot.waitUntil(lambda: view.viewer.missing_tiles == 0 and view.viewer.scheduler.idle, timeout=30_000)
     window.statusBar().clearMessage()
     QApplication.processEvents()  # lay out the side panel's new text (posted layout requests) before the shot
     window.grab().save(str(artifacts_dir / "mil-prediction.png"))
@@ -227,7 +227,7 @@ def test_extractor_not_in_the_library_is_asked_for_and_checked(open_and_wait, qt
 
     monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(fake_open))
     view.run_heatmap()
-    qtbot.waitUntil(lambda: bool(dialogs), timeout=10_000)
+    qtbot.waitUntil(lambda: bool(dialogs), timeout=30_000)
     assert "colour-texture-stats" in asked[0]
     assert dialogs[-1][0] == "Not the right feature extractor" and "not the feature extractor" in dialogs[-1][1]
     assert not view.running

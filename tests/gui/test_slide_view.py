@@ -50,12 +50,12 @@ def _view(window: MainWindow) -> SlideView:
 def _wait_tiles(qtbot, view: SlideView) -> None:  # type: ignore[no-untyped-def]
     view.viewer.repaint()
     qtbot.waitUntil(lambda: view.viewer.thumbnail is not None and view.viewer.missing_tiles == 0
-                    and view.viewer.scheduler.idle, timeout=10_000)
+                    and view.viewer.scheduler.idle, timeout=30_000)
 
 
 def _select_model(qtbot, view: SlideView, path: Path) -> None:  # type: ignore[no-untyped-def]
     view.select_model(str(path))
-    qtbot.waitUntil(lambda: view.heatmap_panel.current_model() == str(path.resolve()), timeout=10_000)
+    qtbot.waitUntil(lambda: view.heatmap_panel.current_model() == str(path.resolve()), timeout=30_000)
 
 
 def _run_and_wait(qtbot, view: SlideView) -> None:  # type: ignore[no-untyped-def]
@@ -330,7 +330,7 @@ def test_a_model_that_does_not_fit_gives_a_dialog(open_and_wait, qtbot, window: 
     view = _view(window)
     open_and_wait(window, synthetic_svs.path)
     view.select_model(str(plain))
-    qtbot.waitUntil(lambda: bool(dialogs), timeout=10_000)
+    qtbot.waitUntil(lambda: bool(dialogs), timeout=30_000)
     assert dialogs[-1][0] == "Cannot use this model" and "not a MetaScope model" in dialogs[-1][1]
     assert not view.running and view.heatmap_panel.current_model() != str(plain)
 

@@ -56,7 +56,7 @@ def test_train_cancel_resume_evaluate_add_to_library_and_heatmap(
     view.resize(1280, 940)
     view.show()
     _finish_wizard(qtbot, view, data)
-    qtbot.waitUntil(lambda: view.info() is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: view.info() is not None, timeout=WAIT_MS)
     run = view.info().path
     assert run.name.endswith("-journey")
     argv = json.loads((run.with_name(run.name + ".launch") / "command.json").read_text())["argv"]
