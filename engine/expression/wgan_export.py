@@ -20,8 +20,6 @@ from typing import Any
 from engine.errors import ConfigError
 from engine.modelpkg import ModelMetadata, write_metadata
 
-MAX_STORED_ROWS = 2000
-
 
 def load_generator(run_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
     """The run's generator (EMA weights when used) in eval mode and its checkpoint.
@@ -45,27 +43,6 @@ def load_generator(run_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]
     gen.load_state_dict(ck["model"])
     gen.eval()
     return gen, ck
-
-
-def _training_rows(run: Path, names: list[str]) -> list[dict[str, Any]]:
-    """Covariate values of the training samples (raw), at most :data:`MAX_STORED_ROWS`."""
-    import numpy as np
-
-    from engine.expression.wgan_train import load_subset, load_wgan_config
-
-    if not names:
-        return []
-    cfg = load_wgan_config(run)
-    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
-    _, samples, _, table, _ = load_subset(cfg)
-    train = [s for s in split["train"] if s in set(samples)]
-    rows = table.reindex(train)[names]
-    if len(rows) > MAX_STORED_ROWS:
-        rows = rows.iloc[np.random.default_rng(0).choice(len(rows), MAX_STORED_ROWS, replace=False)]
-    out = []
-    for rec in rows.to_dict(orient="records"):
-        out.append({k: (None if v is None or (isinstance(v, float) and v != v) else v) for k, v in rec.items()})
-    return out
 
 
 def _export_onnx(gen: Any, ck: dict[str, Any], path: str) -> list[str]:
@@ -121,6 +98,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], nam
     cfg = load_wgan_config(run)
     gen, ck = load_generator(run)
     spec = CovariateSpec.from_dict(ck["covariate_spec"])
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     metrics: dict[str, Any] = {}
     mpath = run / "metrics.json"
     if mpath.is_file():
@@ -144,7 +122,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], nam
             feature_dim=len(ck["genes"]),
             training_data={
                 "matrix": cfg.matrix, "samples": cfg.samples, "where": list(cfg.where),
-                "train_samples": len(json.loads((run / "split.json").read_text(encoding="utf-8"))["train"]),
+                "train_samples": len(split["train"]),
                 "epochs": int(ck["epoch"]),
             },
             metrics=metrics,
@@ -156,7 +134,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], nam
                 "noise_dim": int(ck["model_config"]["noise_dim"]),
                 "inputs": inputs,
                 "output_scale": "log (as the training matrix)",
-                "training_covariates": _training_rows(run, spec.names),
+                "training_covariates": split.get("train_covariates", []),
                 "model_config": ck["model_config"],
             },
         )

@@ -39,6 +39,7 @@ from engine.train.runfolder import (
     is_running,
     load_run_config,
     prepare_new_run,
+    run_lock,
     write_state,
 )
 
@@ -310,8 +311,6 @@ def train_wgan(
         DatasetError / ConfigError: bad input; RunFolderError: folder used or still running;
         Cancelled: stopped (checkpoint kept, resume with ``resume=True``).
     """
-    from engine.expression.wgan_loop import WganLoop
-
     run = Path(run_dir)
     if resume:
         if is_running(run):
@@ -322,6 +321,21 @@ def train_wgan(
         if cfg is None:
             raise ConfigError("a new WGAN run needs a configuration")
         prepare_new_run(run)
+    with run_lock(run):  # no second process trains into this folder meanwhile
+        return _train_locked(cfg, run, resume, progress, cancel, export)
+
+
+def _train_locked(
+    cfg: WganTrainConfig,
+    run: Path,
+    resume: bool,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+    export: bool,
+) -> WganResult:
+    """:func:`train_wgan` once the run folder is prepared and locked."""
+    from engine.expression.wgan_loop import WganLoop
+
     log = EventLog(run)
     write_state(run, "running", epoch=0, epochs=cfg.epochs)
     try:
@@ -330,6 +344,7 @@ def train_wgan(
             atomic_write_json(run / CONFIG_NAME, {"kind": RUN_KIND, "config": cfg.to_dict()})
         loop = WganLoop(cfg, data, run, log)
         split["covariate_spec"] = loop.spec.to_dict()
+        split["train_covariates"] = training_rows(data)
         atomic_write_json(run / SPLIT_NAME, split)
         loop.train(progress, cancel)
         metrics = loop.final_realism()
@@ -350,6 +365,18 @@ def train_wgan(
         log.write("failed", message=msg)
         write_state(run, "failed", message=msg)
         raise
+
+
+def training_rows(data: WganData, limit: int = 2000) -> list[dict[str, Any]]:
+    """Covariate values of (at most ``limit``, seeded sample of) the training samples, JSON-ready:
+    the default covariate distribution of ``expression generate``."""
+    rows = data.covariates.iloc[data.train_idx]
+    if len(rows) > limit:
+        rows = rows.iloc[np.sort(np.random.default_rng(0).choice(len(rows), limit, replace=False))]
+    out = []
+    for rec in rows.to_dict(orient="records"):
+        out.append({str(k): (None if pd.isna(v) else (v.item() if hasattr(v, "item") else v)) for k, v in rec.items()})
+    return out
 
 
 def _summary(m: dict[str, Any]) -> str:
