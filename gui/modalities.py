@@ -219,14 +219,14 @@ def genomics_train_args(study: str, run_dir: str | os.PathLike[str], model: str 
 
 
 def siamese_train_args(matrix: str, samples: str, label_column: str, run_dir: str | os.PathLike[str],
-                       test_types: Sequence[str] = (), epochs: int = 0) -> list[str]:
+                       test_types: Sequence[str] = (), epochs: int = 0, extra: Sequence[str] = ()) -> list[str]:
     args = ["train", "siamese", "--matrix", str(matrix), "--samples", str(samples), "--label-column", label_column,
             "--out", str(run_dir)]
     if _csv_arg(test_types):
         args += ["--test-types", _csv_arg(test_types)]
     if epochs:
         args += ["--epochs", str(epochs)]
-    return args
+    return args + list(extra)
 
 
 def wgan_train_args(matrix: str, samples: str, genes: str, covariates: Sequence[str], run_dir: str | os.PathLike[str],
@@ -246,12 +246,28 @@ def deg_args(matrix: str, samples: str, group: str, out: str | os.PathLike[str])
     return ["expression", "deg", "--matrix", str(matrix), "--samples", str(samples), "--group", group, "--out", str(out)]
 
 
-def report_args(kind: str, path: str, out: str | os.PathLike[str], samples: str = "") -> list[str]:
+#: Matrix layouts a user can state instead of the detected one (``--orientation``).
+ORIENTATIONS = (("auto", "Detect layout"), ("samples_x_genes", "Samples × genes"), ("genes_x_samples", "Genes × samples"))
+
+
+def matrix_options(item: Mapping[str, Any] | None, command: Sequence[str]) -> list[str]:
+    """``--orientation X`` when the user stated the matrix layout and ``metascope COMMAND`` takes it."""
+    orientation = str((item or {}).get("orientation") or "auto")
+    if orientation == "auto":
+        return []
+    from gui.cli_job import command_options
+
+    return ["--orientation", orientation] if "--orientation" in (command_options(command) or set()) else []
+
+
+def report_args(kind: str, path: str, out: str | os.PathLike[str], samples: str = "",
+                orientation: str = "auto") -> list[str]:
     """The report command of a dataset kind (``--json``: the app reads the report from stdout)."""
     if kind == GENOMICS_STUDY:
         return ["genomics", "report", str(path), "--out", str(out), "--json"]
     if kind == EXPRESSION_MATRIX:
-        return ["expression", "info", str(path), *(["--samples", str(samples)] if samples else []), "--json"]
+        extra = matrix_options({"orientation": orientation}, ["expression", "info"])
+        return ["expression", "info", str(path), *(["--samples", str(samples)] if samples else []), *extra, "--json"]
     raise DatasetError(f"unknown dataset kind {kind!r}")
 
 

@@ -586,7 +586,8 @@ class DatasetsView(QWidget):
     def _on_revalidate_clicked(self) -> None:
         item = self.current_item()
         if item is not None and dataset_kind(item) != PATCHES:
-            self.modality_import.start_import(dataset_kind(item), item["path"], item.get("samples", ""))
+            self.modality_import.start_import(dataset_kind(item), item["path"], item.get("samples", ""),
+                                              item.get("orientation") or "auto")
         elif item is not None:
             self.import_dataset(item["path"], item.get("fmt", "auto"), item.get("mpp"))
 

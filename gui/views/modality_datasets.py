@@ -36,7 +36,15 @@ from PySide6.QtWidgets import (
 from engine.paths import home_dir
 from gui.cli_job import run_cli
 from gui.dialogs import show_error
-from gui.modalities import DATASET_KIND_LABELS, EXPRESSION_MATRIX, GENOMICS_STUDY, dataset_kind, pngs, report_args
+from gui.modalities import (
+    DATASET_KIND_LABELS,
+    EXPRESSION_MATRIX,
+    GENOMICS_STUDY,
+    ORIENTATIONS,
+    dataset_kind,
+    pngs,
+    report_args,
+)
 from gui.wizard.common import MessageLabel
 from gui.workers import Worker, start_worker
 
@@ -50,11 +58,12 @@ def report_dir_for(path: str) -> Path:
     return home_dir() / "reports" / f"{Path(path).name.split('.')[0] or 'dataset'}-{digest}"
 
 
-def import_report(kind: str, path: str, samples: str = "", progress: Any = None, cancel: Any = None,
-                  partial: Any = None) -> dict[str, Any]:
+def import_report(kind: str, path: str, samples: str = "", orientation: str = "auto", progress: Any = None,
+                  cancel: Any = None, partial: Any = None) -> dict[str, Any]:
     """Run the dataset kind's report command; the Datasets-view entry for it (nothing is stored)."""
     out = report_dir_for(path)
-    result = run_cli(report_args(kind, path, out, samples), json_output=True, progress=progress, cancel=cancel)
+    result = run_cli(report_args(kind, path, out, samples, orientation), json_output=True, progress=progress,
+                     cancel=cancel)
     report = result.data if isinstance(result.data, dict) else {}
     if not report and kind == GENOMICS_STUDY:
         saved = out / "report.json"
@@ -64,6 +73,7 @@ def import_report(kind: str, path: str, samples: str = "", progress: Any = None,
         "path": path,
         "kind": kind,
         "samples": samples,
+        "orientation": orientation if kind == EXPRESSION_MATRIX else "",
         "name": Path(path).name if Path(path).is_dir() else Path(path).name.split(".")[0],
         "report": report,
         "report_dir": str(out) if kind == GENOMICS_STUDY else "",
@@ -218,6 +228,10 @@ class ModalityImportBox(QGroupBox):
         self.samples_edit.setPlaceholderText("Sample table (TSV/CSV: sample id, tumour type, covariates…), optional")
         self.samples_button = QPushButton("Sample table…")
         self.samples_button.clicked.connect(self._on_samples_clicked)
+        self.orientation_combo = QComboBox()
+        for key, label in ORIENTATIONS:
+            self.orientation_combo.addItem(label, key)
+        self.orientation_combo.setToolTip("Rows = samples or rows = genes; detected from the ids unless you say")
         self.import_button = QPushButton("Import and report")
         self.import_button.clicked.connect(self._on_import_clicked)
         self.cancel_button = QPushButton("Cancel")
@@ -234,6 +248,7 @@ class ModalityImportBox(QGroupBox):
         r2 = QHBoxLayout()
         r2.addWidget(self.samples_edit, 1)
         r2.addWidget(self.samples_button)
+        r2.addWidget(self.orientation_combo)
         r2.addWidget(self.import_button)
         r2.addWidget(self.cancel_button)
         lay = QVBoxLayout(self)
@@ -260,6 +275,7 @@ class ModalityImportBox(QGroupBox):
             else "Expression matrix (TSV/CSV, .gz; samples × genes or genes × samples)")
         self.samples_edit.setVisible(not study)
         self.samples_button.setVisible(not study)
+        self.orientation_combo.setVisible(not study)
 
     def _on_browse_clicked(self) -> None:
         if self.kind() == GENOMICS_STUDY:
@@ -281,11 +297,11 @@ class ModalityImportBox(QGroupBox):
             self.message.show_message("Choose a study folder or a matrix file first.", "error")
             return
         samples = self.samples_edit.text().strip() if self.kind() == EXPRESSION_MATRIX else ""
-        self.start_import(self.kind(), path, samples)
+        self.start_import(self.kind(), path, samples, str(self.orientation_combo.currentData()))
 
-    def start_import(self, kind: str, path: str, samples: str = "") -> Worker:
+    def start_import(self, kind: str, path: str, samples: str = "", orientation: str = "auto") -> Worker:
         """Run the report in a worker; :attr:`imported` or :attr:`failed` follows."""
-        worker = Worker(import_report, kind, path, samples)
+        worker = Worker(import_report, kind, path, samples, orientation or "auto")
         worker.signals.progress.connect(lambda ev: self.message.show_message(ev.message, "info"))
         worker.signals.finished.connect(self._on_finished)
         worker.signals.failed.connect(self._on_failed)

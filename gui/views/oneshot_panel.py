@@ -35,6 +35,7 @@ from engine.paths import home_dir
 from gui.modalities import (
     EXPRESSION_MATRIX,
     dataset_kind,
+    matrix_options,
     oneshot_table,
     read_json,
     read_sample_table,
@@ -317,7 +318,7 @@ class OneShotPanel(QWidget):
             self.runner.message.show_message("Import an expression matrix with its sample table first "
                                              "(Datasets view).", "error")
             return None
-        return ["--matrix", item["path"], "--samples", item["samples"]]
+        return ["--matrix", item["path"], "--samples", item["samples"], *matrix_options(item, ["expression", "oneshot"])]
 
     def run_oneshot(self) -> Worker | None:
         common = self._common()
@@ -343,7 +344,8 @@ class OneShotPanel(QWidget):
         out = results_dir("classify", self.model)
         table = out / "support.tsv"
         self._classify_out = out
-        args = ["expression", "classify", str(self.model), "--matrix", common[1], "--query", query,
+        args = ["expression", "classify", str(self.model), "--matrix", common[1],
+                *matrix_options(self.dataset(), ["expression", "classify"]), "--query", query,
                 "--support", str(table), "--out", str(out)]
         return self.runner.start("classify", args, f"Classifying {query}…",
                                  before=lambda: write_support_table(table, support))

@@ -45,6 +45,7 @@ from gui.modalities import (
     deg_args,
     deg_genes_file,
     genomics_train_args,
+    matrix_options,
     siamese_train_args,
     wgan_train_args,
 )
@@ -118,8 +119,7 @@ class ModalityDatasetPicker(QWidget):
         self.changed.emit()
 
     def add(self, item: dict[str, Any]) -> None:
-        if all(d["path"] != item["path"] for d in self._items):
-            self._items.insert(0, item)
+        self._items = [item, *(d for d in self._items if d["path"] != item["path"])]
         self.set_kind(dataset_kind(item))
         self.select(item["path"])
 
@@ -409,7 +409,8 @@ class ModalityModelPage(QWizardPage):
         if kind == "siamese":
             types = [t for t in self.siamese_test_types.text().split(",") if t.strip()]
             return siamese_train_args(item.get("path", ""), item.get("samples", ""),
-                                      str(self.siamese_label.currentData()), run_dir, types, self.siamese_epochs.value())
+                                      str(self.siamese_label.currentData()), run_dir, types, self.siamese_epochs.value(),
+                                      matrix_options(item, ["train", "siamese"]))
         covs = [c for c in self.covariates.text().split(",") if c.strip()]
         return wgan_train_args(item.get("path", ""), item.get("samples", ""), self.genes.genes(), covs, run_dir,
                                self.where.text(), self.wgan_epochs.value())
