@@ -511,6 +511,11 @@ class RunHistory:
     checkpoints: int = 0
     data_check: dict[str, Any] = field(default_factory=dict)
     events: int = 0
+    # runs of several folds (cross-validation, then a final fit) restart their epochs per fold:
+    # each fold's curve continues after the previous one instead of drawing back over it
+    _fold: Any = None
+    _fold_offset: float = 0.0
+    _fold_epochs: float = 0.0
 
     def clear(self) -> None:
         fresh = RunHistory()
@@ -592,7 +597,7 @@ class RunHistory:
         self.step = int(_num(e.get("step")) or self.step + 1)
         self.steps = int(_num(e.get("steps")) or self.steps)
         self.epoch = int(_num(e.get("epoch")) or self.epoch or 1)
-        x = (self.epoch - 1) + (self.step / self.steps if self.steps else 0.0)
+        x = self._x(e, (self.epoch - 1) + (self.step / self.steps if self.steps else 0.0))
         loss = _num(e.get("loss"))
         if loss is not None:
             self.loss_points.append((x, loss))
@@ -606,8 +611,19 @@ class RunHistory:
         mem = _num(e.get("gpu_mem_mb"))
         self.gpu_memory_mb = mem if mem is not None else self.gpu_memory_mb
 
+    def _x(self, e: Mapping[str, Any], x: float) -> float:
+        """``x`` (epochs within the event's fold) on the run's axis: folds one after another."""
+        fold = e.get("fold")
+        if fold is not None and fold != self._fold:
+            if self._fold is not None:
+                self._fold_offset += self._fold_epochs
+                self._fold_epochs = 0.0
+            self._fold = fold
+        self._fold_epochs = max(self._fold_epochs, float(int(x) + (1 if x % 1 else 0)))
+        return self._fold_offset + x
+
     def _apply_epoch_end(self, e: Mapping[str, Any]) -> None:
-        epoch = float(_num(e.get("epoch")) or self.epoch)
+        epoch = self._x(e, float(_num(e.get("epoch")) or self.epoch))
         self.step = self.steps or self.step
         train_loss = _num(e.get("train_loss"))
         if train_loss is not None:

@@ -53,7 +53,7 @@ def _ci(metrics: dict[str, Any], key: str) -> str:
     return ""
 
 
-def metrics_table_html(metrics: dict[str, Any], limit: int = 14) -> str:
+def metrics_table_html(metrics: dict[str, Any], limit: int = 8) -> str:
     """The numbers of a ``metrics.json`` (any kind) as a small table, most important first."""
     if not metrics:
         return "<i>No metrics.json yet.</i>"
@@ -136,6 +136,7 @@ class PngGallery(QWidget):
             idx = next((i for i in range(self.combo.count()) if prefer in str(self.combo.itemData(i))), 0)
             self.combo.setCurrentIndex(idx)
         self.combo.setVisible(self.combo.count() > 1)
+        self.setVisible(self.combo.count() > 0)
         self._on_changed()
 
     def count(self) -> int:

@@ -170,6 +170,7 @@ class SamplesView(QWidget):
         splitter.addWidget(right)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
+        splitter.setSizes([640, 520])
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addLayout(filters)
@@ -291,7 +292,7 @@ def draw_contributions(canvas: PlotCanvas, items: list[Contribution]) -> None:
         ax.barh(ys, values, color=colours, height=0.7)
         ax.set_yticks(ys, labels, fontsize=7)
         ax.axvline(0, color="#999999", linewidth=0.8)
-        ax.set_xlabel("contribution to the score (or similarity)")
+        ax.set_xlabel("contribution to the score")
         ax.grid(True, axis="x", alpha=0.25)
         ax.grid(False, axis="y")
 

@@ -382,10 +382,15 @@ class TrainingView(QWidget):
     def select_run(self, run: Path | None) -> None:
         """Show ``run`` (``None``: nothing) and follow its events."""
         self._selected = Path(run) if run else None
+        # deselecting the previous row must not read as "the user selected nothing"
+        self.runs_tree.blockSignals(True)
         for i in range(self.runs_tree.topLevelItemCount()):
             item = self.runs_tree.topLevelItem(i)
             selected = self._selected is not None and item.data(0, Qt.ItemDataRole.UserRole) == str(self._selected)
             item.setSelected(selected)
+            if selected:
+                self.runs_tree.setCurrentItem(item)
+        self.runs_tree.blockSignals(False)
         has = self._selected is not None
         for w in (self.title, self.status_label, self.info_label, self.progress_bar, self.progress_text, self.curves):
             w.setVisible(has)

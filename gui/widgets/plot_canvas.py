@@ -203,12 +203,18 @@ def draw_curves(canvas: PlotCanvas, h: Any) -> None:
         canvas.message("Curves appear after the first training steps.")
         return
     loss_points, epoch_loss = list(h.loss_points), list(h.train_epoch_loss)
+    if any([y for _, y in pts] == [y for _, y in loss_points] for pts in step_extra.values()):
+        # the generic training loss is one of the named ones (e.g. the WGAN critic loss): drawn once
+        loss_points, epoch_loss = [], []
     val_points = {k: list(v) for k, v in h.val_points.items()}
     # every other metric of the run kind (critic/generator loss, gamma, N-way accuracy, ...)
     training_terms = ("loss", "penalty", "wasserstein")
-    extra_losses = {k: v for k, v in extra.items() if any(t in k for t in training_terms)}
-    extra_metrics = {k: v for k, v in extra.items() if k not in extra_losses}
-    x_max = max(h.epochs, 1) + 0.2
+    # a term logged per step is drawn once, from its steps
+    extra_losses = {k: v for k, v in extra.items() if any(t in k for t in training_terms) and k not in step_extra}
+    extra_metrics = {k: v for k, v in extra.items() if not any(t in k for t in training_terms)}
+    every = [*loss_points, *epoch_loss, *(p for v in (*val_points.values(), *extra.values(), *step_extra.values())
+                                          for p in v)]
+    x_max = max([h.epochs, 1, *(x for x, _ in every)]) + 0.2
 
     def draw(c: PlotCanvas) -> None:
         ax_loss, ax_val = c.reset(1, 2)

@@ -8,9 +8,9 @@ from typing import Any
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QWidget, QWizard
 
+from gui.modalities import PATCHES, dataset_kind
 from gui.wizard.common import DatasetSummary
 from gui.wizard.page_dataset import DatasetPage
-from gui.modalities import PATCHES, dataset_kind
 from gui.wizard.page_modality import ModalityModelPage, ModalityReviewPage
 from gui.wizard.page_model import ModelPage
 from gui.wizard.page_review import ReviewPage

@@ -56,3 +56,12 @@ def test_resume_repeats_the_starting_command(tmp_path: Path) -> None:
     patch = tmp_path / "patch"
     patch.mkdir()
     assert resume_args(patch) == ["train", "patches", "--out", str(patch), "--resume"]
+
+
+def test_folds_continue_one_after_another() -> None:
+    h = RunHistory()
+    for fold in (1, 2, 0):  # two CV folds, then the final fit on all patients
+        for epoch in (1, 2, 3):
+            h.apply({"event": "epoch_ended", "epoch": epoch, "fold": fold, "val_auc": 0.5 + epoch / 10})
+    xs = [x for x, _ in h.val_points["auc"]]
+    assert xs == [1, 2, 3, 4, 5, 6, 7, 8, 9]

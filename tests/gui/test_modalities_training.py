@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtWidgets import QWizard  # noqa: E402
 
 import gui.views.training_view as tv  # noqa: E402
@@ -163,6 +164,14 @@ def test_genomics_run_review_samples_and_resume(qtbot, spawned) -> None:  # noqa
     assert "0.810" in view.modality_results.metrics_label.text() and "0.780–0.840" in view.modality_results.metrics_label.text()
     view.modality_results.samples_button.click()
     assert reviews == [str(done / "predictions.csv")]
+
+    # selecting another run in code (Review samples, a new run) moves the selection, never clears it
+    other = write_run(runs_dir() / "20260101-000003-gen", "genomics", metrics={"auc": 0.7})
+    view.refresh_runs()
+    view.select_run(other)
+    assert view.info().path == other and view.runs_tree.selectedItems()[0].data(0, Qt.ItemDataRole.UserRole) == str(other)
+    view.select_run(done)
+    assert view.info().path == done and len(view.runs_tree.selectedItems()) == 1
 
     stopped = write_run(runs_dir() / "20260101-000002-gen", "genomics", status="cancelled", predictions=False)
     (stopped / "checkpoints").mkdir()
