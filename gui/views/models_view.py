@@ -199,6 +199,8 @@ class ModelsView(QWidget):
         self.actions.review_samples_requested.connect(self.review_samples_requested)
         self.actions.generator_requested.connect(self.generator_requested)
         splitter.addWidget(self.actions)
+        splitter.setStretchFactor(2, 3)
+        splitter.setSizes([220, 260, 420])
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
 

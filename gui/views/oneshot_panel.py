@@ -157,7 +157,7 @@ class OneShotPanel(QWidget):
     def _build_test_tab(self) -> QWidget:
         w = QWidget()
         self.types_edit = QLineEdit()
-        self.types_edit.setPlaceholderText("candidate types, comma-separated (types the model never saw)")
+        self.types_edit.setPlaceholderText("candidate types, comma-separated (empty: the types the model never saw)")
         self.ways_edit = QLineEdit("6,8,10")
         self.trials_spin = QSpinBox()
         self.trials_spin.setRange(10, 100000)
@@ -278,8 +278,7 @@ class OneShotPanel(QWidget):
 
     def _on_label_changed(self, *_a: Any) -> None:
         types = self.types()
-        if types and not self.types_edit.text():
-            self.types_edit.setText(",".join(types))
+        self.types_edit.setToolTip("Types in this matrix: " + ", ".join(types) if types else "")
         columns, rows = self._table
         col = self.label_combo.currentData() or ""
         id_col = columns[0] if columns else ""
@@ -326,8 +325,9 @@ class OneShotPanel(QWidget):
             return None
         out = results_dir("oneshot", self.model)
         self._last_oneshot = out
+        types = self.types_edit.text().replace(" ", "")
         args = ["expression", "oneshot", str(self.model), *common, "--label-column",
-                str(self.label_combo.currentData()), "--types", self.types_edit.text().replace(" ", ""),
+                str(self.label_combo.currentData()), *(["--types", types] if types else []),
                 "--ways", self.ways_edit.text().replace(" ", ""), "--trials", str(self.trials_spin.value()),
                 "--out", str(out)]
         return self.runner.start("oneshot", args, "N-way one-shot test…")

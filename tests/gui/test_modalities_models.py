@@ -85,13 +85,15 @@ def test_embedding_model_oneshot_classify_markers(qtbot, tmp_path: Path, demo_on
     _select(view, "emb")
     panel = view.actions.oneshot
     assert view.actions.stack.currentWidget() is panel
-    assert panel.label_combo.currentData() == "type" and set(panel.types_edit.text().split(",")) == {"BRCA", "LUAD", "KIRC", "COAD"}
+    assert panel.label_combo.currentData() == "type" and panel.types_edit.text() == "" and "KIRC" in panel.types_edit.toolTip()
     panel.ways_edit.setText("2,3")
+    panel.types_edit.setText("KIRC, COAD")
     panel.trials_spin.setValue(100)
     with qtbot.waitSignal(panel.runner.finished, timeout=WAIT_MS):
         panel.run_oneshot()
     args = fake[-1]
     assert args[:2] == ["expression", "oneshot"] and args[args.index("--ways") + 1] == "2,3"
+    assert args[args.index("--types") + 1] == "KIRC,COAD"
     assert "Siamese" in panel.test_metrics.text() and panel.samples_button.isEnabled()
     lines = {ln.get_label() for ax in panel.accuracy_plot.figure.axes for ln in ax.get_lines()}
     assert {"Siamese", "1-NN (Pearson)"} <= lines
