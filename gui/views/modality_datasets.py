@@ -45,6 +45,7 @@ from gui.modalities import (
     pngs,
     report_args,
 )
+from gui.widgets.plot_canvas import PlotCanvas, bar_chart
 from gui.wizard.common import MessageLabel
 from gui.workers import Worker, start_worker
 
@@ -191,6 +192,22 @@ def _leaks_text(dropped: Any) -> str:
                 parts.append(html.escape(str(d)))
         return "<br>".join(parts)
     return html.escape(str(dropped))
+
+
+def balance_counts(item: dict[str, Any]) -> tuple[str, dict[str, int]]:
+    """``(title, counts)`` for the balance chart: a study's labels, or a matrix's type column."""
+    rep = item.get("report", {})
+    counts = _first(rep, "label_counts", "label_balance", "class_counts")
+    if isinstance(counts, dict) and counts:
+        return "Label balance", {str(k): int(v) for k, v in counts.items() if isinstance(v, (int, float))}
+    cols = rep.get("label_columns")
+    if isinstance(cols, dict):
+        with_counts = [(k, v["counts"]) for k, v in cols.items() if isinstance(v, dict) and v.get("counts")]
+        with_counts.sort(key=lambda kv: ("type" not in kv[0].lower(), kv[0]))
+        if with_counts:
+            name, c = with_counts[0]
+            return f"Samples per {name}", {str(k): int(v) for k, v in c.items()}
+    return "", {}
 
 
 def _fill_tree(parent: QTreeWidgetItem | QTreeWidget, data: Any, depth: int = 0) -> None:
@@ -361,16 +378,23 @@ class ModalityReportPanel(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.plot_label)
         scroll.setMinimumHeight(240)
+        self.plots = scroll
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Report", "Value"])
         self.tree.setMinimumHeight(140)
+        self.tree.setColumnWidth(0, 240)
+        self.balance = PlotCanvas(min_height=170)
+        top = QHBoxLayout()
+        top.addWidget(self.summary, 3)
+        top.addWidget(self.balance, 2)
         row = QHBoxLayout()
-        row.addWidget(QLabel("<b>Plots</b>"))
+        self.plots_title = QLabel("<b>Plots</b>")
+        row.addWidget(self.plots_title)
         row.addWidget(self.plot_combo, 1)
         row.addWidget(self.html_button)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.summary)
+        lay.addLayout(top)
         lay.addLayout(row)
         lay.addWidget(scroll, 2)
         lay.addWidget(self.tree, 1)
@@ -386,8 +410,15 @@ class ModalityReportPanel(QWidget):
             self.plot_combo.addItem(p.stem.replace("_", " "), str(p))
         self.plot_combo.blockSignals(False)
         self.plot_combo.setVisible(self.plot_combo.count() > 0)
+        self.plots.setVisible(self.plot_combo.count() > 0)
+        self.plots_title.setVisible(self.plot_combo.count() > 0)
+        title, counts = balance_counts(item)
+        self.balance.setVisible(bool(counts))
+        if counts:
+            bar_chart(self.balance, list(counts), list(counts.values()), title=title, ylabel="samples")
         html_file = Path(item.get("report_dir") or "") / "report.html"
         self.html_button.setEnabled(bool(item.get("report_dir")) and html_file.is_file())
+        self.html_button.setVisible(bool(item.get("report_dir")))
         self._on_plot_changed()
 
     def _on_plot_changed(self, *_a: Any) -> None:
