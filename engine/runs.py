@@ -633,6 +633,8 @@ class RunHistory:
             if v is not None:
                 self.val_points.setdefault(name, []).append((epoch, v))
         for key, raw in e.items():
+            if key == "loss" and _num(raw) == train_loss:
+                continue  # the training loss again, under its generic name
             if _is_extra_metric(str(key)) and (v := _num(raw)) is not None:
                 self.extra_points.setdefault(str(key), []).append((epoch, v))
         cm = e.get("confusion_matrix")
