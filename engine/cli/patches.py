@@ -22,13 +22,13 @@ from engine.cli.progress import TerminalProgress
 from engine.errors import ConfigError
 from engine.jobs import CancelToken
 from engine.models.registry import architecture_names
-from engine.train.config import CACHE_MODES, CLASS_WEIGHTING, SCHEDULES, SPLITS
+from engine.train.config import CACHE_MODES, CLASS_WEIGHTING, OPTIMIZERS, SCHEDULES, SPLITS
 
 DATA_FORMATS = ("auto", "kaggle", "folders", "pcam_h5", "annotated_slides", "images")
 # options of ``train patches`` that map 1:1 onto TrainConfig fields (dest -> field)
 _TRAIN_FIELDS = {
     "data": "data", "format": "fmt", "mpp": "mpp", "resize": "resize", "arch": "arch", "weights": "weights", "epochs": "epochs",
-    "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "schedule": "schedule",
+    "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "optimizer": "optimizer", "schedule": "schedule",
     "warmup_epochs": "warmup_epochs", "class_weighting": "class_weighting", "val_fraction": "val_fraction",
     "split": "split", "patience": "patience", "seed": "seed", "device": "device", "workers": "num_workers",
     "cache": "cache", "dropout": "dropout", "positive_class": "positive_class",
@@ -49,6 +49,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--config", metavar="CONFIG.json", help="settings as a TrainConfig JSON (from the wizard); options given here override it")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (new, or an existing run with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--recipe", choices=("metascope", "pcam-seed"),
+                   help="start from a named recipe: metascope (the defaults) or pcam-seed (the published PCam/Kaggle "
+                        "run: seed_cnn_original, pixels/255, no augmentation, Adam 1e-3, batch 1024, 20 epochs, 80:20); "
+                        "options given here override it")
     p.add_argument("--format", choices=DATA_FORMATS, help="dataset format (default: detect)")
     p.add_argument("--mpp", type=float, help="microns per pixel of the patches when the dataset does not say")
     p.add_argument("--resize", type=int, metavar="PX", help="train on patches resized to PX pixels (the model's mpp scales)")
@@ -58,6 +62,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--batch-size", type=int, help="patches per step (default 64)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default adamw)")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default cosine)")
     p.add_argument("--warmup-epochs", type=float, help="warmup length in epochs (default 0.5)")
     p.add_argument("--class-weighting", choices=CLASS_WEIGHTING, help="loss class weights (default balanced)")
@@ -110,6 +115,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                            help="write the Kaggle submission format id,label")
     sub_group.add_argument("--probabilities", dest="submission", action="store_false",
                            help="write per-class probabilities even for the Kaggle layout")
+    r.add_argument("--labels", action="store_true",
+                   help="with --submission: write rounded 0/1 labels (p > 0.5) instead of probabilities, as the competition example did")
     _common_inference(r)
     r.set_defaults(handler=_cmd_predict)
 
@@ -160,6 +167,12 @@ def _train_config(args: argparse.Namespace) -> Any:
         if not args.data:
             raise ConfigError("--data is required for a new run (or pass --resume to continue RUN_DIR)")
         base = TrainConfig(data=args.data).to_dict()
+    if args.recipe and not args.resume:
+        from engine.train.recipes import recipe_settings
+
+        # recipe < --config file < options: the recipe replaces the defaults, never given values
+        overlay = _read_config(Path(args.config)) if args.config else {}
+        base = {**base, **recipe_settings(args.recipe), **overlay}
     base.update(given)
     if args.freeze_bn:
         base["freeze_bn"] = True
@@ -288,11 +301,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from engine.train.evaluate import predict
 
+    if args.labels and args.submission is False:
+        raise ConfigError("--labels applies to the submission format; drop --probabilities")
     bar = TerminalProgress()
     with _cancel_on_signals() as cancel:
         try:
             res = predict(args.model, args.data, args.out, fmt=args.format, mpp=args.mpp, tta=args.tta,
-                          submission=args.submission, device=args.device, batch_size=args.batch_size,
+                          submission=True if args.labels else args.submission, labels=args.labels, device=args.device, batch_size=args.batch_size,
                           progress=bar, cancel=cancel)
         finally:
             bar.close()

@@ -50,6 +50,10 @@ _REGISTRY: dict[str, _Entry] = {
         "3 conv (32/64/128) + dense 256/128/64, the classic PCam/Kaggle baseline",
         "engine.models.seed_cnn", "SeedCNN", 22, True,
     ),
+    "seed_cnn_original": _Entry(
+        "the published PCam/Kaggle seed CNN: no batch norm, dropout after every layer, one sigmoid output (BCE)",
+        "engine.models.seed_cnn_original", "SeedCNNOriginal", 22, True,
+    ),
     "vgg_small": _Entry(
         "VGG-style 8 conv (32-256) with batch norm and global pooling, small and fast",
         "engine.models.vgg", "VGGSmall", 16, True,
@@ -135,7 +139,10 @@ def build_model(
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         kwargs["dropout"] = dropout
-    model = _factory(arch)(**kwargs)
+    try:
+        model = _factory(arch)(**kwargs)
+    except ValueError as exc:  # e.g. a one-sigmoid network asked for three classes
+        raise ConfigError(str(exc)) from None
     if weights is not None:
         from engine.models.weights import load_weights
 

@@ -12,6 +12,7 @@ from typing import Any
 from engine.errors import ConfigError
 
 SCHEDULES = ("cosine", "onecycle", "constant")
+OPTIMIZERS = ("adamw", "adam")
 CLASS_WEIGHTING = ("none", "balanced")
 SPLITS = ("auto", "stratified", "grouped")
 DEVICES = ("auto", "cpu", "cuda")
@@ -79,8 +80,9 @@ class TrainConfig:
         weights: optional local weights file to initialise from.
         epochs: maximum number of epochs.
         batch_size: patches per optimisation step (over all processes under DDP).
-        lr: peak learning rate (AdamW).
-        weight_decay: AdamW weight decay.
+        lr: peak learning rate.
+        weight_decay: weight decay (AdamW: decoupled, not on biases / norm scales; Adam: L2).
+        optimizer: ``"adamw"`` (MetaScope's default) or ``"adam"`` (the published seed run).
         schedule: ``"cosine"`` (linear warmup then cosine to 0), ``"onecycle"`` (warmup from
             lr/25 over 30 % of the steps, cosine down to lr/25e4) or ``"constant"``.
         warmup_epochs: linear warmup length for ``"cosine"`` and ``"constant"``, in epochs.
@@ -105,6 +107,8 @@ class TrainConfig:
             class index 1 for two classes, the last class otherwise.
         log_every: write a ``step`` event every this many optimisation steps.
         validate_data: run :func:`engine.data.validate_dataset` before training.
+        recipe: the named recipe the settings started from (:mod:`engine.train.recipes`), kept
+            for the record; options given after it override its values.
     """
 
     data: str
@@ -117,6 +121,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    optimizer: str = "adamw"
     schedule: str = "cosine"
     warmup_epochs: float = 0.5
     class_weighting: str = "balanced"
@@ -136,6 +141,7 @@ class TrainConfig:
     positive_class: str | None = None
     log_every: int = 20
     validate_data: bool = True
+    recipe: str = "metascope"
 
     def __post_init__(self) -> None:
         from engine.models.registry import architecture_names
@@ -149,6 +155,8 @@ class TrainConfig:
         _check(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65_536, f"batch size must be >= 1, got {self.batch_size!r}")
         _check(math.isfinite(self.lr) and 0 < self.lr < 10, f"learning rate must be in (0, 10), got {self.lr!r}")
         _check(math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1, f"weight decay must be in [0, 1), got {self.weight_decay!r}")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _check(isinstance(self.recipe, str) and self.recipe != "", "recipe name is empty")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         _check(0 <= self.warmup_epochs <= self.epochs, f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
         _check(self.class_weighting in CLASS_WEIGHTING, f"class weighting must be one of {', '.join(CLASS_WEIGHTING)}")

@@ -254,6 +254,7 @@ def predict(
     mpp: float | None = None,
     tta: bool = False,
     submission: bool | None = None,
+    labels: bool = False,
     device: str = "auto",
     batch_size: int = 256,
     progress: ProgressCallback | None = None,
@@ -266,6 +267,8 @@ def predict(
         submission: write the Kaggle submission format ``id,label`` (label = probability of the
             positive class, as the competition's AUC scoring expects); ``None`` = when the data is
             in the Kaggle layout.
+        labels: in the submission, write rounded 0/1 labels (1 when the positive-class
+            probability is above 0.5) instead of probabilities, as the competition's example did.
 
     Returns:
         :class:`PredictionResult`. A probabilities CSV has ``id``, one ``p_<class>`` column per
@@ -288,8 +291,8 @@ def predict(
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["id", "label"])
         for pid, p in zip(ds.ids, probs[:, meta.positive_class], strict=True):
-            w.writerow([pid, f"{p:.6f}"])
+            w.writerow([pid, int(p > 0.5) if labels else f"{p:.6f}"])
         atomic_write_text(out, buf.getvalue())
-        return PredictionResult(out, "submission", len(ds))
+        return PredictionResult(out, "submission labels" if labels else "submission", len(ds))
     _write_predictions(out, list(ds.ids), probs, meta.class_names, None)
     return PredictionResult(out, "probabilities", len(ds))

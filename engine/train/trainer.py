@@ -404,9 +404,12 @@ def _loop(
     for p in model.parameters():
         # no weight decay on biases and norm scales (standard AdamW practice)
         (decay if p.ndim > 1 else no_decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    if cfg.optimizer == "adam":  # the published seed run: plain Adam (Keras defaults)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        )
     steps_per_epoch = max(1, math.ceil(train_idx.size / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
