@@ -55,7 +55,10 @@ class CliResult:
 def _parser() -> Any:
     from engine.cli import build_parser
 
-    return build_parser()
+    try:
+        return build_parser()
+    except Exception as exc:  # noqa: BLE001 - a broken command module must not take a view down
+        raise ConfigError(f"the MetaScope command line cannot be loaded ({type(exc).__name__}: {exc})") from exc
 
 
 def _subparsers(parser: Any) -> dict[str, Any]:
@@ -80,6 +83,14 @@ def command_options(path: Sequence[str]) -> set[str] | None:
 
 def has_command(path: Sequence[str]) -> bool:
     return command_options(path) is not None
+
+
+def supported_options(path: Sequence[str]) -> set[str]:
+    """:func:`command_options`, empty when the command (or the whole command line) is unavailable."""
+    try:
+        return command_options(path) or set()
+    except ConfigError:
+        return set()
 
 
 def command_line(args: Sequence[str]) -> str:

@@ -255,9 +255,9 @@ def matrix_options(item: Mapping[str, Any] | None, command: Sequence[str]) -> li
     orientation = str((item or {}).get("orientation") or "auto")
     if orientation == "auto":
         return []
-    from gui.cli_job import command_options
+    from gui.cli_job import supported_options
 
-    return ["--orientation", orientation] if "--orientation" in (command_options(command) or set()) else []
+    return ["--orientation", orientation] if "--orientation" in supported_options(command) else []
 
 
 def report_args(kind: str, path: str, out: str | os.PathLike[str], samples: str = "",

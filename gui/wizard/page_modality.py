@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 
 from engine.paths import home_dir, runs_dir
 from engine.runs import new_run_dir
-from gui.cli_job import command_line, command_options, run_cli
+from gui.cli_job import command_line, run_cli, supported_options
 from gui.modalities import (
     DATASET_KIND_LABELS,
     GENOMICS_MODELS,
@@ -368,7 +368,7 @@ class ModalityModelPage(QWizardPage):
         self.completeChanged.emit()
 
     def _init_feature_groups(self) -> None:
-        opts = command_options(["train", "genomics"]) or set()
+        opts = supported_options(["train", "genomics"])
         flag = next((f for f in ("--features", "--feature-groups") if f in opts), "")
         self.genomics_features.clear()
         if flag:
