@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli.options import add_device_option
+from engine.cli.qc import add_qc_options, qc_config
 from engine.cli.progress import TerminalProgress
 from engine.errors import MetaScopeError
 
@@ -61,6 +62,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     hm.add_argument(
         "--min-tissue", type=float, default=0.25, help="minimum tissue fraction of an analysed tile (default 0.25)"
     )
+    add_qc_options(hm)
     hm.add_argument(
         "--cache", action="store_true",
         help="reuse heatmaps the app (or an earlier --cache run) computed with the same slide, model and "
@@ -78,6 +80,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     )
     add_device_option(st)
     st.set_defaults(handler=_selftest)
+
+    from engine.cli.qc import register as register_qc
+
+    register_qc(sub, groups)  # metascope qc: slide quality control
 
 
 # ------------------------------------------------------------------------------------ info
@@ -122,6 +128,7 @@ def _heatmap(args: argparse.Namespace) -> int:
     from engine.infer.pipeline import InferenceConfig, compute_heatmap
     from engine.infer.session import load_model
     from engine.slides.open import open_slide, validate_mpp
+    from engine.slides.qc_summary import summary_line
 
     cfg = InferenceConfig(
         batch_size=args.batch_size,
@@ -131,6 +138,7 @@ def _heatmap(args: argparse.Namespace) -> int:
         stride_factor=args.stride,
         threshold=args.threshold,
         slide_mpp=validate_mpp(args.slide_mpp),
+        **qc_config(args),
     )
     out = ensure_writable_dir(args.out)  # before any work: an unwritable folder fails at once
     session = load_model(args.model, cfg.device)
@@ -163,9 +171,12 @@ def _heatmap(args: argparse.Namespace) -> int:
         timing = "from the cache" if from_cache else (
             f"{result.timing['total_s']:.1f} s ({result.timing['tiles_per_s']:.0f} tiles/s)"
         )
+        for warning in s.get("warnings", []):
+            print(f"warning: {warning}", file=err)
+        top = "n/a" if s["max_probability"] is None else f"{s['max_probability']:.3f}"
         print(
-            f"{result.slide_name}: max {s['max_probability']:.3f}, {s['fraction_above_threshold']:.1%} of "
-            f"{s['tiles_analysed']} tissue tiles >= {cfg.threshold:g}, {timing} -> {folder}"
+            f"{result.slide_name}: max {top}, {s['fraction_above_threshold']:.1%} of "
+            f"{s['tiles_analysed']} tissue tiles >= {cfg.threshold:g}{summary_line(s)}, {timing} -> {folder}"
         )
     if failed:
         print(f"{failed} of {len(args.slides)} slide(s) failed", file=err)

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 
 CACHE_SUBDIR = "heatmaps"
 #: InferenceConfig fields that change a cached result (batch size, threads and device do not).
-RESULT_SETTINGS = ("min_tissue_fraction", "stride_factor", "max_tiles", "threshold", "top_k")
+RESULT_SETTINGS = (
+    "min_tissue_fraction", "stride_factor", "max_tiles", "threshold", "top_k", "qc", "keep_qc_failed", "max_unreadable",
+)
 
 
 def default_root() -> Path:

@@ -115,7 +115,9 @@ def write_heatmap_outputs(
     if thumbnail is None:
         if reader is None:
             raise ValueError("write_heatmap_outputs needs a reader or a thumbnail for overlay.png")
-        thumbnail = reader.thumbnail(OVERLAY_MAX_SIZE)
+        from engine.slides.damage import tolerant_thumbnail
+
+        thumbnail = tolerant_thumbnail(reader, OVERLAY_MAX_SIZE).rgb  # damaged blocks stay white
     dims = tuple(result.slide.get("dimensions") or (thumbnail.shape[1], thumbnail.shape[0]))
     final = Path(out_root) / safe_name(folder_name or result.slide_name)
     with atomic_dir(final) as tmp:
@@ -131,13 +133,17 @@ def write_heatmap_outputs(
     return final
 
 
-def heatmap_to_thumbnail(result: HeatmapResult, thumb_size: tuple[int, int], slide_size: tuple[int, int]) -> np.ndarray:
+def heatmap_to_thumbnail(
+    result: HeatmapResult, thumb_size: tuple[int, int], slide_size: tuple[int, int], grid: np.ndarray | None = None
+) -> np.ndarray:
     """Sample the heatmap grid at thumbnail pixel centres.
 
     Args:
         result: the heatmap.
         thumb_size: ``(width, height)`` of the thumbnail.
         slide_size: level-0 ``(width, height)``.
+        grid: another ``(rows, cols)`` float grid on the same cells to sample instead
+            (e.g. QC reason codes).
 
     Returns:
         float32 ``(height, width)``: probability, NaN where no tile covers the pixel.
@@ -155,7 +161,8 @@ def heatmap_to_thumbnail(result: HeatmapResult, thumb_size: tuple[int, int], sli
 
     ci, cin = index(tw, w0, ox, cols)
     ri, rin = index(th, h0, oy, rows)
-    heat = result.grid[ri[:, None], ci[None, :]]
+    src = result.grid if grid is None else grid
+    heat = src[ri[:, None], ci[None, :]].astype(np.float32)
     heat[~(rin[:, None] & cin[None, :])] = np.nan
     return heat
 
@@ -175,6 +182,13 @@ def render_overlay(thumbnail: np.ndarray, result: HeatmapResult, slide_size: tup
     a = (OVERLAY_ALPHA_MIN + (OVERLAY_ALPHA_MAX - OVERLAY_ALPHA_MIN) * p)[:, None]
     out = thumbnail.copy()
     out[valid] = np.clip(thumbnail[valid] * (1 - a) + colour * a + 0.5, 0, 255).astype(np.uint8)
+    from engine.slides.qc_render import paint_reasons
+    from engine.slides.qc_summary import reason_grid
+
+    reasons = reason_grid(result.summary, result.grid.shape)
+    if reasons.any():
+        # QC-flagged tiles hatched in the reason's colour, unreadable tiles solid (see qc_render)
+        paint_reasons(out, heatmap_to_thumbnail(result, (tw, th), slide_size, grid=reasons))
     return out
 
 

@@ -39,10 +39,19 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
-from engine.errors import Cancelled, ConfigError, ModelPackageError, NoTissueError
+from engine.errors import Cancelled, ConfigError, ModelPackageError, NoTissueError, SlideOpenError
 from engine.infer.preprocess import Preprocessor, to_probabilities
 from engine.infer.session import DEVICES, ModelSession, available_cores, load_model
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
+from engine.slides.damage import (
+    DEFAULT_MAX_UNREADABLE,
+    UnreadableLog,
+    read_tiles_tolerant,
+    record_damaged_cells,
+    validate_max_unreadable,
+)
+from engine.slides.qc import BlurScreen, QCSettings
+from engine.slides.qc_summary import qc_summary, stain_warnings
 from engine.slides.tiling import TilePlan, TissueSettings, plan_slide, read_tiles, slide_tissue
 
 if TYPE_CHECKING:
@@ -54,6 +63,8 @@ class _Plan(Protocol):
 
 
 TileReadFn = Callable[[Any, Any, np.ndarray], np.ndarray]
+#: ``fn(tiles uint8 (B, S, S, 3), plan rows (B,)) -> bool (B,)``: which tiles to analyse.
+TileScreen = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class _Stopped(Exception):
@@ -71,6 +82,8 @@ def iter_tile_outputs(
     indices: np.ndarray | None = None,
     stage: str = "inference",
     read_tile: TileReadFn | None = None,
+    unreadable: UnreadableLog | None = None,
+    screen: TileScreen | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Run ``session`` over the tiles of ``plan``, batch by batch.
 
@@ -86,10 +99,15 @@ def iter_tile_outputs(
         stage: stage name in progress events.
         read_tile: ``fn(reader, plan, level0_xy) -> uint8 (S, S, 3)``; default
             :func:`engine.slides.tiling.read_tiles` on the whole batch (neighbours read together).
+        unreadable: when given, a tile that cannot be decoded is recorded there and left out
+            (the log raises once too many are unreadable); without it such a tile is fatal.
+        screen: ``fn(tiles, rows) -> keep`` called on every batch of tiles as read (e.g. the
+            blur check of :mod:`engine.slides.qc`); tiles it drops are left out.
 
     Yields:
         ``(idx, outputs)``: ``idx`` int64 ``(B,)`` rows of the plan, ``outputs`` the raw model
-        output ``(B, C)`` for those tiles.
+        output ``(B, C)`` for those tiles (unreadable or screened-out tiles are not in ``idx``,
+        so ``B`` may be smaller than the batch; a batch with no tile left is not yielded).
 
     Raises:
         Cancelled: ``cancel`` was set (the pool is already shut down when this propagates).
@@ -122,33 +140,52 @@ def iter_tile_outputs(
             buf = local.tiles = np.empty((max(n, batch_size), *shape), dtype=np.uint8)
         return buf[:n]
 
-    def load(idx: np.ndarray) -> np.ndarray | None:
+    def read_batch(idx: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        ok = np.ones(len(idx), dtype=bool)
+        if read_tile is None:
+            tp = cast(TilePlan, plan)
+            s = tp.config.tile_size_px
+            buf = tile_buffer(len(idx), (s, s, 3))
+            if unreadable is None:
+                return read_tiles(reader, tp, xy[idx], out=buf, check=check), ok
+            return read_tiles_tolerant(reader, tp, xy[idx], idx, unreadable, out=buf, check=check)
+        tiles = None
+        for j, i in enumerate(idx):
+            check()
+            try:
+                tile = read_tile(reader, plan, xy[i])
+            except SlideOpenError as exc:
+                if unreadable is None:
+                    raise
+                unreadable.add(int(i), int(xy[i, 0]), int(xy[i, 1]), exc)
+                ok[j] = False
+                continue
+            if tiles is None:
+                tiles = tile_buffer(len(idx), tile.shape)
+            tiles[j] = tile
+        if tiles is not None and not ok.all():
+            tiles[~ok] = 255
+        return tiles, ok
+
+    def load(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         try:
-            if read_tile is None:
-                tp = cast(TilePlan, plan)
-                s = tp.config.tile_size_px
-                tiles = read_tiles(reader, tp, xy[idx], out=tile_buffer(len(idx), (s, s, 3)), check=check)
-            else:
-                tiles = None
-                for j, i in enumerate(idx):
-                    check()
-                    tile = read_tile(reader, plan, xy[i])
-                    if tiles is None:
-                        tiles = tile_buffer(len(idx), tile.shape)
-                    tiles[j] = tile
-                if tiles is None:
-                    return None
+            tiles, ok = read_batch(idx)
         except _Stopped:
             return None
+        if tiles is None:  # every tile of the batch unreadable
+            return np.empty((0,), dtype=np.float32), ok
+        if screen is not None and ok.any():
+            sel = np.flatnonzero(ok)
+            ok[sel] = np.asarray(screen(tiles[sel], idx[sel]), dtype=bool)
         buf = None
         if len(idx) == batch_size:  # recycled buffers all come from full batches of this model
             with free_lock:
                 buf = free.pop() if free else None
-        return preprocess(tiles, out=buf)
+        return preprocess(tiles, out=buf), ok
 
     starts = iter(range(0, total, batch_size))
     pool = ThreadPoolExecutor(max_workers=read_workers, thread_name_prefix="metascope-tiles")
-    pending: deque[tuple[np.ndarray, Future[np.ndarray | None]]] = deque()
+    pending: deque[tuple[np.ndarray, Future[tuple[np.ndarray, np.ndarray] | None]]] = deque()
 
     def submit_next() -> None:
         start = next(starts, None)
@@ -165,15 +202,19 @@ def iter_tile_outputs(
         while pending:
             check_cancel(cancel)
             idx, fut = pending.popleft()
-            batch = fut.result()
+            loaded = fut.result()
             check_cancel(cancel)
-            if batch is None:  # only when stopped; keep the contract explicit
+            if loaded is None:  # only when stopped; keep the contract explicit
                 raise Cancelled("cancelled by user")
+            batch, ok = loaded
             submit_next()
-            outputs = session.run(batch)
-            if batch.shape[0] == batch_size:
-                with free_lock:
-                    free.append(batch)
+            if ok.any():
+                outputs = session.run(batch)
+                if batch.shape[0] == batch_size:
+                    with free_lock:
+                        free.append(batch)
+            else:
+                outputs = None
             done += len(idx)
             elapsed = time.perf_counter() - t0
             rate = done / elapsed if elapsed > 0 else 0.0
@@ -187,7 +228,12 @@ def iter_tile_outputs(
                     MappingProxyType({"tiles_per_s": rate, "eta_s": (total - done) / rate if rate else None}),
                 ),
             )
-            yield idx, outputs
+            if outputs is None:
+                continue  # nothing of this batch could be analysed
+            if ok.all():
+                yield idx, outputs
+            else:
+                yield idx[ok], outputs[ok]
     finally:
         stop.set()
         for _, fut in pending:
@@ -216,6 +262,12 @@ class InferenceConfig:
             the absence of) the file's own. The analysis resolution is the model's ``input_mpp``.
         max_tiles: analyse at most this many tiles (those with most tissue); ``None`` = all.
         top_k: number of highest-scoring tiles listed in the summary.
+        max_unreadable: share of the tiles that may be undecodable (left out, reported) before
+            the slide fails (0-1).
+        qc: run the slide QC artefact checks (pen, fold, bubble, blur); the stain check always runs.
+        keep_qc_failed: analyse tiles QC flagged anyway (they are still reported).
+        ignore_stain: analyse a slide that does not look like H&E even when the model says it
+            needs H&E (``extra["requires_stain"]``).
     """
 
     batch_size: int = 64
@@ -227,8 +279,17 @@ class InferenceConfig:
     slide_mpp: float | None = None
     max_tiles: int | None = None
     top_k: int = 10
+    max_unreadable: float = DEFAULT_MAX_UNREADABLE
+    qc: bool = True
+    keep_qc_failed: bool = False
+    ignore_stain: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "max_unreadable", validate_max_unreadable(self.max_unreadable))
+        for name in ("qc", "keep_qc_failed", "ignore_stain"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
         for name, lo, hi in (("batch_size", 1, 4096), ("read_workers", 0, 64), ("top_k", 0, 10_000)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
@@ -414,6 +475,7 @@ def compute_heatmap(
 
         check_cancel(cancel)
         t0 = time.perf_counter()
+        qc_settings = QCSettings(enabled=cfg.qc, keep_failed=cfg.keep_qc_failed)
         plan = plan_slide(
             reader,
             meta.input_size,
@@ -423,9 +485,16 @@ def compute_heatmap(
             max_tiles=cfg.max_tiles,
             slide_mpp=cfg.slide_mpp,
             mask=tissue,
+            qc=qc_settings,
         )
         t_plan = time.perf_counter() - t0
+        warnings = stain_warnings(plan.qc.stain, meta, session.path.name, info.name, cfg.ignore_stain)
+        for w in warnings:
+            report(progress, ProgressEvent("qc", 1, 1, f"warning: {w}"))
         report(progress, ProgressEvent("tiling", 1, 1, f"{plan.n_tiles} tiles with tissue"))
+        unreadable = UnreadableLog(plan.n_tiles, cfg.max_unreadable, info.name)
+        record_damaged_cells(plan, unreadable)
+        blur = BlurScreen(qc_settings.blur_threshold, keep=cfg.keep_qc_failed) if cfg.qc else None
 
         n = plan.n_tiles
         n_classes = len(meta.class_names)
@@ -447,6 +516,8 @@ def compute_heatmap(
             progress=progress,
             cancel=cancel,
             stage="heatmap",
+            unreadable=unreadable,
+            screen=blur,
         ):
             probs = to_probabilities(outputs, meta)
             if probs.shape != (len(idx), n_classes):
@@ -473,6 +544,7 @@ def compute_heatmap(
     )
     summary["tissue_tiles"] = int(plan.tissue_cells)
     summary["positive_class"] = meta.positive_class_name
+    summary.update(qc_summary(plan, unreadable, blur, warnings))
     total = time.perf_counter() - t_start
     return HeatmapResult(
         grid=grid,

@@ -92,9 +92,11 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, *, probe:
     elif is_tiff:
         reader = _open_plain_tiff(p)
     elif _looks_like_image(p):
+        from engine.slides.image_cache import is_large_image, open_large_image
         from engine.slides.image_reader import ImageReader
 
-        reader = ImageReader(p)
+        # large JPEG / PNG slides (BALNMP) are read tile by tile from a pyramid cache built once
+        reader = open_large_image(p) if is_large_image(p) else ImageReader(p)
     else:
         raise SlideOpenError(
             f"{p}: not a slide or image MetaScope can read "
@@ -105,18 +107,25 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, *, probe:
         reader.info = dataclasses.replace(reader.info, mpp=(user_mpp, user_mpp), mpp_from_user=True)
     if probe:
         try:
-            probe_read(reader)
+            # a TIFF's truncation is caught above from its tag directories: a probe that hits a
+            # single damaged tile must not cost the whole slide (damaged tiles are left out later)
+            probe_read(reader, tolerant=is_tiff)
         except SlideOpenError:
             reader.close()
             raise
     return reader
 
 
-def probe_read(reader: SlideReader) -> None:
+def probe_read(reader: SlideReader, tolerant: bool = False) -> None:
     """Decode a few small regions (centre of level 0, last corner of every level).
 
     Writers store a level's tiles in row order and the levels one after the other, so the
     bottom-right corners are the last data in the file: a truncated file fails here.
+
+    Args:
+        reader: the open slide.
+        tolerant: a few damaged tiles are allowed (files whose completeness is checked
+            otherwise): only a level 0 none of whose probes decode fails.
 
     Raises:
         SlideOpenError: a region cannot be decoded.
@@ -124,11 +133,26 @@ def probe_read(reader: SlideReader) -> None:
     info = reader.info
     w0, h0 = info.dimensions
     s = PROBE_PX
-    reader.read_region((max(0, w0 // 2 - s // 2), max(0, h0 // 2 - s // 2)), 0, (s, s))
+    probes = [((max(0, w0 // 2 - s // 2), max(0, h0 // 2 - s // 2)), 0, (s, s))]
     for level, ((lw, lh), ds) in enumerate(zip(info.level_dimensions, info.level_downsamples, strict=True)):
         x = max(0, lw - s)
         y = max(0, lh - s)
-        reader.read_region((int(x * ds), int(y * ds)), level, (min(s, lw), min(s, lh)))
+        probes.append(((int(x * ds), int(y * ds)), level, (min(s, lw), min(s, lh))))
+    if not tolerant:
+        for xy, level, size in probes:
+            reader.read_region(xy, level, size)
+        return
+    probes.append(((0, 0), 0, (min(s, w0), min(s, h0))))
+    first: SlideOpenError | None = None
+    level0_ok = False
+    for xy, level, size in probes:
+        try:
+            reader.read_region(xy, level, size)
+            level0_ok = level0_ok or level == 0
+        except SlideOpenError as exc:
+            first = first or exc
+    if not level0_ok and first is not None:
+        raise SlideOpenError(f"{' '.join(str(first).split())} (no part of level 0 that was probed can be decoded)") from first
 
 
 def _open_with_openslide(p: Path, vendor: str, is_tiff: bool) -> SlideReader:
@@ -233,7 +257,9 @@ def _looks_like_image(p: Path) -> bool:
     try:
         with Image.open(p) as img:
             return img.format is not None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        return True  # an image beyond Pillow's guard: opened through the pyramid cache
+    except (UnidentifiedImageError, OSError, ValueError):
         return False
 
 

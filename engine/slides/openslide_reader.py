@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -106,11 +107,19 @@ class OpenSlideReader(SlideReader):
             raise SlideOpenError(f"{self._path}: not a slide format OpenSlide can read") from exc
         except (openslide.OpenSlideError, OSError) as exc:
             raise SlideOpenError(f"{self._path}: cannot open slide ({_one_line(exc)})") from exc
+        self._cache: Any = None
         try:
-            self._slide.set_cache(openslide.OpenSlideCache(cache_bytes))
+            self._cache = openslide.OpenSlideCache(cache_bytes)
+            self._slide.set_cache(self._cache)
         except (AttributeError, openslide.OpenSlideError):
             # older OpenSlide without cache control: the default cache still works
-            pass
+            self._cache = None
+        # OpenSlide puts a handle into a permanent error state after one failed decode (every
+        # later call on it fails): a damaged tile would take the whole slide down. A failed
+        # read therefore replaces the handle; the old one is closed once no thread uses it.
+        self._handle_lock = threading.Lock()
+        self._users: dict[int, int] = {}
+        self._retired: list[Any] = []
         self.info = self._read_info()
 
     def _read_info(self) -> SlideInfo:
@@ -141,11 +150,60 @@ class OpenSlideReader(SlideReader):
             ValueError: ``level`` does not exist or ``size`` is not positive.
         """
         w, h = checked_region_size(self.info, level, size)
-        try:
-            img = self._slide.read_region((int(level0_xy[0]), int(level0_xy[1])), int(level), (w, h))
-        except self._openslide.OpenSlideError as exc:
-            raise SlideOpenError(f"{self._path}: the slide is damaged or truncated ({_one_line(exc)})") from exc
-        return _pil_rgba_to_rgb(img)
+        return _pil_rgba_to_rgb(self._read(level0_xy, level, (w, h)))
+
+    # a read that fails on a handle another thread has just put into the error state succeeds
+    # on the fresh handle; a damaged tile fails every time
+    READ_ATTEMPTS = 3
+
+    def _read(self, level0_xy: tuple[int, int], level: int, size: tuple[int, int]) -> Any:
+        """``read_region`` on the current handle, replacing a handle left in OpenSlide's error state.
+
+        Raises:
+            SlideOpenError: the region cannot be decoded (the reader stays usable).
+        """
+        err: BaseException | None = None
+        for _ in range(self.READ_ATTEMPTS):
+            handle = self._acquire()
+            try:
+                return handle.read_region((int(level0_xy[0]), int(level0_xy[1])), int(level), size)
+            except self._openslide.OpenSlideError as exc:
+                err = exc
+                self._replace(handle)
+            finally:
+                self._release(handle)
+        raise SlideOpenError(f"{self._path}: the slide is damaged or truncated ({_one_line(err) if err else 'no data'})") from err
+
+    def _acquire(self) -> Any:
+        with self._handle_lock:
+            handle = self._slide
+            self._users[id(handle)] = self._users.get(id(handle), 0) + 1
+            return handle
+
+    def _release(self, handle: Any) -> None:
+        with self._handle_lock:
+            n = self._users.get(id(handle), 1) - 1
+            if n > 0:
+                self._users[id(handle)] = n
+                return
+            self._users.pop(id(handle), None)
+            if any(r is handle for r in self._retired):
+                self._retired = [r for r in self._retired if r is not handle]
+                handle.close()
+
+    def _replace(self, bad: Any) -> None:
+        """Open a fresh handle instead of ``bad`` (unless another thread already did)."""
+        with self._handle_lock:
+            if self._slide is not bad:
+                return
+            try:
+                fresh = self._openslide.OpenSlide(self._path)
+                if self._cache is not None:
+                    fresh.set_cache(self._cache)
+            except (self._openslide.OpenSlideError, OSError):
+                return  # the file itself went away: the error is reported by the caller
+            self._retired.append(bad)
+            self._slide = fresh
 
     def read_region_resized(
         self, level0_xy: tuple[int, int], level: int, size: tuple[int, int], out_size: tuple[int, int]
@@ -167,10 +225,7 @@ class OpenSlideReader(SlideReader):
         w, h = int(size[0]), int(size[1])
         if not 0 <= level < self.info.level_count or w <= 0 or h <= 0:
             raise ValueError(f"bad region: level {level}, size {size}")
-        try:
-            img = self._slide.read_region((int(level0_xy[0]), int(level0_xy[1])), int(level), (w, h))
-        except self._openslide.OpenSlideError as exc:
-            raise SlideOpenError(f"{self._path}: the slide is damaged or truncated ({_one_line(exc)})") from exc
+        img = self._read(level0_xy, level, (w, h))
         out = (int(out_size[0]), int(out_size[1]))
         if _fully_opaque(img):
             rgb = img.convert("RGB")
@@ -201,6 +256,10 @@ class OpenSlideReader(SlideReader):
         return rgba_to_rgb_white(np.asarray(img.convert("RGBA")))
 
     def close(self) -> None:
+        with self._handle_lock:
+            retired, self._retired = self._retired, []
+        for handle in retired:
+            handle.close()
         self._slide.close()
 
 

@@ -12,11 +12,12 @@ pipeline. Plan arrays hold a few numbers per tissue tile, so memory stays small 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from engine.errors import ConfigError, MissingMppError, NoTissueError
 from engine.slides.base import SlideInfo, SlideReader
 from engine.slides.mpp import is_square
 from engine.slides.tissue import TissueMask, detect_tissue
+
+if TYPE_CHECKING:
+    from engine.slides.qc import QCSettings
 
 MAX_TILE_PX = 4096
 #: Resolution of the tissue mask used for tiling, in mask pixels per tile side: plenty to judge a
@@ -123,6 +127,8 @@ class TilePlan:
         tissue_cells: grid cells with enough tissue (inside the ROI) before ``max_tiles`` was applied.
         slide_mpp_from_user: the slide resolution was supplied by the user, not read from the file.
         tissue: the tissue mask the plan was made with (``None``: every grid cell was kept).
+        qc: the slide QC of the plan (:class:`engine.slides.qc.PlanQC`), when it was asked for;
+            tiles it flagged are not in ``level0_xy`` unless its settings keep them.
     """
 
     config: TilingConfig
@@ -142,6 +148,7 @@ class TilePlan:
     tissue_cells: int = 0
     slide_mpp_from_user: bool = field(default=False)
     tissue: TissueMask | None = None
+    qc: Any = None
 
     @property
     def n_tiles(self) -> int:
@@ -382,8 +389,12 @@ def plan_slide(
     max_tiles: int | None = None,
     slide_mpp: float | None = None,
     mask: TissueMask | None = None,
+    qc: QCSettings | None = None,
 ) -> TilePlan:
     """Plan the tiles of a slide: the one planner of heatmaps, MIL features and slide datasets.
+
+    Steps: tissue mask, grid, tissue and ROI selection, slide QC (``qc``: artefacts flagged on
+    the tissue thumbnail, :func:`engine.slides.qc.apply_qc`), then the tile cap.
 
     Args:
         reader: the slide.
@@ -397,6 +408,8 @@ def plan_slide(
         slide_mpp: the file's resolution, for slides that do not record one (or to override it).
         mask: a mask already made by :func:`slide_tissue` with the same settings (saves detecting
             it twice); ignored when ``tissue`` is ``None``.
+        qc: slide QC settings; ``None``: no QC step. Flagged tiles are left out (before the cap)
+            unless ``qc.keep_failed``; ``plan.qc`` records them with their reasons.
 
     Returns:
         The :class:`TilePlan` (``plan.tissue`` holds the mask).
@@ -412,7 +425,7 @@ def plan_slide(
         mpp=mpp,
         stride_px=stride,
         min_tissue_fraction=settings.min_fraction if settings is not None else 0.0,
-        max_tiles=max_tiles,
+        max_tiles=max_tiles if qc is None else None,
     )
     inside: InsideFn | None = None
     if roi is not None:
@@ -425,7 +438,32 @@ def plan_slide(
 
     if settings is not None and mask is None:
         mask = slide_tissue(reader, cfg.tile_size_px, cfg.mpp, settings)
-    return plan_tiles(reader, cfg, mask if settings is not None else None, slide_mpp=slide_mpp, inside=inside)
+    plan = plan_tiles(reader, cfg, mask if settings is not None else None, slide_mpp=slide_mpp, inside=inside)
+    if qc is None:
+        return plan
+    from engine.slides.qc import apply_qc
+
+    plan = apply_qc(reader, plan, qc)
+    if plan.n_tiles == 0:
+        raise NoTissueError(
+            f"{reader.info.name}: every tissue tile was flagged by slide QC ({_counts_text(plan.qc.counts())}); "
+            "use --keep-qc-failed to analyse them anyway"
+        )
+    if max_tiles is not None and plan.n_tiles > max_tiles:
+        # keep the tiles with most tissue, stable for ties, in row-major order (as plan_tiles)
+        order = np.sort(np.argsort(-plan.tissue_fraction, kind="stable")[:max_tiles])
+        plan = dataclasses.replace(
+            plan,
+            config=dataclasses.replace(plan.config, max_tiles=max_tiles),
+            level0_xy=plan.level0_xy[order],
+            grid_rc=plan.grid_rc[order],
+            tissue_fraction=plan.tissue_fraction[order],
+        )
+    return plan
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "none"
 
 
 def read_tile(reader: SlideReader, plan: TilePlan, level0_xy: tuple[int, int] | np.ndarray) -> np.ndarray:

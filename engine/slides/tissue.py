@@ -6,6 +6,7 @@ does not depend on the slide size.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,10 @@ class TissueMask:
     downsample: float
     tissue_fraction: float
     method: str
+    #: the RGB thumbnail the mask was made from (kept for slide QC), when detected from a slide
+    thumbnail: np.ndarray | None = None
+    #: bool mask of thumbnail pixels whose slide data could not be decoded, or ``None``
+    damaged: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.mask.ndim != 2 or self.mask.dtype != bool:
@@ -278,10 +283,15 @@ def detect_tissue(reader: SlideReader, max_size: int = 2048, *, mask_mpp: float 
     if mask_mpp is not None and slide_mpp:
         wanted_ds = max(mask_mpp / slide_mpp, 1.0)
         size = min(size, max(1, round(max(w0, h0) / wanted_ds)))
-    thumb = reader.thumbnail(max(size, 1))
+    from engine.slides.damage import tolerant_thumbnail
+
+    # damaged tiles in the thumbnail's level are read around (white: never tissue)
+    tn = tolerant_thumbnail(reader, max(size, 1))
+    thumb = tn.rgb
     th, tw = thumb.shape[:2]
     downsample = max(w0 / tw, h0 / th)
-    return tissue_from_rgb(thumb, downsample, slide_mpp)
+    mask = tissue_from_rgb(thumb, downsample, slide_mpp)
+    return dataclasses.replace(mask, thumbnail=thumb, damaged=tn.damaged)
 
 
 def _remove_small_objects(mask: np.ndarray, min_size: float) -> np.ndarray:

@@ -1,0 +1,497 @@
+"""Slide quality control: the stain check and per-tile artefact detection (HistoQC's checks).
+
+Everything here works on the thumbnail tissue detection already reads (16 mask pixels per tile
+side, at most 2048 px), so QC costs a fraction of a heatmap and its memory does not grow with
+the slide. Blur is judged where it matters, on the tiles being analysed at the analysis
+resolution (variance of the Laplacian, computed by the read threads on tiles already in memory).
+
+Stain (:func:`stain_check`): colour deconvolution with the Ruifrok-Johnston H-E-DAB matrix on
+the non-glass pixels: ``"he"`` (brightfield H&E), ``"greyscale"`` (no colour), ``"dab"`` (IHC:
+DAB carries most of the stain), ``"fluorescence"`` (dark background).
+
+Artefacts per thumbnail pixel (:func:`artefact_map`), then per tile by area:
+
+- ``pen``: marker ink, hues H&E never has (green, blue, red ink; neutral black ink), the same
+  colour rules tissue detection uses to keep ink out of the tissue mask;
+- ``fold``: folded tissue is two layers thick, so its optical density is about twice the
+  slide's tissue and its colour more saturated: density above ``FOLD_OD_RATIO`` x the median
+  tissue density (and an absolute floor) with at least the median saturation, in smooth
+  (low-texture) areas;
+- ``bubble``: air bubbles and coverslip edges: greyish, unstained areas with sharp neutral
+  edges (the bubble rim, the glass edge) or thin very bright/dark neutral lines, where the
+  tissue beside them is stained; a greyscale slide skips this check (everything is neutral);
+- ``background``: grid cells with too little tissue (the planner never analyses them);
+- ``blur``: variance of the Laplacian of the tile's grey levels below ``BLUR_VAR_MIN``;
+- ``unreadable``: the tile's data cannot be decoded (:mod:`engine.slides.damage`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ConfigError
+
+# Reason codes of the QC mask (0 = analysed tissue); names in REASONS order.
+OK, BACKGROUND, PEN, FOLD, BUBBLE, BLUR, UNREADABLE = range(7)
+REASONS = ("ok", "background", "pen", "fold", "bubble", "blur", "unreadable")
+ARTEFACTS = ("pen", "fold", "bubble", "blur")
+#: Overlay / QC-mask colour per reason (RGB).
+REASON_RGB = {
+    "background": (200, 200, 200),
+    "pen": (0, 160, 60),
+    "fold": (120, 40, 0),
+    "bubble": (0, 170, 230),
+    "blur": (255, 170, 0),
+    "unreadable": (255, 0, 255),
+}
+
+# Ruifrok & Johnston (2001) stain vectors (rows: haematoxylin, eosin, DAB), as in skimage.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+
+# Stain check thresholds (calibrated on PCam H&E patches, the synthetic slides and generated
+# greyscale / DAB-only / dark-field images; see tests/engine/test_slide_qc.py).
+FLUO_BACKGROUND_MAX = 60.0  # 90th luminance percentile of a dark-field (fluorescence) image
+GREY_COLOUR_FRACTION = 0.02  # share of non-glass pixels with colour, below: greyscale
+COLOUR_SAT_MIN = 0.08
+DAB_SHARE_MIN = 0.45  # share of the deconvolved stain carried by DAB, above: IHC (H&E: ~0.3)
+DAB_NO_EOSIN = 0.05  # ... or eosin below this share with DAB above 0.35 (counterstained IHC)
+GLASS_OD_MAX = 0.06
+
+# Artefact thresholds
+PEN_MARGIN = 15
+RED_INK_MARGIN = 90
+DARK_INK_MAX = 90
+DARK_INK_SAT = 0.2
+FOLD_OD_RATIO = 1.7
+FOLD_OD_MIN = 0.55
+FOLD_TEXTURE_MAX = 0.35  # local std of OD / local mean OD, above: textured tissue, not a fold
+NEUTRAL_SAT_MAX = 0.06
+EDGE_GRADIENT_MIN = 15.0  # grey levels across one thumbnail pixel
+EDGE_MIN_PX = 24  # a neutral edge this long (thumbnail px) inside tissue is a rim or coverslip edge
+UNSTAINED_OD_MIN = 0.05  # below: glass
+BUBBLE_MIN_PX = 64  # an unstained region this large (a quarter tile at 16 px per tile) is a bubble
+# A tile is flagged when at least this share of its area shows the artefact.
+TILE_FRACTION = {"pen": 0.05, "fold": 0.3, "bubble": 0.15}
+# Variance of the Laplacian (grey levels^2) of a tile at the analysis resolution, below: blurred.
+BLUR_VAR_MIN = 40.0
+
+
+@dataclass(frozen=True, slots=True)
+class QCSettings:
+    """Which QC checks run and what happens to the tiles they flag.
+
+    Attributes:
+        enabled: run the artefact checks at all (the stain check always runs).
+        keep_failed: analyse flagged tiles anyway (they are still reported).
+        pen, fold, bubble, blur: the individual checks.
+        blur_threshold: variance of the Laplacian below which a tile is blurred.
+    """
+
+    enabled: bool = True
+    keep_failed: bool = False
+    pen: bool = True
+    fold: bool = True
+    bubble: bool = True
+    blur: bool = True
+    blur_threshold: float = BLUR_VAR_MIN
+
+    def __post_init__(self) -> None:
+        try:
+            t = float(self.blur_threshold)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"blur threshold must be a number, got {self.blur_threshold!r}") from exc
+        if not 0.0 <= t < 1e6:
+            raise ConfigError(f"blur threshold must be a non-negative number, got {self.blur_threshold!r}")
+        object.__setattr__(self, "blur_threshold", t)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> QCSettings:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in (d or {}).items() if k in known})
+
+
+# ------------------------------------------------------------------------------ stain
+
+
+@dataclass(frozen=True, slots=True)
+class StainReport:
+    """The stain check of one slide.
+
+    Attributes:
+        kind: ``"he"``, ``"greyscale"``, ``"dab"``, ``"fluorescence"`` or ``"empty"``.
+        scores: haematoxylin / eosin / DAB shares of the stain (0-1), colour fraction,
+            background luminance.
+        message: one line for the user; empty for H&E.
+    """
+
+    kind: str
+    scores: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def is_he(self) -> bool:
+        return self.kind in ("he", "empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "scores": self.scores, "message": self.message}
+
+
+def rgb_to_od(rgb: np.ndarray) -> np.ndarray:
+    """Optical density ``-log10(I / 255)`` per channel, float32 (I clipped to >= 1)."""
+    return -np.log10(np.maximum(rgb.astype(np.float32), 1.0) / 255.0)
+
+
+def rgb2hed(rgb: np.ndarray) -> np.ndarray:
+    """Colour deconvolution (Ruifrok-Johnston): ``(..., 3)`` RGB -> ``(..., 3)`` H, E, DAB densities."""
+    return rgb_to_od(rgb) @ HED_FROM_RGB
+
+
+def _saturation(img: np.ndarray) -> np.ndarray:
+    mx = img.max(axis=-1)
+    return np.where(mx > 0, (mx - img.min(axis=-1)) / np.maximum(mx, 1.0), 0.0).astype(np.float32)
+
+
+def stain_check(rgb: np.ndarray, tissue: np.ndarray | None = None) -> StainReport:
+    """Judge the stain of a slide thumbnail (see the module description).
+
+    Args:
+        rgb: ``uint8`` ``(H, W, 3)`` thumbnail.
+        tissue: optional bool mask of the tissue; otherwise every non-glass pixel counts.
+    """
+    from engine.slides.tissue import glass_colour
+
+    pix = rgb.reshape(-1, 3)
+    if pix.shape[0] > 400_000:
+        pix = pix[:: pix.shape[0] // 400_000 + 1]
+    lum = pix.astype(np.float32).mean(axis=1)
+    background = float(np.percentile(lum, 90)) if lum.size else 255.0
+    if background < FLUO_BACKGROUND_MAX:
+        return StainReport(
+            "fluorescence",
+            {"background_luminance": round(background, 1)},
+            "the slide has a dark background: a fluorescence image, not brightfield H&E",
+        )
+    glass = glass_colour(rgb)
+    sel = rgb[tissue] if tissue is not None and tissue.shape == rgb.shape[:2] and tissue.any() else rgb.reshape(-1, 3)
+    if sel.shape[0] > 200_000:
+        sel = sel[:: sel.shape[0] // 200_000 + 1]
+    img = np.minimum(sel.astype(np.float32) * (255.0 / glass), 255.0)
+    od = rgb_to_od(img)
+    stained = od.max(axis=1) > GLASS_OD_MAX
+    if not stained.any():
+        return StainReport("empty", {"background_luminance": round(background, 1)}, "")
+    img, od = img[stained], od[stained]
+    coloured = float((_saturation(img) > COLOUR_SAT_MIN).mean())
+    hed = np.clip(od @ HED_FROM_RGB, 0.0, None)
+    total = hed.sum(axis=0)
+    shares = total / max(float(total.sum()), 1e-9)
+    scores = {
+        "haematoxylin": round(float(shares[0]), 4),
+        "eosin": round(float(shares[1]), 4),
+        "dab": round(float(shares[2]), 4),
+        "colour_fraction": round(coloured, 4),
+        "background_luminance": round(background, 1),
+    }
+    if coloured < GREY_COLOUR_FRACTION:
+        return StainReport("greyscale", scores, "the slide has no colour: a greyscale image, not brightfield H&E")
+    if shares[2] > DAB_SHARE_MIN or (shares[1] < DAB_NO_EOSIN and shares[2] > 0.35):
+        return StainReport("dab", scores, f"DAB carries {shares[2]:.0%} of the stain: an IHC slide, not H&E")
+    return StainReport("he", scores, "")
+
+
+# ------------------------------------------------------------------------------ artefacts
+
+
+def artefact_map(rgb: np.ndarray, tissue: np.ndarray | None, settings: QCSettings, stain: StainReport) -> np.ndarray:
+    """Per thumbnail pixel artefact code (``OK``, ``PEN``, ``FOLD``, ``BUBBLE``), uint8 ``(H, W)``.
+
+    Args:
+        rgb: ``uint8`` thumbnail.
+        tissue: the tissue mask at the same scale (fold statistics are taken on it).
+        settings: which checks run.
+        stain: the slide's stain report (colour rules need a colour slide).
+    """
+    from scipy import ndimage
+
+    from engine.slides.tissue import glass_colour
+
+    h, w = rgb.shape[:2]
+    out = np.zeros((h, w), dtype=np.uint8)
+    if not settings.enabled or stain.kind in ("fluorescence", "empty"):
+        return out
+    colour = stain.kind != "greyscale"
+    raw = rgb.astype(np.float32)
+    img = np.minimum(raw * (255.0 / glass_colour(rgb)), 255.0)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    mx = img.max(axis=2)
+    sat = _saturation(img)
+    od = rgb_to_od(img).mean(axis=2)
+    if settings.bubble and colour:
+        out[_bubbles(img, sat, od)] = BUBBLE
+    if settings.fold and tissue is not None and tissue.any():
+        t_od = od[tissue]
+        ref = float(np.median(t_od))
+        ref_sat = float(np.median(sat[tissue]))
+        mean = ndimage.uniform_filter(od, 3)
+        sq = ndimage.uniform_filter(od * od, 3)
+        texture = np.sqrt(np.maximum(sq - mean * mean, 0.0)) / np.maximum(mean, 1e-3)
+        dark = mean > max(FOLD_OD_MIN, FOLD_OD_RATIO * ref)
+        if colour:
+            dark &= ndimage.uniform_filter(sat, 3) >= ref_sat
+        fold = dark & (texture < FOLD_TEXTURE_MAX)
+        out[fold] = FOLD
+    if settings.pen and colour:
+        dark_ink = (mx <= DARK_INK_MAX) & (sat < DARK_INK_SAT)
+        red_ink = (r > g + RED_INK_MARGIN) & (r > b + RED_INK_MARGIN)
+        pen = (g > r + PEN_MARGIN) | ((r <= g) & (b > r + 3 * PEN_MARGIN)) | dark_ink | red_ink
+        pen &= od > 0.05
+        pen = ndimage.binary_opening(pen, structure=np.ones((2, 2), bool))
+        out[pen] = PEN
+    return out
+
+
+def _bubbles(img: np.ndarray, sat: np.ndarray, od: np.ndarray) -> np.ndarray:
+    """Air bubbles and coverslip edges on a white-balanced colour thumbnail: bool ``(H, W)``.
+
+    A bubble pushes the stained tissue aside and leaves a grey, unstained disc (darker than
+    glass, no colour) outlined by a rim: large unstained regions touching stained tissue are
+    bubbles. Coverslip edges and bubble rims are long, sharp, neutral lines inside the tissue
+    (bright or dark): edge pixels away from the glass whose connected line is long.
+    """
+    from scipy import ndimage
+
+    smooth_sat = ndimage.uniform_filter(sat, 3)
+    neutral = smooth_sat < NEUTRAL_SAT_MAX
+    unstained = neutral & (od > UNSTAINED_OD_MIN) & (od < 0.6)
+    stained = smooth_sat > 0.15
+    glass = od <= UNSTAINED_OD_MIN
+    out = np.zeros(sat.shape, dtype=bool)
+    labels, n = ndimage.label(ndimage.binary_opening(unstained, iterations=1))
+    if n:
+        sizes = np.bincount(labels.ravel())
+        big = np.flatnonzero(sizes >= BUBBLE_MIN_PX)
+        big = big[big > 0]
+        if big.size:
+            touch = np.bincount(labels[ndimage.binary_dilation(stained, iterations=3)].ravel(), minlength=n + 1)
+            keep = np.zeros(n + 1, dtype=bool)
+            keep[big] = touch[big] > 0
+            out |= keep[labels]
+    gy, gx = np.gradient(ndimage.uniform_filter(img.mean(axis=2), 2))
+    edges = neutral & (np.hypot(gx, gy) > EDGE_GRADIENT_MIN) & ~ndimage.binary_dilation(glass, iterations=2)
+    labels, n = ndimage.label(edges, structure=np.ones((3, 3), bool))
+    if n:
+        sizes = np.bincount(labels.ravel())
+        long_ = sizes >= EDGE_MIN_PX
+        long_[0] = False
+        out |= ndimage.binary_dilation(long_[labels], iterations=1)
+    return out
+
+
+def region_fractions(
+    code_map: np.ndarray, downsample: float, x0: np.ndarray, y0: np.ndarray, size0: float
+) -> dict[str, np.ndarray]:
+    """Share of each level-0 square ``[x0, x0 + size0)`` covered by each artefact code."""
+    from engine.slides.tissue import TissueMask
+
+    fr: dict[str, np.ndarray] = {}
+    for code in (PEN, FOLD, BUBBLE):
+        m = code_map == code
+        if not m.any():
+            fr[REASONS[code]] = np.zeros(len(x0), dtype=np.float32)
+            continue
+        tm = TissueMask(m, float(downsample), float(m.mean()), REASONS[code])
+        fr[REASONS[code]] = tm.fraction_in_rects(x0, y0, x0 + size0, y0 + size0)
+    return fr
+
+
+def tile_reasons(fractions: dict[str, np.ndarray]) -> np.ndarray:
+    """Reason code per tile from its artefact fractions (pen before fold before bubble)."""
+    n = len(next(iter(fractions.values()))) if fractions else 0
+    codes = np.zeros(n, dtype=np.uint8)
+    for name in ("bubble", "fold", "pen"):  # later ones win
+        codes[fractions[name] >= TILE_FRACTION[name]] = REASONS.index(name)
+    return codes
+
+
+# ------------------------------------------------------------------------------ blur
+
+
+def laplacian_variance(tiles: np.ndarray) -> np.ndarray:
+    """Variance of the 4-neighbour Laplacian of each tile's grey levels: float32 ``(N,)``.
+
+    Args:
+        tiles: ``uint8`` ``(N, S, S, 3)``.
+    """
+    t = np.asarray(tiles)
+    if t.ndim == 3:
+        t = t[None]
+    grey = t.astype(np.float32).mean(axis=3)
+    lap = grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] + grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] - 4 * grey[:, 1:-1, 1:-1]
+    return lap.reshape(lap.shape[0], -1).var(axis=1).astype(np.float32)
+
+
+class BlurScreen:
+    """The blur check as a pipeline screen (:data:`engine.infer.pipeline.TileScreen`).
+
+    Called by the read threads on every batch; records the score of every tile and which tiles
+    are blurred; drops them unless ``keep``.
+    """
+
+    def __init__(self, threshold: float = BLUR_VAR_MIN, keep: bool = False) -> None:
+        self.threshold = float(threshold)
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._rows: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+
+    def __call__(self, tiles: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        scores = laplacian_variance(tiles)
+        with self._lock:
+            self._rows.append(np.asarray(rows, dtype=np.int64).copy())
+            self._scores.append(scores)
+        blurred = scores < self.threshold
+        return np.ones(len(rows), dtype=bool) if self.keep else ~blurred
+
+    def results(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, scores)`` of every screened tile, sorted by plan row."""
+        with self._lock:
+            if not self._rows:
+                return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            rows = np.concatenate(self._rows)
+            scores = np.concatenate(self._scores)
+        order = np.argsort(rows, kind="stable")
+        return rows[order], scores[order]
+
+    def blurred_rows(self) -> np.ndarray:
+        rows, scores = self.results()
+        return rows[scores < self.threshold]
+
+
+# ------------------------------------------------------------------------------ planner step
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PlanQC:
+    """The QC of a tile plan (``TilePlan.qc``).
+
+    Attributes:
+        settings: the QC settings.
+        stain: the slide's stain report.
+        xy: int64 ``(M, 2)`` level-0 corners of the flagged tiles; rc: int32 ``(M, 2)`` their cells.
+        reason: uint8 ``(M,)`` reason codes (index into :data:`REASONS`).
+        excluded: bool ``(M,)``: left out of the analysis (False with ``keep_failed``).
+        code_map: uint8 thumbnail-scale artefact map; downsample: level-0 px per map pixel.
+        area_fractions: share of the tissue area per artefact (pen, fold, bubble).
+        seconds: time the QC step took.
+    """
+
+    settings: QCSettings
+    stain: StainReport
+    xy: np.ndarray
+    rc: np.ndarray
+    reason: np.ndarray
+    excluded: np.ndarray
+    code_map: np.ndarray
+    downsample: float
+    area_fractions: dict[str, float]
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        """Flagged tiles per artefact (pen, fold, bubble)."""
+        return {REASONS[c]: int((self.reason == c).sum()) for c in (PEN, FOLD, BUBBLE)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings.to_dict(),
+            "stain": self.stain.to_dict(),
+            "flagged": self.counts(),
+            "excluded_tiles": int(self.excluded.sum()),
+            "area_fractions": self.area_fractions,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def thumbnail_qc(
+    rgb: np.ndarray, tissue: np.ndarray | None, settings: QCSettings
+) -> tuple[StainReport, np.ndarray, dict[str, float]]:
+    """Stain report, artefact code map and per-artefact share of the tissue area of a thumbnail."""
+    stain = stain_check(rgb, tissue)
+    codes = artefact_map(rgb, tissue, settings, stain)
+    area = tissue if tissue is not None and tissue.shape == codes.shape else np.ones(codes.shape, bool)
+    n = max(int(area.sum()), 1)
+    # ink and folds are left out of the tissue mask by its own rules; count them where they touch it
+    near = area
+    if tissue is not None and area.any():
+        from scipy import ndimage
+
+        near = ndimage.binary_dilation(area, iterations=2)
+    fr = {REASONS[c]: round(float(((codes == c) & near).sum()) / n, 6) for c in (PEN, FOLD, BUBBLE)}
+    return stain, codes, fr
+
+
+def apply_qc(reader: Any, plan: Any, settings: QCSettings) -> Any:
+    """The planner's QC step: flag the planned tiles, drop the flagged ones unless ``keep_failed``.
+
+    Args:
+        reader: the slide.
+        plan: a :class:`engine.slides.tiling.TilePlan` (tissue and ROI already applied).
+        settings: the QC settings.
+
+    Returns:
+        The plan with ``qc`` set (and flagged tiles removed unless ``keep_failed``).
+    """
+    import dataclasses
+    import time
+
+    t0 = time.perf_counter()
+    tissue = plan.tissue
+    if tissue is not None and tissue.thumbnail is not None:
+        rgb, tmask, ds = tissue.thumbnail, tissue.mask, tissue.downsample
+    else:
+        from engine.slides.damage import tolerant_thumbnail
+
+        w0, h0 = reader.info.dimensions
+        size = int(min(2048, max(64, 16 * max(w0, h0) / max(plan.tile_size_level0, 1))))
+        rgb = tolerant_thumbnail(reader, size).rgb
+        tmask = None
+        ds = max(w0 / rgb.shape[1], h0 / rgb.shape[0])
+    stain, codes, fr = thumbnail_qc(rgb, tmask, settings)
+    xy = plan.level0_xy
+    if settings.enabled and codes.any() and len(xy):
+        tile_fr = region_fractions(
+            codes, ds, xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64), plan.tile_size_level0
+        )
+        reason = tile_reasons(tile_fr)
+    else:
+        reason = np.zeros(len(xy), dtype=np.uint8)
+    flagged = reason > 0
+    qc = PlanQC(
+        settings=settings,
+        stain=stain,
+        xy=xy[flagged].copy(),
+        rc=plan.grid_rc[flagged].copy(),
+        reason=reason[flagged],
+        excluded=np.full(int(flagged.sum()), not settings.keep_failed),
+        code_map=codes,
+        downsample=float(ds),
+        area_fractions=fr,
+        seconds=time.perf_counter() - t0,
+    )
+    if settings.keep_failed or not flagged.any():
+        return dataclasses.replace(plan, qc=qc)
+    keep = ~flagged
+    return dataclasses.replace(
+        plan,
+        level0_xy=xy[keep],
+        grid_rc=plan.grid_rc[keep],
+        tissue_fraction=plan.tissue_fraction[keep],
+        qc=qc,
+    )
