@@ -92,3 +92,92 @@ def test_genomics_run_cancel_and_resume(qtbot, tmp_path: Path) -> None:  # noqa:
     qtbot.waitUntil(lambda: view.info(run).status == "finished", timeout=WAIT_MS)
     assert view.history(run).epoch >= stopped_at
     assert (run / "model.onnx").is_file() and (run / "predictions.csv").is_file()
+
+
+def _train(qtbot, view, kind: str, args: tuple[str, ...], run: Path) -> None:  # noqa: ANN001
+    from gui.wizard.page_modality import ModalityRequest
+
+    assert view.start_run(ModalityRequest(kind, args, run), run) == run
+    qtbot.waitUntil(lambda: view.info(run) is not None and view.info(run).status in ("finished", "failed", "crashed"),
+                    timeout=WAIT_MS)
+    assert view.info(run).status == "finished", view.info(run).message
+    qtbot.waitUntil(lambda: view.modality_results.isVisible(), timeout=10_000)
+
+
+@pytest.mark.slow  # a real (tiny) Siamese run, then a one-shot test and a classification: ~60 s
+def test_siamese_run_oneshot_and_classify(qtbot, tmp_path: Path) -> None:  # noqa: ANN001
+    if not has_command(["train", "siamese"]):
+        pytest.skip("the expression engine is not built in")
+    from engine.runs import new_run_dir
+    from gui.modalities import EXPRESSION_MATRIX
+    from gui.views.oneshot_panel import OneShotPanel
+    from gui.views.training_view import TrainingView
+    from tests.gui.modality_data import write_expression
+
+    matrix, samples = write_expression(tmp_path, n_per_type=8, types=("A", "B", "C", "D", "E", "F"))
+    view = TrainingView()
+    qtbot.addWidget(view)
+    view.show()
+    run = new_run_dir("siamese-tiny")
+    _train(qtbot, view, "siamese", ("train", "siamese", "--matrix", str(matrix), "--samples", str(samples),
+                                    "--label-column", "type", "--test-types", "E,F", "--epochs", "2",
+                                    "--pretrain-epochs", "1", "--ways", "2", "--trials", "20", "--no-markers",
+                                    "--out", str(run)), run)
+    assert "2-way" in view.modality_results.metrics_label.text()
+    assert view.history(run).latest("val_accuracy") is not None  # followed live: validation accuracy per epoch
+
+    item = {"path": str(matrix), "samples": str(samples), "kind": EXPRESSION_MATRIX, "name": "m",
+            "report": {"label_columns": {"type": {"counts": {t: 8 for t in "ABCDEF"}}}}}
+    panel = OneShotPanel()
+    qtbot.addWidget(panel)
+    panel.set_model(run / "model.onnx", [item], str(run))
+    panel.types_edit.setText("E,F")
+    panel.ways_edit.setText("2")
+    panel.trials_spin.setValue(30)
+    with qtbot.waitSignal(panel.runner.finished, timeout=WAIT_MS):
+        panel.run_oneshot()
+    assert "2-way accuracy" in panel.test_metrics.text() and panel.samples_button.isEnabled()
+    qtbot.waitUntil(lambda: panel.query_combo.count() == 48, timeout=10_000)
+    panel.query_combo.setCurrentText("E-03")
+    with qtbot.waitSignal(panel.runner.finished, timeout=WAIT_MS):
+        panel.run_classify()
+    predicted, sims = panel.last_classification
+    assert len(sims) == 6 and predicted in "ABCDEF" and sims[0][2] >= sims[-1][2]
+
+
+@pytest.mark.slow  # a real (tiny) WGAN-GP run, then generation and the realism report: ~60 s
+def test_wgan_run_generate_and_realism(qtbot, tmp_path: Path) -> None:  # noqa: ANN001
+    if not has_command(["train", "wgan"]):
+        pytest.skip("the synthetic expression engine is not built in")
+    from engine.runs import new_run_dir
+    from gui.views.generator_view import GeneratorView
+    from gui.views.training_view import TrainingView
+    from tests.gui.modality_data import write_expression
+
+    matrix, samples = write_expression(tmp_path, n_per_type=8, types=("A", "B", "C", "D", "E", "F"))
+    genes = tmp_path / "genes.txt"
+    genes.write_text("".join(f"GENE{i}\n" for i in range(6)), encoding="utf-8")
+    view = TrainingView()
+    qtbot.addWidget(view)
+    view.show()
+    run = new_run_dir("wgan-tiny")
+    _train(qtbot, view, "wgan", ("train", "wgan", "--matrix", str(matrix), "--samples", str(samples), "--genes",
+                                 str(genes), "--covariates", "age,sex", "--epochs", "3", "--steps-per-epoch", "5",
+                                 "--out", str(run)), run)
+    assert view.history(run).step_points.get("critic_loss") or view.history(run).extra_points.get("critic_loss")
+    assert "Gaussian baseline" in view.modality_results.metrics_label.text()
+
+    gen = GeneratorView()
+    qtbot.addWidget(gen)
+    gen.show()
+    gen.select_run(run)
+    assert list(gen.cov_edits) == ["age", "sex"]
+    gen.cov_edits["sex"].setText("F")
+    gen.n_spin.setValue(30)
+    with qtbot.waitSignal(gen.runner.finished, timeout=WAIT_MS):
+        gen.generate()
+    qtbot.waitUntil(lambda: "C2ST AUC" in gen.realism_label.text(), timeout=WAIT_MS)
+    lines = gen.synthetic.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 31 and all(row.split("\t")[2] == "F" for row in lines[1:])
+    assert gen.gallery.count() >= 3
+    assert gen.export_synthetic(tmp_path / "exported.tsv")
