@@ -95,8 +95,35 @@ def _polygons(geom: Any, path: Path) -> tuple[tuple[Ring, ...], ...]:
         raise DatasetError(f"{path}: bad polygon coordinates ({exc})") from None
 
 
+def is_vertex_json(doc: Any) -> bool:
+    """Whether ``doc`` is a BALNMP / BCNB vertex annotation: ``{"positive": [{"vertices": [[x, y], ...]}, ...]}``
+    (any class names as keys, each a list of objects with a ``vertices`` point list)."""
+    if not isinstance(doc, dict) or not doc or "type" in doc:
+        return False
+    return all(
+        isinstance(v, list) and all(isinstance(o, dict) and "vertices" in o for o in v) for v in doc.values()
+    ) and any(doc.values())
+
+
+def _vertex_features(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Vertex annotations as classified GeoJSON polygon features (class = the key, e.g. ``positive``)."""
+    out = []
+    for cls, objs in doc.items():
+        for o in objs:
+            ring = list(o.get("vertices") or [])
+            if ring and ring[0] != ring[-1]:
+                ring.append(ring[0])
+            out.append({
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "classification": {"name": str(cls)}, "format": "vertices"},
+            })
+    return out
+
+
 def _features(path: Path, bare_geometry: bool = False) -> list[dict[str, Any]]:
-    """The features of a GeoJSON file (a FeatureCollection, a Feature or a list of features).
+    """The features of a GeoJSON file (a FeatureCollection, a Feature or a list of features), or of
+    a BALNMP vertex annotation (see :func:`is_vertex_json`; one classified polygon per object).
 
     Args:
         path: the file.
@@ -120,8 +147,13 @@ def _features(path: Path, bare_geometry: bool = False) -> list[dict[str, Any]]:
         features = doc
     elif bare_geometry and kind in ("Polygon", "MultiPolygon", "GeometryCollection"):
         features = [{"type": "Feature", "geometry": doc}]
+    elif is_vertex_json(doc):
+        features = _vertex_features(doc)
     else:
-        raise DatasetError(f"{path}: not GeoJSON (expected a FeatureCollection or a list of features)")
+        raise DatasetError(
+            f"{path}: not GeoJSON (expected a FeatureCollection, a list of features or "
+            '{"positive": [{"vertices": [[x, y], ...]}]})'
+        )
     if not all(isinstance(f, dict) for f in features):
         raise DatasetError(f"{path}: a feature is not a JSON object")
     return features
@@ -175,7 +207,8 @@ class Region(list):  # type: ignore[type-arg]
 def read_region_polygons(path: str | os.PathLike[str]) -> list[Polygon]:
     """Every polygon of a GeoJSON region of interest, classified or not.
 
-    Accepts what :func:`read_annotations` accepts plus a bare geometry.
+    Accepts what :func:`read_annotations` accepts plus a bare geometry. From a BALNMP vertex
+    annotation only the ``positive`` (annotated tumour) polygons, when it has any.
 
     Returns:
         Per polygon its level-0 ``float64`` ``(K, 2)`` rings, exterior first, then holes.
@@ -184,10 +217,20 @@ def read_region_polygons(path: str | os.PathLike[str]) -> list[Polygon]:
         DatasetError: unreadable file or no polygon in it.
     """
     p = Path(path)
-    polys = [poly for f in _features(p, bare_geometry=True) for poly in _polygons(f.get("geometry"), p)]
+    feats = _features(p, bare_geometry=True)
+    # a vertex annotation's region of interest is its "positive" (tumour) area when it has one
+    positive = [f for f in feats if _vertex_class(f) == "positive"]
+    if positive:
+        feats = positive
+    polys = [poly for f in feats for poly in _polygons(f.get("geometry"), p)]
     if not polys:
         raise DatasetError(f"region file {p.name} holds no polygon")
     return polys
+
+
+def _vertex_class(feature: dict[str, Any]) -> str | None:
+    props = feature.get("properties") or {}
+    return str(_class_name(props)).lower() if props.get("format") == "vertices" else None
 
 
 def read_region_rings(path: str | os.PathLike[str]) -> Region:

@@ -20,6 +20,8 @@ from torch import nn
 
 from engine.errors import ConfigError
 
+ATTENTION_KINDS = ("gated", "tanh")
+
 
 @dataclass(frozen=True, slots=True)
 class MILModelConfig:
@@ -35,6 +37,8 @@ class MILModelConfig:
         cardinalities: embedding table size per categorical clinical column.
         embed_dim: embedding size per categorical column.
         clinical_dim: size of the clinical branch output.
+        attention: ``"gated"`` (Ilse et al.'s gated attention, the default) or ``"tanh"`` (their
+            plain attention ``w^T tanh(V h)``, as BALNMP published).
     """
 
     feature_dim: int
@@ -46,8 +50,11 @@ class MILModelConfig:
     cardinalities: tuple[int, ...] = ()
     embed_dim: int = 4
     clinical_dim: int = 16
+    attention: str = "gated"
 
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {self.attention!r}")
         if self.feature_dim < 1 or self.num_classes < 2:
             raise ConfigError("MIL model needs feature_dim >= 1 and at least two classes")
         if self.hidden_dim < 1 or self.attention_dim < 1 or self.embed_dim < 1 or self.clinical_dim < 1:
@@ -107,7 +114,9 @@ class GatedAttentionMIL(nn.Module):
         self.register_buffer("feature_std", torch.ones(cfg.feature_dim))
         self.project = nn.Sequential(nn.Linear(cfg.feature_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout))
         self.attention_v = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.attention_dim), nn.Tanh())
-        self.attention_u = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.attention_dim), nn.Sigmoid())
+        self.attention_u = (
+            nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.attention_dim), nn.Sigmoid()) if cfg.attention == "gated" else None
+        )
         self.attention_w = nn.Linear(cfg.attention_dim, 1)
         self.clinical = (
             ClinicalBranch(cfg.numeric_dim, cfg.cardinalities, cfg.embed_dim, cfg.clinical_dim, cfg.dropout)
@@ -135,7 +144,8 @@ class GatedAttentionMIL(nn.Module):
         """
         x = (features - self.feature_mean) / self.feature_std  # N x D
         h = self.project(x)  # N x H
-        a = self.attention_w(self.attention_v(h) * self.attention_u(h))  # N x 1
+        v = self.attention_v(h)  # N x A
+        a = self.attention_w(v * self.attention_u(h) if self.attention_u is not None else v)  # N x 1
         attention = torch.softmax(a.squeeze(1), dim=0)  # N
         slide = attention.unsqueeze(0) @ h  # 1 x H
         if self.clinical is not None:

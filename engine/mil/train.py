@@ -75,6 +75,12 @@ class MILTrainConfig:
         n_boot: bootstrap resamples for the AUC confidence interval.
         cpu_threads: torch threads on the CPU. One bag per step is a small computation: extra
             threads mostly wait on each other (10-20x slower on a busy machine), so 1 is default.
+        attention: ``"gated"`` (default) or ``"tanh"`` (BALNMP's published attention).
+        bag_size: 0 = one bag per slide (all its tiles, ``max_instances`` sampled per step); N > 0
+            = BALNMP's bags: every epoch each training slide's tiles are shuffled and cut into
+            random bags of N tiles, each bag one step with the slide's label; a slide is scored
+            as the mean probability over its bags (fixed bags per slide).
+        recipe: the named recipe the settings came from (``balnmp``; empty = none), for the record.
     """
 
     manifest: str
@@ -100,8 +106,15 @@ class MILTrainConfig:
     device: str = "auto"
     n_boot: int = 1000
     cpu_threads: int = 1
+    attention: str = "gated"
+    bag_size: int = 0
+    recipe: str = ""
 
     def __post_init__(self) -> None:
+        if self.attention not in ("gated", "tanh"):
+            raise ConfigError(f"attention must be gated or tanh, got {self.attention!r}")
+        if self.bag_size < 0:
+            raise ConfigError(f"bag_size must be >= 0, got {self.bag_size}")
         if not self.manifest or not self.features_dir:
             raise ConfigError("a MIL run needs a manifest and a features folder")
         label_scheme(self.labels)  # raises ConfigError on a bad spec
@@ -466,6 +479,7 @@ class _FoldTrainer:
             cardinalities=self.spec.cardinalities,
             embed_dim=cfg.embed_dim,
             clinical_dim=cfg.clinical_dim,
+            attention=cfg.attention,
         )
         return GatedAttentionMIL(mcfg)
 
@@ -540,7 +554,9 @@ class _FoldTrainer:
         )
         loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.device))
         clinical = self._clinical(fold.train + fold.val + fold.test)
-        steps = len(fold.train)
+        steps = len(fold.train) if not cfg.bag_size else sum(
+            -(-self.store.features(s).shape[0] // cfg.bag_size) for s in fold.train
+        )
         self.log.event(
             "run_started",
             epochs=cfg.epochs,
@@ -559,18 +575,14 @@ class _FoldTrainer:
             self.log.state("running", fold=fold.index, folds=n_folds, epoch=epoch, epochs=cfg.epochs)
             self.log.event("epoch_started", epoch=epoch, epochs=cfg.epochs, steps=steps, fold=fold.index)
             model.train()
-            order = rng.permutation(steps)
+            items = self._epoch_items(rng)
             total_loss = 0.0
             t0 = time.perf_counter()
-            for k, j in enumerate(order, start=1):
+            for k, (sid, feats) in enumerate(items, start=1):
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 if stop_requested(self.run_dir):
                     raise Cancelled("stop requested")
-                sid = fold.train[j]
-                feats = self.store.features(sid)
-                if cfg.max_instances and feats.shape[0] > cfg.max_instances:
-                    feats = feats[rng.choice(feats.shape[0], cfg.max_instances, replace=False)]
                 num, codes = clinical[sid]
                 logits, _ = model(
                     torch.from_numpy(feats).to(self.device),
@@ -650,6 +662,34 @@ class _FoldTrainer:
         )
         return result
 
+    def _epoch_items(self, rng: np.random.Generator) -> Any:
+        """This epoch's training steps as ``(slide_id, features)``: one bag per slide (all tiles, or
+        ``max_instances`` of them), or BALNMP's random bags of ``bag_size`` tiles."""
+        cfg, train = self.cfg, self.fold.train
+        if not cfg.bag_size:
+            for j in rng.permutation(len(train)):
+                feats = self.store.features(train[j])
+                if cfg.max_instances and feats.shape[0] > cfg.max_instances:
+                    feats = feats[rng.choice(feats.shape[0], cfg.max_instances, replace=False)]
+                yield train[j], feats
+            return
+        bags = []
+        for sid in train:
+            n = self.store.features(sid).shape[0]
+            perm = rng.permutation(n)
+            bags += [(sid, perm[i : i + cfg.bag_size]) for i in range(0, n, cfg.bag_size)]
+        for j in rng.permutation(len(bags)):
+            sid, idx = bags[j]
+            yield sid, self.store.features(sid)[np.sort(idx)]
+
+    def _slide_bags(self, sid: str) -> list[np.ndarray]:
+        """A slide's tiles as scored: all of them, or fixed random bags of ``bag_size`` tiles."""
+        feats = self.store.features(sid)
+        if not self.cfg.bag_size:
+            return [feats]
+        perm = np.random.default_rng([self.cfg.seed, *sid.encode("utf-8")]).permutation(feats.shape[0])
+        return [feats[np.sort(perm[i : i + self.cfg.bag_size])] for i in range(0, feats.shape[0], self.cfg.bag_size)]
+
     def score(
         self, model: Any, slide_ids: tuple[str, ...], clinical: dict[str, tuple[np.ndarray, np.ndarray]], loss_fn: Any
     ) -> dict[str, Any]:
@@ -663,13 +703,20 @@ class _FoldTrainer:
         with torch.no_grad():
             for sid in slide_ids:
                 num, codes = clinical[sid]
-                logits, _ = model(
-                    torch.from_numpy(self.store.features(sid)).to(self.device),
-                    torch.from_numpy(num).to(self.device),
-                    torch.from_numpy(codes).to(self.device),
-                )
-                losses.append(float(loss_fn(logits, torch.tensor([self.by_id[sid].label], device=self.device))))
-                probs.append(torch.softmax(logits, dim=1)[0].cpu().numpy().tolist())
+                # the slide's probability: the mean over its bags (one bag = all tiles by default)
+                bag_probs = []
+                for feats in self._slide_bags(sid):
+                    logits, _ = model(
+                        torch.from_numpy(feats).to(self.device),
+                        torch.from_numpy(num).to(self.device),
+                        torch.from_numpy(codes).to(self.device),
+                    )
+                    bag_probs.append(torch.softmax(logits, dim=1)[0])
+                p_slide = torch.stack(bag_probs).mean(0)  # C
+                log_p = torch.log(p_slide.clamp_min(1e-12)).unsqueeze(0)
+                target = torch.tensor([self.by_id[sid].label], device=self.device)
+                losses.append(float(torch.nn.functional.nll_loss(log_p, target, weight=loss_fn.weight)))
+                probs.append(p_slide.cpu().numpy().tolist())
         if not slide_ids:
             return {"probs": [], "loss": float("nan"), "auc": None, "accuracy": None}
         y = np.array([self.by_id[s].label for s in slide_ids])
