@@ -275,9 +275,22 @@ class SamplesView(QWidget):
         )
         items = self.explanations.get(row.sample, [])[:TOP_FEATURES]
         if not items:
-            self.explain_plot.message("No explanation was written for this sample")
+            self.explain_plot.message(trial_text(row) or "No explanation was written for this sample")
             return
         draw_contributions(self.explain_plot, items)
+
+
+def trial_text(row: SampleRow) -> str:
+    """A one-shot trial in words: the support samples it offered and what 1-NN answered."""
+    support = [s for s in row.extra.get("support", "").split(";") if s]
+    types = [t for t in row.extra.get("candidates", "").split(";") if t]
+    if not support:
+        return ""
+    pairs = ", ".join(f"{t} ({s})" for s, t in zip(support, types, strict=False)) if types else ", ".join(support)
+    lines = [f"{row.extra.get('ways', len(support))}-way trial; candidates: {pairs}"]
+    if row.extra.get("nn1_predicted"):
+        lines.append(f"1-NN answered {row.extra['nn1_predicted']}")
+    return "\n".join(lines)
 
 
 def draw_contributions(canvas: PlotCanvas, items: list[Contribution]) -> None:

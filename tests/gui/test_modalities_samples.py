@@ -104,3 +104,16 @@ def test_siamese_run_opens_the_oneshot_dialog(qtbot, window, tmp_path: Path) -> 
     training.modality_results.oneshot_button.click()
     panels = [p for p in window.findChildren(OneShotPanel) if p.model is not None]  # not the Models view's
     assert len(panels) == 1 and panels[0].model == run / "model.onnx" and panels[0].run_edit.text() == str(run)
+
+
+def test_oneshot_trials_say_their_candidates(qtbot, tmp_path: Path) -> None:  # noqa: ANN001
+    (tmp_path / "predictions.csv").write_text(
+        "sample,truth,predicted,score,group,correct,ways,trial,nn1_predicted,nn1_correct,support,candidates\n"
+        "E-06,E,F,0.61,E,0,2,1,E,1,F-02;E-05,F;E\n", encoding="utf-8")
+    view = SamplesView()
+    qtbot.addWidget(view)
+    view.show()
+    _loaded(qtbot, view, tmp_path / "predictions.csv")
+    assert view.select_sample("E-06")
+    texts = [t.get_text() for t in view.explain_plot.figure.texts]
+    assert any("F (F-02), E (E-05)" in t and "1-NN answered E" in t for t in texts)
