@@ -64,6 +64,21 @@ class GeneratorView(QWidget):
 
     # -- UI ----------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
+        body = QWidget()
+        bl = QVBoxLayout(body)
+        top = QHBoxLayout()
+        top.addWidget(self._build_train_box(), 1)
+        top.addWidget(self._build_live_box(), 1)
+        bl.addLayout(top)
+        bl.addWidget(self._build_generate_box(), 1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(body)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(scroll)
+
+    def _build_train_box(self) -> QGroupBox:
         train = QGroupBox("1. Train a generator")
         self.dataset_combo = QComboBox()
         self.dataset_combo.currentIndexChanged.connect(self._on_dataset_changed)
@@ -87,7 +102,9 @@ class GeneratorView(QWidget):
         tf.addRow("Epochs:", self.epochs_spin)
         tf.addRow("", self.train_button)
         tf.addRow("", self.train_message)
+        return train
 
+    def _build_live_box(self) -> QGroupBox:
         live = QGroupBox("Training: critic / generator losses and gamma on held-out samples")
         self.run_combo = QComboBox()
         self.run_combo.currentIndexChanged.connect(self._on_run_changed)
@@ -104,7 +121,9 @@ class GeneratorView(QWidget):
         ll.addLayout(row)
         ll.addWidget(self.run_status)
         ll.addWidget(self.curves)
+        return live
 
+    def _build_generate_box(self) -> QGroupBox:
         gen = QGroupBox("2. Generate and check realism")
         self.n_spin = QSpinBox()
         self.n_spin.setRange(2, 1_000_000)
@@ -136,20 +155,7 @@ class GeneratorView(QWidget):
         gl.addWidget(self.runner)
         gl.addWidget(self.realism_label)
         gl.addWidget(self.gallery, 1)
-
-        body = QWidget()
-        bl = QVBoxLayout(body)
-        top = QHBoxLayout()
-        top.addWidget(train, 1)
-        top.addWidget(live, 1)
-        bl.addLayout(top)
-        bl.addWidget(gen, 1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(body)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(scroll)
+        return gen
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt override)
         super().showEvent(event)
