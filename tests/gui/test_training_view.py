@@ -18,7 +18,7 @@ from engine.runs import pid_alive, run_info  # noqa: E402
 from gui.views.training_view import TrainingView  # noqa: E402
 from tests.fixtures.datasets import make_folder_dataset  # noqa: E402
 
-WAIT_MS = 120_000
+WAIT_MS = 300_000  # a limit for a busy machine; an idle one needs a fraction
 # enough epochs that Cancel lands mid-run even on a fast, idle machine (each epoch is ~0.3 s)
 EPOCHS = 30
 
