@@ -69,11 +69,12 @@ def format_training_data(data: dict[str, Any]) -> str:
     """A one-line summary of a model's training data."""
     if not data:
         return ""
-    name = data.get("name") or data.get("dataset") or (Path(str(data["path"])).name if data.get("path") else "")
+    name = (data.get("name") or data.get("dataset") or data.get("study") or data.get("matrix")
+            or (Path(str(data["path"])).name if data.get("path") else ""))
     parts = [str(name)] if name else []
-    for key in ("n_train", "train", "n_samples", "samples", "count"):
+    for key in ("n_train", "train", "n_samples", "samples", "train_samples", "count"):
         if isinstance(data.get(key), int):
-            parts.append(f"{data[key]:,} {'samples' if data.get('kind') or 'study' in data or 'matrix' in data else 'patches'}")
+            parts.append(f"{data[key]:,} {'samples' if 'study' in data or 'matrix' in data else 'patches'}")
             break
     if data.get("format"):
         parts.append(str(data["format"]))
@@ -92,7 +93,12 @@ def format_date(created: str, fallback: Path) -> str:
 
 def format_input(meta: ModelMetadata) -> str:
     if meta.task in TABULAR_TASKS and meta.task != "mil_aggregator":
-        return f"{meta.feature_dim}-d" if meta.feature_dim else "tabular / expression profile"
+        n = meta.feature_dim
+        if meta.task == "genomics_classifier":
+            return f"{n} features" if n else "mutation + clinical features"
+        if meta.task == "expression_generator":
+            return f"{n} genes" if n else "expression profile"
+        return f"expression → {n}-d embedding" if n else "expression profile"
     if meta.task == "mil_aggregator":
         return f"{meta.feature_dim or '?'}-d features"
     mpp = f" @ {meta.input_mpp:g} µm/px" if meta.input_mpp else " (mpp unknown)"
