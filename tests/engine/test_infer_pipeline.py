@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -117,11 +116,9 @@ def test_cancel_mid_run_stops_promptly_and_stops_the_readers(array_slide, demo_o
         batches.append(len(rows))
         cancel.cancel()
 
-    t0 = time.perf_counter()
     with pytest.raises(Cancelled):
         compute_heatmap(array_slide, demo_onnx, InferenceConfig(batch_size=4, read_workers=2), cancel=cancel, on_batch=on_batch)
-    assert len(batches) == 1
-    assert time.perf_counter() - t0 < 10
+    assert len(batches) == 1  # no second batch after Cancel
     assert _pipeline_threads() == []
 
 
@@ -130,18 +127,28 @@ def test_cancel_from_another_thread_interrupts_slow_reads(array_slide, demo_onnx
     plan = plan_tiles(array_slide, TilingConfig(96, 0.972, min_tissue_fraction=0.0), None)
     from engine.slides.tiling import read_tile
 
-    def slow_read(reader, plan, xy):  # type: ignore[no-untyped-def]
-        time.sleep(0.05)
+    cancel = CancelToken()
+    reads: list[int] = []
+    reading = threading.Event()
+
+    def stalled_read(reader, plan, xy):  # type: ignore[no-untyped-def]
+        """A stalled network drive: no read returns until Cancel is pressed."""
+        reads.append(1)
+        reading.set()
+        cancel.wait(30)
         return read_tile(reader, plan, xy)
 
-    cancel = CancelToken()
-    threading.Timer(0.2, cancel.cancel).start()
-    t0 = time.perf_counter()
+    def press_cancel_once_reading() -> None:  # the user, from the GUI thread
+        reading.wait(30)
+        cancel.cancel()
+
+    threading.Thread(target=press_cancel_once_reading, daemon=True).start()
     with pytest.raises(Cancelled):
-        for _ in iter_tile_outputs(array_slide, plan, session, batch_size=64, read_workers=2, cancel=cancel, read_tile=slow_read):
+        for _ in iter_tile_outputs(array_slide, plan, session, batch_size=64, read_workers=2, cancel=cancel,
+                                   read_tile=stalled_read):
             pass
-    # a full batch of slow reads would take 3.2 s; the readers stop at the next tile instead
-    assert time.perf_counter() - t0 < 1.5
+    # a batch is 64 tiles; each of the two readers stops at its next tile instead
+    assert 1 <= len(reads) <= 2
     assert _pipeline_threads() == []
 
 
