@@ -106,11 +106,12 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
     t.add_argument("--test-types", default="", help="types held out for the one-shot test, comma-separated")
     t.add_argument("--test-fraction", type=float, default=0.3,
                    help="share of types held out when --test-types is not given (default 0.3)")
-    t.add_argument("--val-types", type=int, default=0,
-                   help="training types held out for early stopping (default 0: validation samples)")
+    t.add_argument("--val-types", type=int, default=-1,
+                   help="training types held out for early stopping and the CNN blend (default -1: 20%% of "
+                        "them when there are >= 8, else validation samples of the training types)")
     t.add_argument("--genes", type=int, default=1000, help="top-k genes by variance (default 1000)")
-    t.add_argument("--epochs", type=int, default=None, help="Siamese epochs (default 30)")
-    t.add_argument("--pretrain-epochs", type=int, default=None, help="classifier pre-training epochs (default 15)")
+    t.add_argument("--epochs", type=int, default=None, help="Siamese epochs (default 20)")
+    t.add_argument("--pretrain-epochs", type=int, default=None, help="classifier pre-training epochs (default 8)")
     t.add_argument("--ways", default="6,8,10", help="N values of the final one-shot test (default 6,8,10)")
     t.add_argument("--trials", type=int, default=2000, help="trials per N of the final test (default 2000)")
     t.add_argument("--seed", type=int, default=0)

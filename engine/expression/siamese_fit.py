@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from engine.errors import Cancelled
-from engine.expression.oneshot import answer, make_trials, usable_types
+from engine.expression.oneshot import make_trials, usable_types
 from engine.expression.siamese_model import SiameseModelConfig, SiameseNet, TypeClassifier
 from engine.jobs import ProgressEvent, report
 from engine.runs import stop_requested
@@ -44,7 +44,7 @@ class SiameseFitter:
                                        embed_dim=cfg.embed_dim, head_dim=cfg.head_dim, dropout=cfg.dropout,
                                        corr_skip=cfg.corr_skip)
         self.prep = prep
-        self.steps = cfg.steps_per_epoch or int(min(150, max(20, len(tr) // cfg.batch_size)))
+        self.steps = cfg.steps_per_epoch or int(min(150, max(30, len(tr) // cfg.batch_size)))
         self.total = cfg.pretrain_epochs + cfg.epochs
         self.rng = np.random.default_rng(cfg.seed + 17)
         val = np.array(split["val"], dtype=int)
@@ -178,15 +178,33 @@ class SiameseFitter:
         loss = float(nn.functional.cross_entropy(logits, y))
         return {"val_accuracy": float((logits.argmax(1) == y).float().mean()), "val_loss": loss}
 
+    def _optimizer(self, net: SiameseNet):
+        """Gene weights, alpha and bias learn fast without weight decay; the CNN fine-tunes slowly."""
+        names = ("encoder.gene_weight", "head.alpha", "head.bias")
+        fast = [p for n, p in net.named_parameters() if n in names]
+        slow = [p for n, p in net.named_parameters() if n not in names]
+        groups = [{"params": slow, "lr": self.cfg.lr * 0.5, "weight_decay": self.cfg.weight_decay}]
+        if fast:
+            groups.append({"params": fast, "lr": self.cfg.metric_lr, "weight_decay": 0.0})
+        return torch.optim.Adam(groups)
+
+    def _siamese_loss(self, net: SiameseNet, xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """BCE of the CNN part alone + BCE of the correlation part alone: each must tell same from
+        different on its own; their blend (cnn_weight) is chosen on validation."""
+        cnn, corr = net.head.parts(net.encoder(xa), net.encoder(xb))
+        loss = nn.functional.binary_cross_entropy_with_logits(cnn, y)
+        if corr is not None:
+            loss = loss + nn.functional.binary_cross_entropy_with_logits(corr, y)
+        return loss
+
     def _siamese(self, net: SiameseNet, ck: dict | None) -> dict:
         cfg = self.cfg
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr * 0.5, weight_decay=cfg.weight_decay)
+        opt = self._optimizer(net)
         best: dict[str, Any] = {"score": -math.inf, "epoch": None, "val_accuracy": None}
         start, stale = cfg.pretrain_epochs, 0
         if ck is not None:
             self._restore(ck, net, opt)
             start, best, stale = int(ck["epoch"]), dict(ck["best"]), int(ck.get("stale", 0))
-        loss_fn = nn.BCEWithLogitsLoss()
         for epoch in range(start + 1, self.total + 1):
             self._epoch_events(epoch, "siamese")
             net.train()
@@ -196,7 +214,7 @@ class SiameseFitter:
                 a, b, y = self._pairs(cfg.batch_size)
                 xa = self._augment(self.x[a].to(self.device))
                 xb = self._augment(self.x[b].to(self.device))
-                loss = loss_fn(net(xa, xb), torch.from_numpy(y).to(self.device))
+                loss = self._siamese_loss(net, xa, xb, torch.from_numpy(y).to(self.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -204,11 +222,13 @@ class SiameseFitter:
                 self.log.step(epoch=epoch, step=step, steps=self.steps, loss=float(loss.detach()), phase="siamese",
                               throughput=step * cfg.batch_size / max(time.perf_counter() - t0, 1e-9))
             val = self._val_nway(net)
+            net.head.cnn_weight.fill_(val["cnn_weight"])
             score = val["val_accuracy"] if val["val_accuracy"] is not None else -(total / self.steps)
             score = score - 1e-4 * (val["val_loss"] or 0.0)  # ties: lower validation loss
             improved = score > best["score"] + 1e-9
             if improved:
-                best, stale = {"score": score, "epoch": epoch, "val_accuracy": val["val_accuracy"]}, 0
+                best, stale = {"score": score, "epoch": epoch, "val_accuracy": val["val_accuracy"],
+                               "cnn_weight": val["cnn_weight"]}, 0
                 self._save("siamese", epoch, net, opt, best, stale, self.best_path)
                 self.log.event("best", epoch=epoch, val_accuracy=val["val_accuracy"], val_loss=val["val_loss"])
             else:
@@ -224,25 +244,42 @@ class SiameseFitter:
             self._save("siamese", start, net, opt, best, 0, self.best_path)
         return best
 
+    def _cnn_weights(self) -> tuple[float, ...]:
+        """Blends of the CNN distance tried on validation: a grid when validation types are unseen
+        in training (only they can tell whether it generalises); else the configured weight (auto:
+        0, the CNN distance is not trusted on types it was not validated on)."""
+        if not self.mcfg.corr_skip:
+            return (1.0,)
+        if self.cfg.cnn_weight >= 0:
+            return (float(self.cfg.cnn_weight),)
+        return (0.0, 0.25, 0.5, 1.0) if self.split["val_types"] else (0.0,)
+
     @torch.no_grad()
     def _val_nway(self, net: SiameseNet) -> dict:
+        grid = self._cnn_weights()
         if self.val_ways < 2:
-            return {"val_accuracy": None, "val_loss": None, "val_ways": None}
+            return {"val_accuracy": None, "val_loss": None, "val_ways": None, "cnn_weight": grid[-1]}
         net.eval()
         vi = self.val_idx
         emb = net.encoder(self.x[vi].to(self.device))
         tr = make_trials(self.labels[vi], self.val_types, self.val_ways, self.cfg.val_trials, self.cfg.seed + 1)
-        logits: dict[str, np.ndarray] = {}
-
-        def score(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-            s = net.head(emb[torch.from_numpy(i)], emb[torch.from_numpy(j)]).cpu().numpy()
-            logits["s"] = s
-            return s
-
-        pred, _ = answer(tr, score)
-        s = torch.from_numpy(logits["s"].reshape(-1, self.val_ways))
+        qi = torch.from_numpy(np.repeat(tr.query, tr.ways))
+        sj = torch.from_numpy(tr.support.ravel())
+        cnn, corr = net.head.parts(emb[qi], emb[sj])
+        results = {}
+        for w in grid:
+            logit = cnn if corr is None else w * cnn + corr
+            s = logit.reshape(-1, tr.ways)
+            results[w] = (float((s.argmax(1).cpu().numpy() == tr.truth).mean()), s)
+        w_best = max(grid, key=lambda w: (results[w][0], -w))
+        acc, s = results[w_best]
         y = torch.zeros_like(s)
         y[torch.arange(len(tr.truth)), torch.from_numpy(tr.truth)] = 1.0
         loss = float(nn.functional.binary_cross_entropy_with_logits(s, y))
-        acc = float((pred == tr.truth).mean())
-        return {"val_accuracy": acc, "val_nway_accuracy": acc, "val_ways": self.val_ways, "val_loss": loss}
+        out = {"val_accuracy": acc, "val_nway_accuracy": acc, "val_ways": self.val_ways, "val_loss": loss,
+               "cnn_weight": float(w_best)}
+        if corr is not None:
+            out["val_accuracy_cnn_only"] = float((cnn.reshape(-1, tr.ways).argmax(1).cpu().numpy() == tr.truth).mean())
+            out["val_accuracy_correlation_only"] = float((corr.reshape(-1, tr.ways).argmax(1).cpu().numpy()
+                                                          == tr.truth).mean())
+        return out

@@ -56,6 +56,8 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.register_buffer("center", torch.zeros(cfg.n_genes))
         self.register_buffer("scale", torch.ones(cfg.n_genes))
+        if cfg.corr_skip:  # learned gene weights of the correlation (softplus, mean 1; all 1 at start)
+            self.gene_weight = nn.Parameter(torch.full((cfg.n_genes,), 0.5413))
         layers: list[nn.Module] = []
         c_in, length = 1, cfg.n_genes
         for c, k in zip(cfg.channels, cfg.kernels, strict=True):
@@ -81,10 +83,20 @@ class Encoder(nn.Module):
         e = self.learned(x)
         if not self.cfg.corr_skip:
             return e
+        return torch.cat([e, self.unit_profile(x)], dim=1)
+
+    def weights(self) -> torch.Tensor:
+        w = nn.functional.softplus(self.gene_weight)
+        return w / w.mean()
+
+    def unit_profile(self, x: torch.Tensor) -> torch.Tensor:
+        """The profile centred with the gene weights and scaled to unit length: the dot product of
+        two of them is their gene-weighted Pearson correlation."""
+        w = self.weights()
         v = x * self.scale + self.center
-        v = v - v.mean(dim=1, keepdim=True)
-        u = v / torch.clamp(torch.sqrt((v * v).sum(dim=1, keepdim=True)), min=1e-6)
-        return torch.cat([e, u], dim=1)
+        v = v - (v * w).sum(dim=1, keepdim=True) / w.sum()
+        v = v * torch.sqrt(w)
+        return v / torch.clamp(torch.sqrt((v * v).sum(dim=1, keepdim=True)), min=1e-6)
 
 
 class TypeClassifier(nn.Module):
@@ -100,22 +112,32 @@ class TypeClassifier(nn.Module):
 
 
 class SimilarityHead(nn.Module):
-    """|a - b| -> dense -> ReLU -> dense -> logit of "same type"."""
+    """Logit of "same type" from two embeddings: dense layers over |a - b| of the CNN part,
+    weighted by ``cnn_weight``, plus (with ``corr_skip``) ``alpha`` times the gene-weighted
+    correlation of the two profiles (the dot product of their unit profiles, i.e. 1 - half their
+    squared L2 distance) and a bias."""
 
     def __init__(self, cfg: SiameseModelConfig) -> None:
         super().__init__()
         self.d = cfg.embed_dim
         self.corr_skip = cfg.corr_skip
         self.net = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.head_dim), nn.ReLU(), nn.Linear(cfg.head_dim, 1))
+        self.register_buffer("cnn_weight", torch.tensor(1.0))
         if cfg.corr_skip:
             self.alpha = nn.Parameter(torch.tensor(float(cfg.corr_init)))
+            self.bias = nn.Parameter(torch.tensor(-0.5 * float(cfg.corr_init)))
+
+    def parts(self, ea: torch.Tensor, eb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(CNN-distance logit, correlation logit or None)."""
+        d = self.d
+        cnn = self.net(torch.abs(ea[:, :d] - eb[:, :d])).squeeze(-1)
+        if not self.corr_skip:
+            return cnn, None
+        return cnn, self.alpha * (ea[:, d:] * eb[:, d:]).sum(dim=-1) + self.bias
 
     def forward(self, ea: torch.Tensor, eb: torch.Tensor) -> torch.Tensor:
-        d = self.d
-        logit = self.net(torch.abs(ea[:, :d] - eb[:, :d])).squeeze(-1)
-        if self.corr_skip:
-            logit = logit + self.alpha * (ea[:, d:] * eb[:, d:]).sum(dim=-1)
-        return logit
+        cnn, corr = self.parts(ea, eb)
+        return cnn if corr is None else self.cnn_weight * cnn + corr
 
 
 class SiameseNet(nn.Module):

@@ -49,8 +49,10 @@ class SiameseTrainConfig:
     """Everything a Siamese run needs; saved as ``config.json``.
 
     test_types / test_fraction: held-out types for the one-shot evaluation (never trained on).
-    val_types: training types held out for early stopping (0: validation samples of the
-    training types instead). genes: top-k genes by variance. pretrain_epochs / epochs: classifier
+    val_types: training types held out for early stopping and for choosing the weight of the CNN
+    distance (-1: 20% of them when there are >= 8, else 0; 0: validation samples of the training
+    types, and the CNN distance weight stays at cnn_weight, auto 0). cnn_weight: weight of the
+    CNN distance in the score (-1: chosen on validation types). genes: top-k genes by variance. pretrain_epochs / epochs: classifier
     pre-training and Siamese epochs. noise / gene_dropout: augmentation in normalised units.
     """
 
@@ -62,11 +64,11 @@ class SiameseTrainConfig:
     log: str = "auto"
     test_types: tuple[str, ...] = ()
     test_fraction: float = 0.3
-    val_types: int = 0
+    val_types: int = -1
     val_fraction: float = 0.2
     genes: int = 1000
-    pretrain_epochs: int = 15
-    epochs: int = 30
+    pretrain_epochs: int = 8
+    epochs: int = 20
     steps_per_epoch: int = 0
     batch_size: int = 64
     lr: float = 1e-3
@@ -76,9 +78,11 @@ class SiameseTrainConfig:
     channels: tuple[int, ...] = (16, 32, 64)
     dropout: float = 0.3
     corr_skip: bool = True
+    cnn_weight: float = -1.0
+    metric_lr: float = 0.02
     noise: float = 0.3
     gene_dropout: float = 0.1
-    patience: int = 8
+    patience: int = 6
     val_ways: int = 5
     val_trials: int = 400
     eval_ways: tuple[int, ...] = (6, 8, 10)
@@ -96,7 +100,9 @@ class SiameseTrainConfig:
         for name in ("genes", "batch_size", "embed_dim", "head_dim", "val_ways", "val_trials", "cpu_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
-        for name in ("pretrain_epochs", "epochs", "steps_per_epoch", "patience", "val_types", "eval_trials"):
+        if self.val_types < -1:
+            raise ConfigError("val_types must be -1 (auto) or >= 0")
+        for name in ("pretrain_epochs", "epochs", "steps_per_epoch", "patience", "eval_trials"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
         if self.epochs + self.pretrain_epochs < 1:
@@ -168,7 +174,8 @@ def split_types(labels: np.ndarray, cfg: SiameseTrainConfig) -> dict[str, Any]:
         n_test = int(round(cfg.test_fraction * len(types)))
         test = sorted(rng.choice(types, n_test, replace=False).tolist()) if n_test >= 2 else []
     rest = [t for t in types if t not in set(test)]
-    val_types = sorted(rng.choice(rest, cfg.val_types, replace=False).tolist()) if cfg.val_types else []
+    n_val = cfg.val_types if cfg.val_types >= 0 else (max(2, round(0.2 * len(rest))) if len(rest) >= 8 else 0)
+    val_types = sorted(rng.choice(rest, n_val, replace=False).tolist()) if n_val else []
     train_types = [t for t in rest if t not in set(val_types)]
     if len(train_types) < 2:
         raise DatasetError(f"need >= 2 training types with >= 2 samples, got {len(train_types)} "

@@ -88,8 +88,30 @@ def test_run_folder_contract(trained):
     assert set(preds["truth"]) <= {"T4", "T5", "T6"} and len(preds) == 120
     meta = read_metadata(run / "model.onnx")
     assert meta.task == "expression_embedding" and len(meta.extra["preprocessing"]["genes"]) == 24
+    _check_onnx_matches_torch(run, tmp)
     markers = pd.read_csv(run / "markers.csv")
     assert list(markers.columns[:5]) == ["rank", "gene", "saliency", "saliency_norm", "top_type"]
+
+
+def _check_onnx_matches_torch(run: Path, tmp: Path) -> None:
+    import torch
+
+    from engine.expression.markers import _load_net
+    from engine.expression.matrix import read_matrix
+    from engine.expression.siamese_export import load_package
+
+    pkg = load_package(run)
+    m = read_matrix(tmp / "m.tsv.gz", tmp / "s.tsv")
+    raw, rep = pkg.prepare(m.subset(samples=list(range(6))))
+    assert rep["missing"] == 0
+    emb = pkg.embed(raw)
+    sim = pkg.similarity(emb[:3], emb[3:])
+    net = _load_net(run)
+    with torch.no_grad():
+        e = net.encoder(torch.from_numpy(pkg.prep.transform(raw)))
+        ref = torch.sigmoid(net.head(e[:3], e[3:])).numpy()
+    np.testing.assert_allclose(emb, e.numpy(), atol=1e-4)
+    np.testing.assert_allclose(sim, ref, atol=1e-4)
 
 
 def test_oneshot_and_classify_with_onnxruntime_only(trained, tmp_path):
