@@ -149,7 +149,7 @@ def report_html(item: dict[str, Any]) -> str:
     elif isinstance(missing, dict) and missing:
         worst = sorted(((k, v) for k, v in missing.items() if isinstance(v, (int, float)) and v), key=lambda kv: -kv[1])
         rows.append(("Missing values", ", ".join(
-            f"{html.escape(str(k))} {v:.0%}" if isinstance(v, float) and v <= 1 else f"{html.escape(str(k))} {v:,}"
+            f"{html.escape(str(k))} {v:.1%}" if isinstance(v, float) and v <= 1 else f"{html.escape(str(k))} {v:,}"
             for k, v in worst[:8]) or "none"))
     elif missing is not None:
         rows.append(("Missing values", html.escape(str(missing))))
@@ -384,8 +384,13 @@ class ModalityReportPanel(QWidget):
         self.tree.setMinimumHeight(140)
         self.tree.setColumnWidth(0, 240)
         self.balance = PlotCanvas(min_height=170)
+        summary_scroll = QScrollArea()
+        summary_scroll.setWidgetResizable(True)
+        summary_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        summary_scroll.setWidget(self.summary)
+        summary_scroll.setMinimumHeight(220)
         top = QHBoxLayout()
-        top.addWidget(self.summary, 3)
+        top.addWidget(summary_scroll, 3)
         top.addWidget(self.balance, 2)
         row = QHBoxLayout()
         self.plots_title = QLabel("<b>Plots</b>")

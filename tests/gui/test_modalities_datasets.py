@@ -62,7 +62,7 @@ def test_study_import_shows_the_report_and_is_remembered(qtbot, tmp_path: Path, 
     assert "Mutation study" in view.dataset_list.item(0).text() and "40 samples" in view.dataset_list.item(0).text()
     assert view.detail_stack.currentWidget() is view.modality_report
     text = view.modality_report.summary.text()
-    assert "Primary: 25 (62%)" in text and "MET_COUNT" in text and "31" in text and "protein positions" in text
+    assert "Primary: 25 (62%)" in text and "TMB 5.0%" in text and "MET_COUNT" in text and "31" in text and "protein positions" in text
     assert view.modality_report.plot_combo.count() == 1 and view.modality_report.html_button.isEnabled()
     assert view.train_button.isEnabled()
     # remembered: a new view lists it again
