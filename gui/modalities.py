@@ -140,6 +140,7 @@ class Contribution:
     feature: str
     value: str
     contribution: float
+    method: str = ""
 
 
 def read_explanations(path: str | os.PathLike[str]) -> dict[str, list[Contribution]]:
@@ -158,7 +159,8 @@ def read_explanations(path: str | os.PathLike[str]) -> dict[str, list[Contributi
         r = {str(k).strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         sample = r.get("sample") or r.get("query") or ""
         if "contribution" in r:
-            c = Contribution(r.get("feature", ""), r.get("value", ""), _float(r.get("contribution")) or 0.0)
+            c = Contribution(r.get("feature", ""), r.get("value", ""), _float(r.get("contribution")) or 0.0,
+                             r.get("method", ""))
         elif "similarity" in r:
             kind = r.get("support_type") or r.get("type") or ""
             name = r.get("support", "") + (f" ({kind})" if kind else "")

@@ -212,8 +212,9 @@ class SamplesView(QWidget):
         self.group_combo.clear()
         self.group_combo.addItem("All groups", None)
         for g in groups_of(self.rows):
-            n = sum(1 for r in self.rows if r.group == g)
-            self.group_combo.addItem(f"{g} ({n:,})", g)
+            members = [r for r in self.rows if r.group == g]
+            acc = accuracy(members)
+            self.group_combo.addItem(f"{g} ({len(members):,}" + (f", accuracy {acc:.2f})" if acc is not None else ")"), g)
         self.group_combo.blockSignals(False)
         self.message.clear_message()
         self._apply_filter()
@@ -277,6 +278,9 @@ class SamplesView(QWidget):
         if not items:
             self.explain_plot.message(trial_text(row) or "No explanation was written for this sample")
             return
+        if items[0].method:
+            self.explain_title.setText(self.explain_title.text()
+                                       + f"<br><span style='color:#666'>method: {html.escape(items[0].method)}</span>")
         draw_contributions(self.explain_plot, items)
 
 

@@ -24,7 +24,8 @@ def write_predictions(folder: Path) -> Path:
     lines += [f"{s},{t},{p},{sc},{g},{c},P{s}" for s, t, p, sc, g, c in rows]
     (folder / "predictions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (folder / "explanations.csv").write_text(
-        "sample,feature,value,contribution\nS2,TMB,12.5,0.30\nS2,TP53,1,-0.10\nS2,AGE,61,0.05\n", encoding="utf-8"
+        "sample,feature,value,contribution,method\nS2,TMB,12.5,0.30,shap\nS2,TP53,1,-0.10,shap\nS2,AGE,61,0.05,shap\n",
+        encoding="utf-8",
     )
     return folder / "predictions.csv"
 
@@ -58,6 +59,8 @@ def test_samples_filters_errors_first_and_explanation(qtbot, tmp_path: Path) -> 
     assert view.selected_row().sample == "S2"
     assert [c.feature for c in view.explanations["S2"]] == ["TMB", "TP53", "AGE"]  # largest effect first
     assert "S2" in view.explain_title.text() and "wrong" in view.explain_title.text()
+    assert "method: shap" in view.explain_title.text()
+    assert view.group_combo.itemText(view.group_combo.findData("Breast")) == "Breast (2, accuracy 0.50)"
     assert view.selected_row().extra["patient"] == "PS2"
 
 
