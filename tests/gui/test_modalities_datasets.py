@@ -123,3 +123,21 @@ def test_study_import_end_to_end(qtbot, tmp_path: Path, dialogs) -> None:  # noq
     with qtbot.waitSignal(view.modality_import.failed, timeout=60_000):
         view.modality_import.start_import(GENOMICS_STUDY, str(tmp_path / "nowhere"))
     assert view.dataset_list.count() == 1 and "not found" in dialogs[-1][1]
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_msk_met_study_import(qtbot, shared_data: Path) -> None:  # noqa: ANN001
+    """The shared MSK-MET study through the Datasets view (~1 min: the EDA report of 12,622 samples)."""
+    from gui.cli_job import has_command
+
+    if not has_command(["genomics", "report"]):
+        pytest.skip("the genomics engine is not built in")
+    study = shared_data / "cbioportal" / "msk_met_2021"
+    view = _view(qtbot)
+    with qtbot.waitSignal(view.import_finished, timeout=600_000):
+        view.modality_import.start_import(GENOMICS_STUDY, str(study))
+    text = view.modality_report.summary.text()
+    assert "12,622" in text and "Primary: 7,657" in text and "Metastasis: 4,965" in text
+    assert "MET_COUNT" in text and "METASTATIC_SITE" in text  # leaks listed as dropped
+    assert view.modality_report.plot_combo.count() >= 3
