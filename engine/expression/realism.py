@@ -123,9 +123,23 @@ def split_real(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[:half]), np.sort(perm[half:])
 
 
+def compare_draws(real: np.ndarray, draws: list[np.ndarray], seed: int = 0) -> dict[str, Any]:
+    """:func:`compare` averaged over several independent generated sets of the same size (the
+    C2ST of one small draw varies by +-0.1); ``c2st_auc_draws`` keeps each draw's AUC."""
+    results = [compare(real, d, seed + k) for k, d in enumerate(draws)]
+    out: dict[str, Any] = {"n": results[0]["n"], "draws": len(results)}
+    for key in results[0]:
+        if key == "n":
+            continue
+        vals = [r[key] for r in results if r[key] is not None]
+        out[key] = float(np.mean(vals)) if vals else None
+    out["c2st_auc_draws"] = [r["c2st_auc"] for r in results]
+    return out
+
+
 def evaluate_realism(
     real_eval: np.ndarray,
-    synthetic: np.ndarray,
+    synthetic: np.ndarray | list[np.ndarray],
     real_train: np.ndarray | None = None,
     seed: int = 0,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -133,7 +147,8 @@ def evaluate_realism(
 
     Args:
         real_eval: real samples x genes not used to train the generator.
-        synthetic: synthetic samples x the same genes.
+        synthetic: synthetic samples x the same genes, or several independent draws of them
+            (measures averaged over the draws; the baseline gets as many draws).
         real_train: the generator's training samples (fit the Gaussian baseline, and the
             real-vs-real reference). ``None``: fit the baseline on ``real_eval`` itself (then
             flagged ``baseline_fitted_on_evaluation``) and no real-vs-real.
@@ -141,28 +156,30 @@ def evaluate_realism(
     Returns:
         ``(metrics, sets)``: metrics with ``gamma``, ``c2st_auc``, ... of the synthetic set at the
         top level and the same under ``baseline`` and ``real_vs_real``; ``sets`` the arrays
-        (``real``, ``synthetic``, ``baseline``, ``reference``) for the plots.
+        (``real``, ``synthetic``, ``baseline``, ``reference``) for the plots (first draw).
 
     Raises:
         DatasetError: too few samples or mismatched genes.
     """
     real_eval = np.asarray(real_eval, np.float64)
-    synthetic = np.asarray(synthetic, np.float64)
-    if real_eval.ndim != 2 or synthetic.ndim != 2 or real_eval.shape[1] != synthetic.shape[1]:
-        raise DatasetError("real and synthetic sets must have the same genes")
-    for name, arr in (("real", real_eval), ("synthetic", synthetic)):
+    draws = [np.asarray(d, np.float64) for d in (synthetic if isinstance(synthetic, list) else [synthetic])]
+    for arr in draws:
+        if real_eval.ndim != 2 or arr.ndim != 2 or real_eval.shape[1] != arr.shape[1]:
+            raise DatasetError("real and synthetic sets must have the same genes")
+    for name, arr in (("real", real_eval), ("synthetic", draws[0])):
         if len(arr) < MIN_SAMPLES:
             raise DatasetError(f"the {name} set has {len(arr)} samples; realism needs at least {MIN_SAMPLES}")
+    for name, arr in (("real", real_eval), *(("synthetic", d) for d in draws)):
         if not np.isfinite(arr).all():
             raise DatasetError(f"the {name} set has missing values in the compared genes")
     fit_on = real_train if real_train is not None and len(real_train) >= MIN_SAMPLES else real_eval
-    baseline = gaussian_baseline(fit_on, len(synthetic), seed + 1)
-    metrics: dict[str, Any] = compare(real_eval, synthetic, seed)
+    baselines = [gaussian_baseline(fit_on, len(draws[0]), seed + 1 + k) for k in range(len(draws))]
+    metrics: dict[str, Any] = compare_draws(real_eval, draws, seed)
     metrics["n_real"] = int(len(real_eval))
     metrics["n_genes"] = int(real_eval.shape[1])
-    metrics["baseline"] = {"name": "multivariate Gaussian (Ledoit-Wolf)", **compare(real_eval, baseline, seed)}
+    metrics["baseline"] = {"name": "multivariate Gaussian (Ledoit-Wolf)", **compare_draws(real_eval, baselines, seed)}
     metrics["baseline_fitted_on_evaluation"] = fit_on is real_eval
-    sets = {"real": real_eval, "synthetic": synthetic, "baseline": baseline}
+    sets = {"real": real_eval, "synthetic": draws[0], "baseline": baselines[0]}
     if real_train is not None and len(real_train) >= MIN_SAMPLES:
         reference = np.asarray(real_train, np.float64)
         metrics["real_vs_real"] = {"name": "held-out real vs training real", **compare(real_eval, reference, seed)}

@@ -24,6 +24,8 @@ from engine.runs import stop_requested
 from engine.train.runfolder import EventLog, load_checkpoint, save_torch, write_state
 
 CHECKPOINT = "checkpoints/last.pt"
+#: Independent generated sets (each as large as the training set) the final realism averages over.
+REALISM_DRAWS = 5
 
 
 class WganLoop:
@@ -221,7 +223,7 @@ class WganLoop:
 
         d = self.data
         real_train = d.values[d.train_idx]
-        synthetic = self.sample(len(d.train_idx), self.cfg.seed + 777)
+        synthetic = [self.sample(len(d.train_idx), self.cfg.seed + 777 + k) for k in range(REALISM_DRAWS)]
         metrics, sets = evaluate_realism(d.values[d.heldout_idx], synthetic, real_train, seed=self.cfg.seed)
         metrics["train_samples"] = int(len(d.train_idx))
         metrics["heldout_samples"] = int(len(d.heldout_idx))

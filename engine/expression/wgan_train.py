@@ -81,11 +81,11 @@ class WganTrainConfig:
     batch_size: int = 64
     n_critic: int = 5
     gp_lambda: float = 10.0
-    lr: float = 1e-4
+    lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.9
     noise_dim: int = 64
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = (128, 128)
     embed_dim: int = 4
     ema: float = 0.999
     gamma_every: int = 5

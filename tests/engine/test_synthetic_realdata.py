@@ -18,6 +18,7 @@ def test_kirc_deg_train_generate(shared_data: Path, tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(realism, "C2ST_TREES", 10)
     monkeypatch.setattr(realism, "C2ST_REPEATS", 1)
+    monkeypatch.setattr("engine.expression.wgan_loop.REALISM_DRAWS", 1)
     d = shared_data / "expression" / "tcga_mrna_11types"
     m, s = str(d / "expression.tsv.gz"), str(d / "samples.tsv")
     deg = tmp_path / "deg"

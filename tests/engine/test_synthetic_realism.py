@@ -47,7 +47,7 @@ def test_c2st_separates_shifted_sets_only() -> None:
     assert 0.25 < c2st_auc(same[:60], same[60:]) < 0.75
 
 
-def test_evaluate_realism_reports_baseline_and_real_vs_real(tmp_path: Path) -> None:
+def test_evaluate_realism_reports_baseline_and_real_vs_real() -> None:
     x = _real(n=80)
     train, held = x[:60], x[60:]
     synthetic = gaussian_baseline(train, 60, seed=3)
@@ -55,9 +55,10 @@ def test_evaluate_realism_reports_baseline_and_real_vs_real(tmp_path: Path) -> N
     for block in (metrics, metrics["baseline"], metrics["real_vs_real"]):
         assert {"gamma", "c2st_auc", "mean_corr", "var_corr", "corr_agreement"} <= set(block)
     assert metrics["mean_corr"] > 0.95 and not metrics["baseline_fitted_on_evaluation"]
-    out = realism.write_report(metrics, sets, [f"g{i}" for i in range(10)], tmp_path / "r")
-    for f in ("metrics.json", "report.html", "overlays.png", "pca.png", "dendrograms.png", "moments.png"):
-        assert (out / f).stat().st_size > 100
+    assert set(sets) == {"real", "synthetic", "baseline", "reference"}
+    two, _ = evaluate_realism(held, [synthetic, gaussian_baseline(train, 60, seed=4)], train)
+    assert two["draws"] == 2 and len(two["c2st_auc_draws"]) == 2 and two["baseline"]["draws"] == 2
+    assert two["c2st_auc"] == pytest.approx(np.mean(two["c2st_auc_draws"]))
     with pytest.raises(DatasetError, match="same genes"):
         evaluate_realism(held, synthetic[:, :5], train)
     with pytest.raises(DatasetError, match="at least"):
@@ -82,6 +83,8 @@ def test_cli_realism_splits_real_set(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert rc == 0 and "gamma" in capsys.readouterr().out
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_genes"] == 10 and m["n_real"] == 20 and m["real_vs_real"]["n"] == 20 and "halves" in m["notes"][0]
+    for f in ("report.html", "overlays.png", "pca.png", "dendrograms.png", "moments.png", "correlations.png"):
+        assert (out / f).stat().st_size > 100
     rc = main(["expression", "realism", "--real", str(tmp_path / "real.tsv"), "--synthetic", str(tmp_path / "syn.tsv"),
                "--genes", str(tmp_path / "genes.txt"), "--out", str(out), "--json"])
     assert rc == 0 and json.loads((out / "metrics.json").read_text())["n_genes"] == 5

@@ -24,6 +24,7 @@ def _small_c2st(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(realism, "C2ST_TREES", 10)
     monkeypatch.setattr(realism, "C2ST_REPEATS", 1)
+    monkeypatch.setattr("engine.expression.wgan_loop.REALISM_DRAWS", 2)
 
 
 TINY = {"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, "hidden": (16,), "noise_dim": 4, "gamma_every": 1}

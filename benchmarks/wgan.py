@@ -1,0 +1,169 @@
+"""Synthetic expression with the conditional WGAN-GP: realism on held-out real samples.
+
+    .venv/bin/python benchmarks/wgan.py [--seeds 0,1,2] [--out DIR] [--only kirc|pan] [--report]
+
+On ``../shared/data/expression/tcga_mrna_11types``:
+
+1. ``expression deg``: KIRC primary tumours vs their matched normals (Wilcoxon signed-rank,
+   Bonferroni, |log2 FC| >= 1): the 100 most different genes (largest |log2 FC|).
+2. ``train wgan`` on KIRC primary tumours (covariates age, sex, stage; default settings),
+   once per seed (each seed holds out different patients): gamma and C2ST AUC of the
+   generator, the Gaussian baseline and real-vs-real on the held-out tumours.
+3. Pan-cancer: all 602 primary tumours of the 11 types, the same 100
+   genes, covariates cancer_type, age, sex, stage: training time on ~480 samples x 100 genes and
+   realism on ~120 held-out tumours (a second, bigger cohort the defaults were not tuned on).
+
+Prints a Markdown block for benchmarks/RESULTS.md; results go to ``results_kirc.json`` /
+``results_pan.json`` in ``--out`` (``--report`` prints the block from them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data" / "expression" / "tcga_mrna_11types"
+
+
+def machine() -> str:
+    import torch
+    from machine import cpu_name  # benchmarks/machine.py
+
+    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores available (shared), torch {torch.__version__}, 1 thread"
+
+
+def select_genes(out: Path) -> Path:
+    import numpy as np
+
+    from engine.expression.deg import DegConfig, differential_expression, write_deg
+    from engine.expression.matrix import read_matrix
+
+    m = read_matrix(DATA / "expression.tsv.gz", DATA / "samples.tsv")
+    k = m.subset(samples=np.flatnonzero(m.labels("cancer_type") == "KIRC"))
+    table, summary = differential_expression(
+        k.values, k.genes, k.labels("sample_type"), "primary_tumour", "normal", DegConfig(top=100),
+        pairs=k.labels("patient"),
+    )
+    write_deg(table, summary, out / "deg", top=100)
+    print(f"DEG: {summary['n_selected']} of {summary['n_tested']} genes selected; top 100 kept", flush=True)
+    return out / "deg" / "genes.txt"
+
+
+def train(run: Path, genes: Path, where: tuple[str, ...], covariates: tuple[str, ...], seed: int) -> dict:
+    import shutil
+
+    from engine.expression.wgan_train import WganTrainConfig, train_wgan
+
+    shutil.rmtree(run, ignore_errors=True)
+    cfg = WganTrainConfig(
+        matrix=str(DATA / "expression.tsv.gz"), samples=str(DATA / "samples.tsv"), genes=str(genes),
+        covariates=covariates, where=where, seed=seed,
+    )
+    t0 = time.perf_counter()
+    result = train_wgan(cfg, run)
+    seconds = time.perf_counter() - t0
+    m = result.metrics
+    row = {
+        "seed": seed, "seconds": round(seconds, 1), "train": m["train_samples"], "heldout": m["heldout_samples"],
+        "gan": {k: m[k] for k in ("gamma", "c2st_auc", "mean_corr", "var_corr", "corr_agreement")},
+        "gaussian": {k: m["baseline"][k] for k in ("gamma", "c2st_auc", "mean_corr", "var_corr", "corr_agreement")},
+        "real_vs_real": {k: m["real_vs_real"][k] for k in ("gamma", "c2st_auc", "mean_corr", "var_corr", "corr_agreement")},
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _mean(rows: list[dict], who: str, key: str) -> str:
+    vals = [r[who][key] for r in rows if r[who][key] is not None]
+    if len(vals) > 1:
+        return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+    return f"{vals[0]:.3f}" if vals else "n/a"
+
+
+def markdown(kirc: list[dict], pan: list[dict], info: str) -> str:
+    lines = [
+        "## Synthetic expression, conditional WGAN-GP (issue 13)",
+        "",
+        f"Machine: {info}. `.venv/bin/python benchmarks/wgan.py` (default training settings: 60 epochs x 50",
+        "generator steps, batch 64, n_critic 5, GP lambda 10, Adam 2e-4 (0.5, 0.9), MLPs 128-128, EMA generator,",
+        "values clipped at the data floor).",
+        "Realism on held-out real tumours (20 % of patients, never used in training); gamma: Pearson r of the",
+        "gene-gene Euclidean distance matrices; C2ST: random-forest AUC real vs generated (0.5 = indistinguishable).",
+        "Generated sets have as many profiles as the training set; real-vs-real compares the held-out tumours",
+        "with the training tumours.",
+        "",
+    ]
+    for title, rows in (("KIRC primary tumours, 100 DEG genes (tumour vs matched normal)", kirc),
+                        ("All 11 types' primary tumours, same 100 genes, + cancer_type covariate", pan)):
+        if not rows:
+            continue
+        r0 = rows[0]
+        lines += [
+            f"**{title}**: {r0['train']} training / {r0['heldout']} held-out samples, seeds "
+            f"{', '.join(str(r['seed']) for r in rows)} (mean ± sd over held-out splits); training "
+            f"{statistics.mean(r['seconds'] for r in rows):.0f} s per run including the realism report.",
+            "",
+            "| generator | gamma | C2ST AUC | per-gene mean r | per-gene variance r | correlation agreement |",
+            "|---|---|---|---|---|---|",
+        ]
+        for who, name in (("gan", "WGAN-GP"), ("gaussian", "Gaussian (Ledoit-Wolf)"), ("real_vs_real", "real vs real")):
+            lines.append(
+                f"| {name} | {_mean(rows, who, 'gamma')} | {_mean(rows, who, 'c2st_auc')} | {_mean(rows, who, 'mean_corr')} "
+                f"| {_mean(rows, who, 'var_corr')} | {_mean(rows, who, 'corr_agreement')} |"
+            )
+        gam = statistics.mean(r["gan"]["gamma"] for r in rows)
+        auc = statistics.mean(r["gan"]["c2st_auc"] for r in rows)
+        lines += [
+            "",
+            f"Target gamma >= 0.95: **{'met' if gam >= 0.95 else 'missed'}** ({gam:.3f}); "
+            f"C2ST AUC <= 0.70: **{'met' if auc <= 0.70 else 'missed'}** ({auc:.3f}).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--out", default="/tmp/metascope-wgan-bench")
+    ap.add_argument("--only", choices=("all", "kirc", "pan"), default="all", help="run one part (e.g. two processes)")
+    ap.add_argument("--report", action="store_true", help="only print the Markdown of results already in --out")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        print(f"error: {DATA} not found", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        genes = select_genes(out) if not (out / "deg" / "genes.txt").is_file() else out / "deg" / "genes.txt"
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        if args.only in ("all", "kirc"):
+            kirc = [
+                train(out / f"kirc_seed{s}", genes, ("cancer_type=KIRC", "sample_type=primary_tumour"),
+                      ("age", "sex", "stage"), s)
+                for s in seeds
+            ]
+            (out / "results_kirc.json").write_text(json.dumps(kirc, indent=2))
+        if args.only in ("all", "pan"):
+            pan = [train(out / "pan_seed0", genes, ("sample_type=primary_tumour",),
+                         ("cancer_type", "age", "sex", "stage"), 0)]
+            (out / "results_pan.json").write_text(json.dumps(pan, indent=2))
+
+    def load(name: str) -> list[dict]:
+        p = out / name
+        return json.loads(p.read_text()) if p.is_file() else []
+
+    print(markdown(load("results_kirc.json"), load("results_pan.json"), machine()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
