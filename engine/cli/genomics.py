@@ -72,12 +72,13 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
     t.add_argument("--out", required=True, metavar="RUN_DIR")
     t.add_argument("--model", choices=("dense", "dense_embed", "gbm"), default="gbm")
     t.add_argument("--folds", type=int, default=0, help="K >= 2: K-fold CV with pooled out-of-fold results (default: one split)")
-    t.add_argument("--epochs", type=int, default=0, help="epochs (default dense 40; gbm 20 x 25 boosting iterations)")
+    t.add_argument("--epochs", type=int, default=0, help="epochs (default dense 40; gbm 12 x 25 boosting iterations)")
     t.add_argument("--features", choices=("clinical", "mutations", "all"), default="all")
     t.add_argument("--max-samples", type=int, default=0, help="use a random subset of this many samples (0: all)")
     t.add_argument("--no-final-fit", action="store_true", help="export the best fold instead of a final model on all patients")
+    t.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC CI (default 1000)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    t.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN_DIR")
     t.add_argument("--json", action="store_true", help="print metrics.json at the end")
     _study_opts(t)
@@ -128,6 +129,7 @@ def _train(args: argparse.Namespace) -> int:
         study=args.study, model=args.model, features=args.features, label_column=args.label_column,
         positive=args.positive, drop_columns=_cols(args.drop_columns), folds=args.folds, epochs=args.epochs,
         max_samples=args.max_samples, final_fit=not args.no_final_fit, seed=args.seed, cpu_threads=args.threads,
+        n_boot=args.bootstrap,
     )
     bar = TerminalProgress()
     try:

@@ -1,6 +1,6 @@
 """Preprocessing fitted on training samples only: numeric medians / means / standard deviations,
-category maps (code 0 = missing, unseen or rare) and, for boosted trees, each category's smoothed
-positive rate (categories ordered by their rate give the best binary splits).
+category maps (code 0 = missing, unseen or rare) and each category's smoothed positive rate (for
+the study report and explanations; the boosted trees split on the categories natively).
 
 The spec is plain JSON: it travels in the model package's metadata, and the ONNX graph applies
 the numeric part (imputation, scaling, missing indicators) itself.
@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 MIN_CATEGORY_COUNT = 5
+#: at most this many categories per column (the most frequent; boosted trees allow 254 codes)
+MAX_CATEGORIES = 250
 SMOOTHING = 20.0
 
 
@@ -51,7 +53,7 @@ class Preprocessor:
         for c in categorical:
             vc = frame[c].astype(str)
             counts = vc[vc != ""].value_counts()
-            kept = sorted(str(v) for v in counts[counts >= MIN_CATEGORY_COUNT].index)
+            kept = sorted(str(v) for v in counts[counts >= MIN_CATEGORY_COUNT].index[:MAX_CATEGORIES])
             cats[c] = kept
             modes[c] = (kept.index(str(counts.index[0])) + 1) if len(counts) and str(counts.index[0]) in kept else 0
             if y is not None:
@@ -81,13 +83,10 @@ class Preprocessor:
         return num, codes
 
     def tree_matrix(self, num: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Input of the boosted trees: numeric values (NaN kept) then each category's rate."""
-        # float32 values (as the ONNX graph sees them), held as float64 for scikit-learn
-        cols = [num.astype(np.float32).astype(np.float64)]
-        for j, c in enumerate(self.categorical):
-            table = np.asarray(self.target_rate[c], dtype=np.float32).astype(np.float64)
-            cols.append(table[codes[:, j]][:, None])
-        return np.concatenate(cols, axis=1)
+        """Input of the boosted trees: numeric values (NaN kept, float32 precision as in the ONNX
+        graph) then the category codes as numbers (code 0 -> NaN), treated natively as categories."""
+        cats = np.where(codes == 0, np.nan, codes.astype(np.float64))
+        return np.concatenate([num.astype(np.float32).astype(np.float64), cats], axis=1)
 
     def tree_feature_names(self) -> list[str]:
         return self.numeric + self.categorical

@@ -6,9 +6,9 @@ One ONNX file, built node by node with ``onnx.helper`` (no torch exporter, no sk
   unseen category); output ``probabilities (N, 2)``;
 - networks: median imputation, standardisation, missing indicators and the category tables
   (one-hot or the learned embedding) inside the graph, then Gemm/Relu layers and Softmax;
-- boosted trees: each category's positive rate looked up in the graph, then an
-  ``ai.onnx.ml.TreeEnsembleRegressor`` (NaN follows each split's learned missing direction),
-  Sigmoid.
+- boosted trees: an ``ai.onnx.ml.TreeEnsemble`` (opset 5) with ``<=`` splits on numbers and
+  set-membership splits on category codes (NaN follows each split's learned missing direction),
+  plus the baseline, Sigmoid.
 
 The metadata carries the column names, category maps and feature settings, so
 :mod:`engine.genomics.predict` rebuilds the inputs from a study with numpy and pandas only.
@@ -30,7 +30,9 @@ from engine.genomics.train import FINAL_FOLD, GenomicsTrainConfig, load_genomics
 from engine.modelpkg import ModelMetadata, embed_metadata
 
 OPSET = 17
-ML_OPSET = 3
+#: TreeEnsemble (set-membership splits) needs ai.onnx.ml 5 with ONNX opset 21 (onnxruntime >= 1.20)
+TREE_OPSET = 21
+ML_OPSET = 5
 
 
 def _const(name: str, arr: np.ndarray) -> Any:
@@ -100,45 +102,73 @@ def dense_graph(pre: Preprocessor, state: dict[str, np.ndarray]) -> Any:
 
 
 def tree_graph(pre: Preprocessor, trees: dict[str, Any]) -> Any:
-    """ONNX model of the boosted trees (see :func:`engine.genomics.models.gbm_trees`)."""
-    from onnx import helper
+    """ONNX model of the boosted trees (see :func:`engine.genomics.models.gbm_trees`):
+    ``ai.onnx.ml.TreeEnsemble`` (opset 5) with ``<=`` splits on numbers and set-membership
+    splits on category codes (code 0 -> NaN follows the split's missing direction)."""
+    from onnx import TensorProto, helper
 
     inputs, nodes, inits = _inputs(pre)
-    parts = ["numeric"]
-    for j, code in enumerate(_category_columns(pre, nodes, inits)):
-        rate = np.array([np.nan if v is None else v for v in pre.target_rate[pre.categorical[j]]], dtype=np.float32)
-        inits += [_const(f"rate_{j}", rate), _const(f"unsq_{j}", np.array([1], dtype=np.int64))]
-        nodes += [helper.make_node("Gather", [f"rate_{j}", code], [f"rate_v_{j}"], axis=0),
-                  helper.make_node("Unsqueeze", [f"rate_v_{j}", f"unsq_{j}"], [f"rate_c_{j}"])]
-        parts.append(f"rate_c_{j}")
-    nodes.append(helper.make_node("Concat", parts, ["x"], axis=1))
-    attrs: dict[str, list[Any]] = {k: [] for k in (
-        "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes", "nodes_truenodeids",
-        "nodes_falsenodeids", "nodes_missing_value_tracks_true", "target_treeids", "target_nodeids", "target_ids",
-        "target_weights")}
-    for t, tree in enumerate(trees["trees"]):
-        for i in range(len(tree["leaf"])):
-            leaf = bool(tree["leaf"][i])
-            attrs["nodes_treeids"].append(t)
-            attrs["nodes_nodeids"].append(i)
-            attrs["nodes_featureids"].append(0 if leaf else int(tree["feature"][i]))
-            attrs["nodes_values"].append(0.0 if leaf else float(tree["threshold"][i]))
-            attrs["nodes_modes"].append("LEAF" if leaf else "BRANCH_LEQ")
-            attrs["nodes_truenodeids"].append(0 if leaf else int(tree["left"][i]))
-            attrs["nodes_falsenodeids"].append(0 if leaf else int(tree["right"][i]))
-            attrs["nodes_missing_value_tracks_true"].append(0 if leaf else int(tree["missing_left"][i]))
-            if leaf:
-                attrs["target_treeids"].append(t)
-                attrs["target_nodeids"].append(i)
-                attrs["target_ids"].append(0)
-                attrs["target_weights"].append(float(tree["value"][i]))
-    nodes.append(helper.make_node("TreeEnsembleRegressor", ["x"], ["raw"], domain="ai.onnx.ml", n_targets=1,
-                                  base_values=[float(trees["base"])], aggregate_function="SUM",
-                                  post_transform="NONE", **attrs))
-    inits.append(_const("one", np.array(1.0, dtype=np.float32)))
-    nodes += [helper.make_node("Sigmoid", ["raw"], ["p1"]), helper.make_node("Sub", ["one", "p1"], ["p0"]),
+    inits += [_const("zero_code", np.array(0, dtype=np.int64)), _const("nan", np.array(np.nan, dtype=np.float32))]
+    nodes += [helper.make_node("Cast", ["codes"], ["codes_f"], to=TensorProto.FLOAT),
+              helper.make_node("Equal", ["codes", "zero_code"], ["code_missing"]),
+              helper.make_node("Where", ["code_missing", "nan", "codes_f"], ["cats"]),
+              helper.make_node("Concat", ["numeric", "cats"], ["x"], axis=1)]
+    a = _ensemble_attributes(trees)
+    nodes.append(helper.make_node(
+        "TreeEnsemble", ["x"], ["raw0"], domain="ai.onnx.ml", n_targets=1, aggregate_function=1, post_transform=0,
+        tree_roots=a["roots"], nodes_featureids=a["feature"], nodes_truenodeids=a["true"], nodes_trueleafs=a["true_leaf"],
+        nodes_falsenodeids=a["false"], nodes_falseleafs=a["false_leaf"], nodes_missing_value_tracks_true=a["missing"],
+        nodes_modes=_const("modes", np.asarray(a["modes"], np.uint8)),
+        nodes_splits=_const("splits", np.asarray(a["splits"], np.float32)),
+        membership_values=_const("members", np.asarray(a["members"] or [np.nan], np.float32)),
+        leaf_targetids=[0] * len(a["leaf_weights"]), leaf_weights=_const("weights", np.asarray(a["leaf_weights"], np.float32)),
+    ))
+    inits += [_const("base", np.array([[trees["base"]]], dtype=np.float32)), _const("one", np.array(1.0, dtype=np.float32))]
+    nodes += [helper.make_node("Add", ["raw0", "base"], ["raw"]), helper.make_node("Sigmoid", ["raw"], ["p1"]),
+              helper.make_node("Sub", ["one", "p1"], ["p0"]),
               helper.make_node("Concat", ["p0", "p1"], ["probabilities"], axis=1)]
     return _model(nodes, inputs, inits, ml=True)
+
+
+def _ensemble_attributes(trees: dict[str, Any]) -> dict[str, list[Any]]:
+    """Flatten scikit-learn trees into TreeEnsemble's split-node and leaf arrays."""
+    a: dict[str, list[Any]] = {k: [] for k in (
+        "roots", "feature", "true", "true_leaf", "false", "false_leaf", "missing", "modes", "splits", "members",
+        "leaf_weights")}
+    for tree in trees["trees"]:
+        leaf = tree["leaf"]
+        node_id: dict[int, int] = {}
+        leaf_id: dict[int, int] = {}
+        for i in range(len(leaf)):
+            if leaf[i]:
+                leaf_id[i] = len(a["leaf_weights"])
+                a["leaf_weights"].append(float(tree["value"][i]))
+            else:
+                node_id[i] = len(a["feature"]) + len(node_id)
+        if leaf[0]:  # a tree without a split: one always-true split onto its only leaf
+            a["roots"].append(len(a["feature"]))
+            for k, v in (("feature", 0), ("true", leaf_id[0]), ("true_leaf", 1), ("false", leaf_id[0]),
+                         ("false_leaf", 1), ("missing", 1), ("modes", 0), ("splits", np.inf)):
+                a[k].append(v)
+            continue
+        a["roots"].append(node_id[0])
+        members = {int(k): v for k, v in tree.get("members", {}).items()}
+        for i in sorted(node_id, key=node_id.get):
+            left, right = int(tree["left"][i]), int(tree["right"][i])
+            a["feature"].append(int(tree["feature"][i]))
+            a["true"].append(leaf_id[left] if leaf[left] else node_id[left])
+            a["true_leaf"].append(int(bool(leaf[left])))
+            a["false"].append(leaf_id[right] if leaf[right] else node_id[right])
+            a["false_leaf"].append(int(bool(leaf[right])))
+            a["missing"].append(int(tree["missing_left"][i]))
+            if tree.get("categorical", [0] * len(leaf))[i]:
+                a["modes"].append(6)  # BRANCH_MEMBER
+                a["splits"].append(np.nan)
+                a["members"] += [float(c) for c in members[i]] + [np.nan]
+            else:
+                a["modes"].append(0)  # BRANCH_LEQ
+                a["splits"].append(float(tree["threshold"][i]))
+    return a
 
 
 def _model(nodes: list[Any], inputs: list[Any], inits: list[Any], ml: bool) -> Any:
@@ -147,9 +177,10 @@ def _model(nodes: list[Any], inputs: list[Any], inits: list[Any], ml: bool) -> A
 
     out = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])
     graph = helper.make_graph(nodes, "metascope_genomics", inputs, [out], initializer=inits)
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("ai.onnx.ml", ML_OPSET)] if ml else [])
+    opsets = ([helper.make_opsetid("", TREE_OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)] if ml
+              else [helper.make_opsetid("", OPSET)])
     model = helper.make_model(graph, opset_imports=opsets, producer_name="metascope")
-    model.ir_version = 8
+    model.ir_version = 10 if ml else 8
     onnx.checker.check_model(model)
     return model
 

@@ -37,7 +37,7 @@ ROLE_CANDIDATES = {
     "coverage": ("SAMPLE_COVERAGE",),
     "dna_input": ("DNA_INPUT",),
 }
-MAX_LEVELS = 120
+MAX_LEVELS = 200
 VARIANT_TYPES = ("SNV", "DNP", "ONP", "INS", "DEL")
 SUBSTITUTIONS = ("C>A", "C>G", "C>T", "T>A", "T>C", "T>G")
 CLASSIFICATIONS = (

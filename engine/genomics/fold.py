@@ -182,7 +182,8 @@ class FoldTrainer:
         if c.model == "gbm":
             # small studies: leaves of at most 5% of the training samples, so trees can still split
             leaf = min(c.gbm_min_samples_leaf, max(5, len(self.idx["train"]) // 20))
-            return build_gbm(c.gbm_learning_rate, c.gbm_max_leaf_nodes, leaf, c.gbm_l2, c.seed)
+            return build_gbm(c.gbm_learning_rate, c.gbm_max_leaf_nodes, leaf, c.gbm_l2, c.seed,
+                             len(self.pre.numeric), len(self.pre.categorical))
         embed_col = self.data.table.roles.get("detailed_type")
         if c.model == "dense_embed" and embed_col not in self.pre.categorical:
             embed_col = self.data.table.roles.get("tumour_type")

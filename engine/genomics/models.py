@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from engine.errors import ConfigError
 from engine.genomics.encode import Preprocessor
 
@@ -79,8 +81,10 @@ def build_net(pre: Preprocessor, model: str, embed_column: str | None, hidden: t
     return GenomicsNet()
 
 
-def build_gbm(learning_rate: float, max_leaf_nodes: int, min_samples_leaf: int, l2: float, seed: int) -> Any:
-    """A warm-startable ``HistGradientBoostingClassifier`` (iterations are added per epoch)."""
+def build_gbm(learning_rate: float, max_leaf_nodes: int, min_samples_leaf: int, l2: float, seed: int,
+              n_numeric: int = 0, n_categorical: int = 0) -> Any:
+    """A warm-startable ``HistGradientBoostingClassifier`` (iterations are added per epoch); the
+    last ``n_categorical`` input columns are category codes split natively (set membership)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     if learning_rate <= 0 or max_leaf_nodes < 2 or min_samples_leaf < 1 or l2 < 0:
@@ -88,16 +92,37 @@ def build_gbm(learning_rate: float, max_leaf_nodes: int, min_samples_leaf: int, 
     return HistGradientBoostingClassifier(
         learning_rate=learning_rate, max_iter=0, max_leaf_nodes=max_leaf_nodes, min_samples_leaf=min_samples_leaf,
         l2_regularization=l2, early_stopping=False, warm_start=True, random_state=seed,
+        categorical_features=[False] * n_numeric + [True] * n_categorical if n_categorical else None,
     )
 
 
 def gbm_trees(clf: Any) -> dict[str, Any]:
     """The fitted trees as plain lists (for the ONNX TreeEnsemble), binary classification."""
+    # with categorical features scikit-learn reorders its input (categories first, ordinal-encoded):
+    # map split features back to our column order and category values back to our codes
+    n_in = int(clf.n_features_in_)
+    order = np.arange(n_in)
+    categories: dict[int, np.ndarray] = {}
+    if getattr(clf, "_preprocessor", None) is not None:
+        is_cat = np.asarray(clf.is_categorical_, dtype=bool)
+        order = np.r_[np.nonzero(is_cat)[0], np.nonzero(~is_cat)[0]]
+        cats = clf._preprocessor.named_transformers_["encoder"].categories_
+        categories = {k: np.asarray(c, dtype=np.float64) for k, c in enumerate(cats)}
     trees = []
     for predictors in clf._predictors:
-        nodes = predictors[0].nodes
+        pred = predictors[0]
+        nodes = pred.nodes
+        cat = nodes["is_categorical"].astype(bool)
+        members = {}
+        for i in np.nonzero(cat & ~nodes["is_leaf"].astype(bool))[0]:
+            words = pred.raw_left_cat_bitsets[nodes["bitset_idx"][i]]
+            known = categories[int(nodes["feature_idx"][i])]
+            members[int(i)] = [float(known[c]) for c in range(min(32 * len(words), len(known)))
+                               if (int(words[c // 32]) >> (c % 32)) & 1]
         trees.append({
-            "feature": nodes["feature_idx"].tolist(),
+            "categorical": cat.astype(int).tolist(),
+            "members": members,
+            "feature": order[nodes["feature_idx"]].tolist(),
             "threshold": nodes["num_threshold"].tolist(),
             "left": nodes["left"].tolist(),
             "right": nodes["right"].tolist(),

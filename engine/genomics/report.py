@@ -193,8 +193,11 @@ def _tsne(frame: pd.DataFrame, y: np.ndarray, names: tuple[str, str], n: int, se
     x = np.where(np.isnan(x), np.nanmedian(x, axis=0), x)
     x = np.nan_to_num((x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1))
     x = PCA(n_components=min(20, x.shape[1]), random_state=seed).fit_transform(x)
-    emb = TSNE(n_components=2, perplexity=min(30, len(x) // 4), init="pca", random_state=seed,
-               max_iter=500).fit_transform(x)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # OpenMP spin-waits stall on a busy CPU
+        emb = TSNE(n_components=2, perplexity=min(30, len(x) // 4), init="pca", random_state=seed,
+                   max_iter=500).fit_transform(x)
     fig = _fig(6, 5)
     ax = fig.add_subplot()
     for k in (0, 1):

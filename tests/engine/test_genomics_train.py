@@ -32,7 +32,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gbm_run(study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("gx") / "run"
     rc = main(["train", "genomics", "--study", str(study), "--out", str(run), "--model", "gbm", "--folds", "2",
-               "--epochs", "3", "--threads", "1"])
+               "--epochs", "3", "--threads", "1", "--bootstrap", "100"])
     assert rc == 0
     return run
 
