@@ -225,6 +225,9 @@ def open_annotated_slides(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    qc: bool = True,
+    keep_qc_failed: bool = False,
+    max_unreadable: float = 0.05,
 ) -> AnnotatedSlideDataset:
     """Cut labelled patches from slides with QuPath GeoJSON annotations.
 
@@ -251,11 +254,17 @@ def open_annotated_slides(
         slide_mpp: level-0 resolution for slides that do not record one.
         seed: seed of the ``max_per_slide`` subsampling.
         progress, cancel: reported / checked per slide.
+        qc: leave out patches slide QC flags (pen marks, folds, bubbles: :mod:`engine.slides.qc`).
+        keep_qc_failed: keep them anyway.
+        max_unreadable: the chosen patches are decoded once; undecodable ones are left out (and
+            reported in ``open_warnings``) unless more than this share of a slide's are, then
+            the slide fails.
 
     Raises:
         DatasetError: no slides, no annotations, unreadable slide, unknown resolution, bad options.
     """
     from engine.slides.open import open_slide
+    from engine.slides.qc import QCSettings
     from engine.slides.tiling import plan_slide, slide_tissue
 
     if not labelled:
@@ -332,7 +341,8 @@ def open_annotated_slides(
             sm = reader.info.mpp_or(None)
             try:
                 # every grid cell: annotations label patches whatever the tissue detector says
-                plan = plan_slide(reader, size, mpp, None, stride=stride)
+                qc_settings = QCSettings(enabled=qc, keep_failed=keep_qc_failed) if qc else None
+                plan = plan_slide(reader, size, mpp, None, stride=stride, qc=qc_settings)
                 # unannotated background patches need tissue, judged by the planner's mask
                 tissue = slide_tissue(reader, size, mpp) if background is not None else None
             except MetaScopeError as exc:
@@ -362,6 +372,12 @@ def open_annotated_slides(
                     sel = np.sort(rng.choice(sel, int(max_per_slide), replace=False))
                 capped.append(sel)
             keep = np.sort(np.concatenate(capped))
+        if plan.qc is not None and len(plan.qc.reason):
+            flagged = ", ".join(f"{n} {k}" for k, n in plan.qc.counts().items() if n)
+            what = "kept" if keep_qc_failed else "left out"
+            warnings.append(f"{slide.name}: slide QC flagged {flagged} patch positions ({what})")
+        if len(keep):
+            keep = keep[_decodable(slide, m, plan, xy[keep], max_unreadable, warnings, cancel)]
         if not len(keep):
             warnings.append(f"{slide.name}: no patch centre falls in an annotation at {size} px / {mpp:g} um/px")
             continue
@@ -370,7 +386,7 @@ def open_annotated_slides(
         slide_mpps.append(sm)
         # keep the geometry the reader needs, not the full grid
         empty = np.empty((0, 2), np.int64)
-        plans.append(dataclasses.replace(plan, level0_xy=empty, grid_rc=empty.astype(np.int32), tissue_fraction=np.empty(0, np.float32)))
+        plans.append(dataclasses.replace(plan, level0_xy=empty, grid_rc=empty.astype(np.int32), tissue_fraction=np.empty(0, np.float32), qc=None))
         idx_parts.append(np.full(len(keep), si, np.int64))
         xy_parts.append(xy[keep])
         label_parts.append(labels[keep])
@@ -398,3 +414,36 @@ def open_annotated_slides(
         open_warnings=warnings,
         per_slide=per_slide,
     )
+
+
+def _decodable(
+    slide: Path,
+    slide_mpp: float | None,
+    plan: Any,
+    xy: np.ndarray,
+    max_unreadable: float,
+    warnings: list[str],
+    cancel: CancelToken | None,
+) -> np.ndarray:
+    """bool mask of the patches ``xy`` whose slide data decodes (read once, neighbours together).
+
+    Raises:
+        DatasetError: the slide cannot be opened, or more than ``max_unreadable`` of the
+            patches cannot be decoded.
+    """
+    from engine.slides.damage import UnreadableLog, find_unreadable
+    from engine.slides.open import open_slide
+
+    try:
+        with open_slide(slide, slide_mpp, probe=False) as reader:
+            log = UnreadableLog(len(xy), max_unreadable, slide.name)
+            ok = find_unreadable(reader, plan, xy, log, check=lambda: check_cancel(cancel))
+    except MetaScopeError as exc:
+        raise DatasetError(" ".join(str(exc).split())) from None
+    if log.count:
+        first = log.tiles[0]
+        warnings.append(
+            f"{slide.name}: {log.count} patches cannot be decoded and are left out "
+            f"(first at x={first.x}, y={first.y}: {first.error})"
+        )
+    return ok

@@ -57,6 +57,9 @@ class FeatureConfig:
         device: ``auto``, ``cpu`` or ``cuda`` (onnxruntime).
         slide_mpp: level-0 resolution for slides that do not record one.
         mask_px_per_tile: tissue-mask pixels per tile side (see :class:`~engine.slides.tiling.TissueSettings`).
+        qc: leave out tiles slide QC flags (pen, fold, bubble, blur; :mod:`engine.slides.qc`).
+        keep_qc_failed: embed flagged tiles anyway.
+        max_unreadable: share of a slide's tiles that may be undecodable (left out) before it fails.
     """
 
     tile_size: int | None = None
@@ -68,8 +71,14 @@ class FeatureConfig:
     device: str = "auto"
     slide_mpp: float | None = None
     mask_px_per_tile: int = TISSUE_MASK_PX_PER_TILE
+    qc: bool = True
+    keep_qc_failed: bool = False
+    max_unreadable: float = 0.05
 
     def __post_init__(self) -> None:
+        from engine.slides.damage import validate_max_unreadable
+
+        object.__setattr__(self, "max_unreadable", validate_max_unreadable(self.max_unreadable))
         if self.tile_size is not None and not 8 <= int(self.tile_size) <= 4096:
             raise ConfigError(f"tile size must be 8-4096 px, got {self.tile_size}")
         for name in ("mpp", "slide_mpp"):
@@ -92,11 +101,23 @@ class FeatureConfig:
     def bag_settings(self) -> dict[str, Any]:
         """The settings besides extractor, mpp and tile size that change a bag (they are embedded
         in an exported MIL model so prediction tiles slides exactly as training did)."""
-        return {
+        out: dict[str, Any] = {
             "min_tissue_fraction": float(self.min_tissue_fraction),
             "max_tiles": self.max_tiles,
             "mask_px_per_tile": int(self.mask_px_per_tile),
         }
+        # slide QC settings only when they differ from the defaults (QC on, flagged tiles out)
+        if not self.qc:
+            out["qc"] = False
+        if self.keep_qc_failed:
+            out["keep_qc_failed"] = True
+        return out
+
+    def qc_settings(self) -> Any:
+        """The :class:`engine.slides.qc.QCSettings` of these settings."""
+        from engine.slides.qc import QCSettings
+
+        return QCSettings(enabled=self.qc, keep_failed=self.keep_qc_failed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,6 +280,7 @@ def plan_slide(
         roi=roi,
         max_tiles=cfg.max_tiles,
         slide_mpp=cfg.slide_mpp,
+        qc=cfg.qc_settings(),
     )
 
 
@@ -281,9 +303,19 @@ def extract_slide(
     """
     from engine.infer.pipeline import iter_tile_outputs
 
+    from engine.errors import NoTissueError
+    from engine.slides.damage import UnreadableLog, record_damaged_cells
+    from engine.slides.qc import BlurScreen
+
     tile_size, mpp = resolve_tiling(extractor, cfg)
     plan = plan_slide(reader, tile_size, mpp, cfg, roi)
     feats = np.empty((plan.n_tiles, extractor.feature_dim), dtype=np.float32)
+    done = np.zeros(plan.n_tiles, dtype=bool)
+    # undecodable tiles are left out of the bag (the slide fails above cfg.max_unreadable);
+    # blurred tiles too unless kept (the thumbnail QC already left out pen, folds and bubbles)
+    unreadable = UnreadableLog(plan.n_tiles, cfg.max_unreadable, reader.info.name)
+    record_damaged_cells(plan, unreadable)
+    blur = BlurScreen(keep=cfg.keep_qc_failed) if cfg.qc else None
     for idx, out in iter_tile_outputs(
         reader,
         plan,
@@ -293,8 +325,15 @@ def extract_slide(
         progress=progress,
         cancel=cancel,
         stage=stage,
+        unreadable=unreadable,
+        screen=blur,
     ):
         feats[idx] = out
+        done[idx] = True
+    if not done.any():
+        raise NoTissueError(f"{reader.info.name}: no tile left to embed after slide QC")
+    qc_excluded = int(plan.qc.excluded.sum()) if plan.qc is not None else 0
+    qc_excluded += int(blur.blurred_rows().size) if blur is not None and not blur.keep else 0
     attrs = {
         "extractor_sha256": extractor.sha256,
         "extractor_name": extractor.name,
@@ -309,11 +348,15 @@ def extract_slide(
         "slide_mpp": plan.slide_mpp,
         "effective_mpp": plan.effective_mpp,
         "roi": str(roi) if roi is not None else "",
+        "unreadable_tiles": int(unreadable.count),
+        "qc_excluded_tiles": qc_excluded,
         "fingerprint": json.dumps(
             bag_fingerprint(extractor.sha256, tile_size, mpp, cfg, reader.info.path or None, roi), sort_keys=True
         ),
     }
-    return Bag(feats, plan.level0_xy.astype(np.int64), plan.grid_rc.astype(np.int64), attrs)
+    if done.all():
+        return Bag(feats, plan.level0_xy.astype(np.int64), plan.grid_rc.astype(np.int64), attrs)
+    return Bag(feats[done], plan.level0_xy[done].astype(np.int64), plan.grid_rc[done].astype(np.int64), attrs)
 
 
 # -- a cohort ----------------------------------------------------------------------------------

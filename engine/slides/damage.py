@@ -325,3 +325,33 @@ def record_damaged_cells(plan: TilePlan, log: UnreadableLog) -> int:
             int(x[i]), int(y[i]), int(rr.ravel()[i]), int(cc.ravel()[i]), "the slide data here cannot be decoded"
         )
     return int(hit.size)
+
+
+#: Tiles decoded per batch by :func:`find_unreadable`.
+VERIFY_BATCH = 64
+
+
+def find_unreadable(
+    reader: SlideReader,
+    plan: TilePlan,
+    level0_xy: np.ndarray,
+    log: UnreadableLog,
+    check: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Decode tiles ``level0_xy`` of ``plan`` once; bool ``(N,)``: True where the tile decodes.
+
+    Used where tiles are read much later (a training dataset) so that undecodable ones are left
+    out up front instead of failing an epoch. Neighbours are read together (as the heatmap does).
+
+    Raises:
+        SlideOpenError: too many unreadable tiles (from ``log``).
+    """
+    xy = np.asarray(level0_xy, dtype=np.int64).reshape(-1, 2)
+    ok = np.ones(len(xy), dtype=bool)
+    size = plan.config.tile_size_px
+    buf = np.empty((VERIFY_BATCH, size, size, 3), dtype=np.uint8)
+    for s in range(0, len(xy), VERIFY_BATCH):
+        rows = np.arange(s, min(s + VERIFY_BATCH, len(xy)))
+        _tiles, good = read_tiles_tolerant(reader, plan, xy[rows], rows, log, out=buf[: len(rows)], check=check)
+        ok[rows] = good
+    return ok

@@ -21,7 +21,8 @@ Artefacts per thumbnail pixel (:func:`artefact_map`), then per tile by area:
   edges (the bubble rim, the glass edge) or thin very bright/dark neutral lines, where the
   tissue beside them is stained; a greyscale slide skips this check (everything is neutral);
 - ``background``: grid cells with too little tissue (the planner never analyses them);
-- ``blur``: variance of the Laplacian of the tile's grey levels below ``BLUR_VAR_MIN``;
+- ``blur``: variance of the Laplacian of the tile's grey levels, relative to their variance,
+  below ``BLUR_VAR_MIN`` (tiles too flat to judge are never called blurred);
 - ``unreadable``: the tile's data cannot be decoded (:mod:`engine.slides.damage`).
 """
 
@@ -77,8 +78,13 @@ UNSTAINED_OD_MIN = 0.05  # below: glass
 BUBBLE_MIN_PX = 64  # an unstained region this large (a quarter tile at 16 px per tile) is a bubble
 # A tile is flagged when at least this share of its area shows the artefact.
 TILE_FRACTION = {"pen": 0.05, "fold": 0.3, "bubble": 0.15}
-# Variance of the Laplacian (grey levels^2) of a tile at the analysis resolution, below: blurred.
-BLUR_VAR_MIN = 40.0
+# Blur: variance of the Laplacian of a tile at the analysis resolution relative to the variance
+# of its grey levels (so contrast does not count as sharpness), below: blurred. Sharp PCam
+# patches: 1st percentile 0.31, median 6.8; Gaussian blur sigma 1.5 px: median 0.09, sigma 2: 0.04.
+BLUR_VAR_MIN = 0.1
+# Tiles with less grey-level contrast (standard deviation) than this are flat (smooth stroma,
+# nearly empty): nothing to judge sharpness on, never called blurred.
+BLUR_MIN_CONTRAST = 6.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +95,7 @@ class QCSettings:
         enabled: run the artefact checks at all (the stain check always runs).
         keep_failed: analyse flagged tiles anyway (they are still reported).
         pen, fold, bubble, blur: the individual checks.
-        blur_threshold: variance of the Laplacian below which a tile is blurred.
+        blur_threshold: sharpness (:func:`sharpness`) below which a tile is blurred.
     """
 
     enabled: bool = True
@@ -338,6 +344,25 @@ def laplacian_variance(tiles: np.ndarray) -> np.ndarray:
     return lap.reshape(lap.shape[0], -1).var(axis=1).astype(np.float32)
 
 
+def sharpness(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(score, contrast)`` per tile: variance of the Laplacian over variance of the grey levels,
+    and the grey levels' standard deviation; float32 ``(N,)`` each."""
+    t = np.asarray(tiles)
+    if t.ndim == 3:
+        t = t[None]
+    grey = t.astype(np.float32).mean(axis=3)
+    lap = grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] + grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] - 4 * grey[:, 1:-1, 1:-1]
+    var_lap = lap.reshape(lap.shape[0], -1).var(axis=1)
+    var_grey = grey.reshape(grey.shape[0], -1).var(axis=1)
+    score = var_lap / np.maximum(var_grey, 1e-3)
+    return score.astype(np.float32), np.sqrt(var_grey).astype(np.float32)
+
+
+def is_blurred(score: np.ndarray, contrast: np.ndarray, threshold: float = BLUR_VAR_MIN) -> np.ndarray:
+    """Blurred tiles: enough contrast to judge, and little of it at the finest scale."""
+    return (contrast >= BLUR_MIN_CONTRAST) & (score < threshold)
+
+
 class BlurScreen:
     """The blur check as a pipeline screen (:data:`engine.infer.pipeline.TileScreen`).
 
@@ -351,13 +376,15 @@ class BlurScreen:
         self._lock = threading.Lock()
         self._rows: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
+        self._blurred: list[np.ndarray] = []
 
     def __call__(self, tiles: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        scores = laplacian_variance(tiles)
+        score, contrast = sharpness(tiles)
+        blurred = is_blurred(score, contrast, self.threshold)
         with self._lock:
             self._rows.append(np.asarray(rows, dtype=np.int64).copy())
-            self._scores.append(scores)
-        blurred = scores < self.threshold
+            self._scores.append(score)
+            self._blurred.append(blurred)
         return np.ones(len(rows), dtype=bool) if self.keep else ~blurred
 
     def results(self) -> tuple[np.ndarray, np.ndarray]:
@@ -371,8 +398,13 @@ class BlurScreen:
         return rows[order], scores[order]
 
     def blurred_rows(self) -> np.ndarray:
-        rows, scores = self.results()
-        return rows[scores < self.threshold]
+        """Plan rows of the blurred tiles, sorted."""
+        with self._lock:
+            if not self._rows:
+                return np.zeros(0, np.int64)
+            rows = np.concatenate(self._rows)
+            blurred = np.concatenate(self._blurred)
+        return np.sort(rows[blurred])
 
 
 # ------------------------------------------------------------------------------ planner step

@@ -26,8 +26,8 @@ import numpy as np
 from engine.errors import MetaScopeError, NoTissueError
 from engine.fileio import atomic_dir, atomic_write_text
 from engine.slides.base import SlideReader
-from engine.slides.damage import UnreadableLog, read_tiles_tolerant
-from engine.slides.qc import BACKGROUND, BLUR, OK, REASONS, UNREADABLE, QCSettings, laplacian_variance
+from engine.slides.damage import UnreadableLog, read_tiles_tolerant, record_damaged_cells
+from engine.slides.qc import BACKGROUND, BLUR, OK, REASONS, UNREADABLE, QCSettings, is_blurred, sharpness
 from engine.slides.qc_render import paint_reasons
 from engine.slides.tiling import TissueSettings, plan_slide, slide_tissue
 
@@ -172,24 +172,31 @@ def slide_qc_report(
     rows = np.unique(np.linspace(0, n - 1, m).round().astype(np.int64)) if m else np.zeros(0, np.int64)
     log = UnreadableLog(max(len(rows), 1), 1.0, info.name)
     scores = np.zeros(0, np.float32)
+    blur_mask = np.zeros(0, bool)
     if rows.size:
         tiles, ok = read_tiles_tolerant(reader, plan, plan.level0_xy[rows], rows, log)
-        scores = laplacian_variance(tiles[ok])
-        blurred = rows[ok][scores < settings.blur_threshold]
+        scores, contrast = sharpness(tiles[ok])
+        blur_mask = is_blurred(scores, contrast, settings.blur_threshold)
+        blurred = rows[ok][blur_mask]
         free = codes[plan.grid_rc[blurred, 0], plan.grid_rc[blurred, 1]] == OK
         codes[plan.grid_rc[blurred[free], 0], plan.grid_rc[blurred[free], 1]] = BLUR
         bad = rows[~ok]
         codes[plan.grid_rc[bad, 0], plan.grid_rc[bad, 1]] = UNREADABLE
+    # cells the thumbnail could not show (damaged data) are unreadable, not background
+    cells = UnreadableLog(1, 1.0, info.name)
+    record_damaged_cells(plan, cells)
+    for t in cells.tiles:
+        codes[t.row, t.col] = UNREADABLE
     counts = qc.counts()
     data["stain"] = qc.stain.to_dict()
     data["tissue_tiles"] = n
-    data["tile_counts"] = {**counts, "blur_sampled": int((scores < settings.blur_threshold).sum())}
+    data["tile_counts"] = {**counts, "blur_sampled": int(blur_mask.sum())}
     data["tile_fractions"] = {k: round(v / n, 6) for k, v in counts.items()}
     data["area_fractions"] = qc.area_fractions
     data["blur"] = {
         "sampled": int(scores.size),
         "threshold": settings.blur_threshold,
-        "blurred_fraction": round(float((scores < settings.blur_threshold).mean()), 6) if scores.size else 0.0,
+        "blurred_fraction": round(float(blur_mask.mean()), 6) if scores.size else 0.0,
         "score_median": round(float(np.median(scores)), 3) if scores.size else None,
         "score_p10": round(float(np.percentile(scores, 10)), 3) if scores.size else None,
     }
@@ -197,6 +204,8 @@ def slide_qc_report(
     for t in unread["tiles"]:
         t["row"], t["col"] = (int(v) for v in plan.grid_rc[t["index"]])
     unread["sampled"] = int(rows.size)
+    unread["count"] += cells.count
+    unread["damaged_cells"] = cells.count
     data["unreadable"] = unread
     flagged = float(len(qc.reason)) / n + data["blur"]["blurred_fraction"] * (1 - len(qc.reason) / n)
     data["usable_fraction"] = round(max(0.0, 1.0 - flagged - unread["fraction"]), 6)
