@@ -301,9 +301,8 @@ def extract_slide(
     Raises:
         NoTissueError: nothing to embed; Cancelled: ``cancel`` was set.
     """
-    from engine.infer.pipeline import iter_tile_outputs
-
     from engine.errors import NoTissueError
+    from engine.infer.pipeline import iter_tile_outputs
     from engine.slides.damage import UnreadableLog, record_damaged_cells
     from engine.slides.qc import BlurScreen
 

@@ -111,7 +111,8 @@ def test_qc_command_writes_reports_and_cohort_table(
     rc = main(["qc", *slides, "--out", str(tmp_path / "qc"), "--model", str(MODEL), "--blur-sample", "400"])
     out, err = capsys.readouterr()
     assert rc == 2 and err.count("error:") == 1  # the missing file; the others are reported
-    rows = list(csv.DictReader(open(tmp_path / "qc" / "qc_results.csv", encoding="utf-8")))
+    with open(tmp_path / "qc" / "qc_results.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     by = {r["slide"]: r for r in rows}
     assert set(by) == {"clean", "damaged", "pen", "grey", "missing"}
     assert by["missing"]["status"] == "error"
