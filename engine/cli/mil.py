@@ -121,6 +121,10 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
     add_device_option(p)
     p.set_defaults(handler=_predict)
 
+    from engine.cli import mil_extras
+
+    mil_extras.register(msub)  # import-balnmp, extractor, protocol
+
     t = groups["train"].add_parser(
         "mil",
         help="train an attention MIL model on slide features",
@@ -133,6 +137,13 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
     t.add_argument(
         "--folds", type=int, default=0, help="K-fold cross-validation by patient (default: one train/val/test split)"
     )
+    t.add_argument(
+        "--recipe", choices=("balnmp",), default=None,
+        help="balnmp: BALNMP's protocol (tanh attention, random bags of 10 tiles, slide = mean over bags, 6:2:2 split); "
+             "options given here override it",
+    )
+    t.add_argument("--attention", choices=("gated", "tanh"), default=None, help="attention pooling (default gated)")
+    t.add_argument("--bag-size", type=int, default=None, help="tiles per random bag, 0 = whole slide (default 0; balnmp 10)")
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
@@ -195,7 +206,15 @@ def _train(args: argparse.Namespace) -> int:
     else:
         if not args.manifest or not args.features:
             raise ConfigError("train mil needs --manifest and --features (or --resume / --config)")
+        extra: dict[str, Any] = {k: v for k, v in (("attention", args.attention), ("bag_size", args.bag_size)) if v is not None}
+        if args.recipe == "balnmp":
+            from engine.mil.protocol import balnmp_config
+
+            base = balnmp_config(str(Path(args.manifest).resolve()), str(Path(args.features).resolve()))
+            extra = {"attention": base.attention, "bag_size": base.bag_size, "val_fraction": base.val_fraction,
+                     "test_fraction": base.test_fraction, "recipe": "balnmp", **extra}
         cfg = MILTrainConfig(
+            **extra,
             manifest=str(Path(args.manifest).resolve()),
             features_dir=str(Path(args.features).resolve()),
             labels=args.labels,

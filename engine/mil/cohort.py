@@ -75,6 +75,12 @@ class LabelScheme:
         if raw is None or (isinstance(raw, float) and math.isnan(raw)):
             return None
         key = _norm(str(raw))
+        from engine.mil.balnmp import canonical_label
+
+        # BALNMP's spellings: N+(1~2), full-width N+(＞2)...
+        canon = canonical_label(raw)
+        if canon is not None and _norm(canon) in self.mapping:
+            return self.mapping[_norm(canon)]
         # "1.0" from a numeric column reads as "1"
         if key.endswith(".0") and key[:-2].lstrip("-").isdigit():
             key = key[:-2]
