@@ -81,17 +81,20 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
         help="train a conditional WGAN-GP on expression profiles",
         description="Conditional WGAN-GP (generator and critic MLPs, covariates via embeddings); realism on held-out samples.",
     )
-    t.add_argument("--matrix", default=None, metavar="MATRIX")
-    t.add_argument("--samples", default=None, metavar="SAMPLES.tsv")
+    t.add_argument("--matrix", default=None, metavar="MATRIX", help="expression matrix (either orientation)")
+    t.add_argument("--samples", default=None, metavar="SAMPLES.tsv", help="sample table with the covariates")
     t.add_argument("--genes", default=None, metavar="GENES.txt", help="gene list (e.g. genes.txt of expression deg)")
     t.add_argument("--covariates", default="", help="covariate columns, comma-separated (e.g. age,sex,stage)")
     t.add_argument("--categorical", default="", help="covariates to treat as categorical")
     t.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="train on this subset (repeatable)")
     t.add_argument("--holdout", type=float, default=0.2, help="fraction held out for realism (default 0.2)")
-    t.add_argument("--epochs", type=int, default=None, help="epochs of steps-per-epoch generator steps")
-    t.add_argument("--steps-per-epoch", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--epochs", type=int, default=None, help="epochs (default 60)")
+    t.add_argument(
+        "--steps-per-epoch", type=int, default=None,
+        help="generator steps per epoch, each after 5 critic steps (default 50, whatever the sample count)",
+    )
+    t.add_argument("--batch-size", type=int, default=None, help="default 64")
+    t.add_argument("--lr", type=float, default=None, help="Adam learning rate, betas (0.5, 0.9) (default 2e-4)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     t.add_argument("--out", required=True, metavar="RUN_DIR")
