@@ -99,7 +99,7 @@ def export_run(
         input_size=int(ex.get("tile_size") or 96),
         input_mpp=float(ex["mpp"]) if ex.get("mpp") else None,
         output="probabilities",
-        arch="gated_attention_mil",
+        arch="tanh_attention_mil" if ck["model_config"].get("attention") == "tanh" else "gated_attention_mil",
         input_name="features",
         output_name="probabilities",
         feature_dim=int(ex["feature_dim"]),
@@ -118,6 +118,8 @@ def export_run(
             # tissue settings and tile cap of the training bags: prediction tiles slides alike
             "feature_settings": ex.get("feature_settings"),
             "model_config": ck["model_config"],
+            # BALNMP recipe: the slide is the mean over fixed random bags of this many tiles (0: one bag)
+            "bag_size": int(getattr(cfg, "bag_size", 0)),
             "outputs": {"probabilities": "(1, C) softmax", "attention": "(N,) per tile, sums to 1"},
         },
     )

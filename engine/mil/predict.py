@@ -60,6 +60,7 @@ class Aggregator:
         self.feature_settings: dict[str, Any] | None = dict(settings) if isinstance(settings, dict) else None
         self.inputs = [i.name for i in session.session.get_inputs()]
         self.feature_dim = meta.feature_dim
+        self.bag_size = int(meta.extra.get("bag_size") or 0)
 
     @property
     def name(self) -> str:
@@ -117,8 +118,27 @@ class Aggregator:
             numeric: float32 ``(1, Kn)``; codes: int64 ``(1, Kc)`` (clinical models).
 
         Returns:
-            ``(probabilities (C,), attention (N,))``.
+            ``(probabilities (C,), attention (N,))``. A model trained on random bags of
+            ``bag_size`` tiles (BALNMP recipe) scores fixed random bags of the slide's tiles and
+            averages their probabilities; each tile's attention is then divided by the number of
+            bags, so it still sums to 1 over the slide.
         """
+        n = int(features.shape[0])
+        if self.bag_size and n > self.bag_size:
+            perm = np.random.default_rng(n).permutation(n)
+            bags = [np.sort(perm[i : i + self.bag_size]) for i in range(0, n, self.bag_size)]
+            attention = np.zeros(n, dtype=np.float32)
+            probs = []
+            for idx in bags:
+                p, a = self._run_one(features[idx], numeric, codes)
+                probs.append(p)
+                attention[idx] = a / len(bags)
+            return np.mean(probs, axis=0), attention
+        return self._run_one(features, numeric, codes)
+
+    def _run_one(
+        self, features: np.ndarray, numeric: np.ndarray | None, codes: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         feed: dict[str, np.ndarray] = {"features": np.ascontiguousarray(features, dtype=np.float32)}
         if "clinical_numeric" in self.inputs:
             feed["clinical_numeric"] = np.asarray(numeric, dtype=np.float32).reshape(1, -1)

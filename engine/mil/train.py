@@ -687,7 +687,8 @@ class _FoldTrainer:
         feats = self.store.features(sid)
         if not self.cfg.bag_size:
             return [feats]
-        perm = np.random.default_rng([self.cfg.seed, *sid.encode("utf-8")]).permutation(feats.shape[0])
+        # the same fixed bags as the exported package scores (engine.mil.predict.Aggregator.run)
+        perm = np.random.default_rng(feats.shape[0]).permutation(feats.shape[0])
         return [feats[np.sort(perm[i : i + self.cfg.bag_size])] for i in range(0, feats.shape[0], self.cfg.bag_size)]
 
     def score(

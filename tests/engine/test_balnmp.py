@@ -178,6 +178,22 @@ def test_balnmp_import_features_train_evaluate_protocol(tmp_path: Path, capsys: 
     assert main(["mil", "evaluate", str(run), "--manifest", str(manifest), "--features", str(feats),
                  "--out", str(tmp_path / "eval"), "--subgroup", "age<50"]) == 0
     capsys.readouterr()
+    # the exported package scores slides as the run did: the mean over the same fixed bags
+    model = tmp_path / "balnmp.onnx"
+    assert main(["mil", "export", str(run), "--out", str(model)]) == 0
+    from engine.mil.predict import load_aggregator
+
+    agg = load_aggregator(model)
+    assert agg.bag_size == 10
+    fold = json.loads((run / "fold_1.json").read_text())
+    p_run = dict(zip(fold["test_ids"], fold["test_probs"], strict=True))
+    from engine.mil.cohort import load_cohort
+
+    entry = load_cohort(manifest).by_id()[fold["test_ids"][0]]
+    num, codes, _ = agg.encode({k: v for k, v in entry.clinical.items() if k in agg.clinical.columns})
+    p_pkg, att = agg.run(read_bag(bag_path(feats, entry.slide_id)).features, num, codes)
+    assert np.allclose(p_pkg, p_run[entry.slide_id], atol=1e-4) and att.sum() == pytest.approx(1.0, abs=1e-4)
+    capsys.readouterr()
 
     out = tmp_path / "protocol"
     assert main(["mil", "protocol", str(manifest), "--features", str(feats), "--out", str(out), "--clinical", "age,er",
