@@ -5,8 +5,9 @@ TIFF (JPEG tiles, 2x levels as top-level pages, the way :class:`TiffFileReader` 
 pyramids). Every later open reads that file tile by tile through the bounded tile cache of the
 TIFF reader instead of decoding the whole image again: memory is bounded after the first open.
 
-The one-time conversion holds the decoded level 0 in memory once (3 bytes per pixel, e.g. 1.5 GB
-for a 500 Mpx slide; JPEG and PNG cannot be decoded piecewise). Pillow's decompression-bomb
+The one-time conversion holds the decoded image in memory once (3 bytes per pixel, e.g. 1.5 GB
+for a 500 Mpx slide, plus a quarter of that for the next level; JPEG and PNG cannot be decoded
+piecewise) and writes the TIFF tile by tile from it. Pillow's decompression-bomb
 guard is lifted for this conversion only (the user asked to open this file as a slide); the
 global setting is restored right after.
 
@@ -21,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,67 +89,68 @@ def cache_path(src: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | 
     return user_cache() / "pyramids" / f"{abs(hash(str(p.parent))) & 0xFFFFFFFF:08x}-{_cache_name(p)}"
 
 
-def _decode(src: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
-
+def _tiles(img: Any) -> Iterator[np.ndarray]:
+    """The ``TILE x TILE`` RGB tiles of a Pillow image in row order (edge tiles padded)."""
     from engine.slides.image_reader import to_rgb_uint8
 
-    with _GUARD_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None  # lifted for this conversion only
-        try:
-            with Image.open(src) as img:
-                oriented = ImageOps.exif_transpose(img) or img
-                mode = "RGBA" if oriented.mode in ("RGBA", "LA", "PA", "P", "La", "RGBa") else "RGB"
-                arr = np.asarray(oriented.convert(mode) if oriented.mode != mode else oriented)
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-    return to_rgb_uint8(arr)
+    w, h = img.size
+    for y in range(0, h, TILE):
+        for x in range(0, w, TILE):
+            tile = to_rgb_uint8(np.asarray(img.crop((x, y, x + TILE, y + TILE))))
+            yield tile
 
 
-def _half(level: np.ndarray) -> np.ndarray:
-    """2x2 box downsampling of an ``(H, W, 3)`` uint8 image, in row bands (small temporaries)."""
-    h, w = level.shape[0] // 2, level.shape[1] // 2
-    out = np.empty((h, w, 3), dtype=np.uint8)
-    band = 1024
-    for y in range(0, h, band):
-        blk = level[2 * y : 2 * min(h, y + band), : 2 * w].astype(np.uint16)
-        s = blk[0::2, 0::2] + blk[1::2, 0::2] + blk[0::2, 1::2] + blk[1::2, 1::2]
-        out[y : y + s.shape[0]] = ((s + 2) // 4).astype(np.uint8)
-    return out
+def _write_levels(img: Any, tw: Any, quality: int) -> None:
+    """Level 0 from ``img`` tile by tile, then 2x box-reduced levels (Pillow ``reduce``)."""
+    level, first = img, True
+    while True:
+        w, h = level.size
+        tw.write(
+            _tiles(level), shape=(h, w, 3), dtype=np.uint8, photometric="rgb", tile=(TILE, TILE),
+            compression="jpeg", compressionargs={"level": quality}, subfiletype=0 if first else 1, metadata=None,
+        )
+        first = False
+        if max(w, h) <= MIN_LEVEL_SIDE or min(w, h) < 32:
+            break
+        level = level.reduce(2)
 
 
 def build_pyramid(src: str | os.PathLike[str], dst: str | os.PathLike[str], quality: int = 90) -> Path:
     """Decode ``src`` once and write it as a tiled pyramidal TIFF at ``dst`` (atomically).
 
+    Memory: the decoded image (3-4 bytes per pixel) plus its half-size copy; the TIFF is written
+    tile by tile from it.
+
     Raises:
         SlideOpenError: ``src`` cannot be decoded (or is too large for this machine's memory).
     """
     import tifffile
+    from PIL import Image, ImageOps
 
     from engine.fileio import atomic_path
 
     src_p, out = Path(src), Path(dst)
-    try:
-        level = _decode(src_p)
-    except MemoryError as exc:
-        raise SlideOpenError(f"{src_p}: not enough memory to convert the image once into a tiled pyramid") from exc
-    except SlideOpenError:
-        raise
-    except Exception as exc:  # decoders raise many unrelated types for bad files
-        raise SlideOpenError(f"{src_p}: not a readable image ({' '.join(str(exc).split()) or type(exc).__name__})") from exc
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-        first = True
-        while True:
-            tw.write(
-                level, photometric="rgb", tile=(TILE, TILE), compression="jpeg", compressionargs={"level": quality},
-                subfiletype=0 if first else 1, metadata=None,
-            )
-            first = False
-            if max(level.shape[:2]) <= MIN_LEVEL_SIDE or min(level.shape[:2]) < 2 * 16:
-                break
-            level = _half(level)
+    with _GUARD_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # lifted for this conversion only
+        try:
+            with Image.open(src_p) as img:
+                img.load()
+                # camera-style orientation tags only: transposing copies the whole image
+                im = ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
+                if im.mode not in ("RGB", "RGBA"):
+                    im = im.convert("RGBA" if im.mode in ("P", "PA", "LA", "La", "RGBa") else "RGB")
+                with atomic_path(out) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tw:
+                    _write_levels(im, tw, quality)
+        except MemoryError as exc:
+            raise SlideOpenError(f"{src_p}: not enough memory to convert the image once into a tiled pyramid") from exc
+        except SlideOpenError:
+            raise
+        except Exception as exc:  # decoders raise many unrelated types for bad files
+            raise SlideOpenError(f"{src_p}: not a readable image ({' '.join(str(exc).split()) or type(exc).__name__})") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
     return out
 
 
