@@ -118,6 +118,7 @@ class SlidePredictionMixin:
                                  value_label="attention")
         self._apply_overlay_settings(overlay)  # type: ignore[attr-defined]
         self.viewer.set_overlay(overlay)
+        self.viewer.set_qc_layer(None)  # the heatmap's QC mask does not describe this prediction
         panel.set_class_probabilities(list(pred.class_names), [float(p) for p in pred.probabilities])
         panel.set_summary_html(mj.prediction_html(pred))
         self._refresh_regions()  # type: ignore[attr-defined]

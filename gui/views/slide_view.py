@@ -39,6 +39,7 @@ from gui.widgets.heatmap_overlay import GridGeometry, HeatmapOverlay
 from gui.widgets.heatmap_panel import BROWSE, HeatmapPanel, format_eta
 from gui.widgets.overview_map import OverviewMap
 from gui.widgets.properties_panel import PropertiesPanel
+from gui.widgets.qc_layer import QCLayer, qc_html
 from gui.widgets.slide_viewer import SlideViewer
 from gui.widgets.tiles import TileScheduler, rgb_to_qimage
 from gui.workers import ProcessWorker, Worker
@@ -145,6 +146,11 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
                                            "Show or hide the heatmap over the slide")
         self.overlay_action.setCheckable(True)
         self.overlay_action.setChecked(self.heatmap_panel.overlay_visible)
+        self.qc_action = self._action("", "Show QC Mask", self._on_qc_action_toggled, "Q",
+                                      "Show or hide the slide-QC mask: pen marks, folds, bubbles, blur "
+                                      "(hatched) and unreadable tiles (solid); hover a tile for its reason")
+        self.qc_action.setCheckable(True)
+        self.qc_action.setChecked(True)
         self.export_action = self._action("export", "Export Heatmap…", self.export_dialog, "Ctrl+E",
                                           "Save the overlay image, GeoJSON (QuPath) and CSV of the heatmap")
         self.associated_action = self._action("label", "Show Label and Macro Images…", self.show_associated_images,
@@ -153,7 +159,7 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
     def view_actions(self) -> list[QAction | None]:
         """Actions for the View menu (None marks a separator)."""
         return [self.zoom_in_action, self.zoom_out_action, self.fit_action, self.one_to_one_action, None,
-                self.overlay_action, None, self.associated_action]
+                self.overlay_action, self.qc_action, None, self.associated_action]
 
     def _build_layout(self) -> None:
         toolbar = QToolBar("Slide")
@@ -497,6 +503,7 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
             overlay = HeatmapOverlay(grid, GridGeometry(chunk.origin_xy, chunk.stride, chunk.tile_size))
             self._apply_overlay_settings(overlay)
             self.viewer.set_overlay(overlay)
+            self.viewer.set_qc_layer(None)  # the new run's QC comes with its result
             self.overview.update()
         elif isinstance(chunk, hj.HeatmapBatch) and self.viewer.overlay is not None:
             self.viewer.overlay.update_cells(chunk.rows, chunk.cols, chunk.probs)
@@ -547,6 +554,7 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
         """Show a complete result (or clear the overlay, summary and region list)."""
         self.result = data
         self._clear_prediction()
+        self._show_qc(data)
         if data is None:
             self.viewer.set_overlay(None)
             self.viewer.highlight = None
@@ -559,7 +567,7 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
             overlay = HeatmapOverlay(data.grid, GridGeometry(data.origin_xy, data.stride, data.tile_size))
             self._apply_overlay_settings(overlay)
             self.viewer.set_overlay(overlay)
-            self.heatmap_panel.set_summary_html(hj.summary_html(data, self.heatmap_panel.threshold))
+            self.heatmap_panel.set_summary_html(self._summary_html(data, self.heatmap_panel.threshold))
             self._refresh_regions()
             self.heatmap_loaded.emit()
         self.overview.update()
@@ -603,10 +611,32 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
             if threshold_changed and not self.running:
                 self._refresh_regions()
         if self.result is not None:
-            self.heatmap_panel.set_summary_html(hj.summary_html(self.result, panel.threshold))
+            self.heatmap_panel.set_summary_html(self._summary_html(self.result, panel.threshold))
 
     def _on_overlay_action_toggled(self) -> None:
         self.heatmap_panel.show_check.setChecked(self.overlay_action.isChecked())
+
+    # -- slide QC --------------------------------------------------------------------------
+    def _summary_html(self, data: hj.HeatmapData, threshold: float) -> str:
+        extra = qc_html(data.summary)
+        return hj.summary_html(data, threshold) + (f"<br>{extra}" if extra else "")
+
+    def _show_qc(self, data: hj.HeatmapData | None) -> None:
+        """The QC mask layer of a result (flagged and unreadable tiles) and its warnings."""
+        layer = None
+        if data is not None:
+            geometry = GridGeometry(data.origin_xy, data.stride, data.tile_size)
+            layer = QCLayer.from_summary(data.summary, tuple(data.grid.shape), geometry)
+            for warning in data.summary.get("warnings", []) or []:
+                self.status_message.emit(f"Warning: {warning}", 0)
+        if layer is not None:
+            layer.visible = self.qc_action.isChecked()
+        self.viewer.set_qc_layer(layer)
+
+    def _on_qc_action_toggled(self) -> None:
+        if self.viewer.qc_layer is not None:
+            self.viewer.qc_layer.visible = self.qc_action.isChecked()
+            self.viewer.update()
 
     def _on_heatmap_panel_region_activated(self, index: int) -> None:
         if self.viewer.overlay is None or not 0 <= index < len(self._regions):
@@ -626,6 +656,10 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
         if prob is not None:
             name = "attention" if self.prediction is not None else "p ="
             text = f"{name} {prob:.2f}  ·  {text}"
+        qc = self.viewer.qc_layer
+        reason = qc.hover_text(x0, y0) if qc is not None and qc.visible else None
+        if reason:
+            text = f"{text}  ·  {reason}"
         self.hover_text_changed.emit(text)
 
     def _on_viewer_view_changed(self) -> None:

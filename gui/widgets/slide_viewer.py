@@ -30,6 +30,7 @@ from PySide6.QtWidgets import QGestureEvent, QPinchGesture, QSizePolicy, QWidget
 
 from engine.slides.base import SlideReader
 from gui.widgets.heatmap_overlay import HeatmapOverlay
+from gui.widgets.qc_layer import QCLayer, paint_placeholder
 from gui.widgets.tiles import TILE_SIZE, TileKey, TileScheduler, display_levels, level_for_downsample
 from gui.widgets.viewer_paint import draw_scale_bar, draw_text_chip, format_magnification, magnification
 
@@ -65,6 +66,7 @@ class SlideViewer(QWidget):
         self.scheduler.thumbnail_loaded.connect(self._on_scheduler_thumbnail_loaded)
         self.reader: SlideReader | None = None
         self.overlay: HeatmapOverlay | None = None
+        self.qc_layer: QCLayer | None = None  # slide-QC mask, drawn over the heatmap
         self.thumbnail: QImage | None = None
         self.highlight: tuple[float, float, float, float] | None = None
         self.empty_text = "Open a slide with File > Open, or drop a slide file here."
@@ -100,6 +102,7 @@ class SlideViewer(QWidget):
         self.reader = reader
         self.thumbnail = None
         self.overlay = None
+        self.qc_layer = None
         self.highlight = None
         self._hover_text = []
         self.missing_tiles = 0
@@ -117,6 +120,11 @@ class SlideViewer(QWidget):
 
     def set_overlay(self, overlay: HeatmapOverlay | None) -> None:
         self.overlay = overlay
+        self.update()
+
+    def set_qc_layer(self, layer: QCLayer | None) -> None:
+        """Show a slide-QC mask (or none); its reasons appear in the hover text."""
+        self.qc_layer = layer
         self.update()
 
     # -- geometry --------------------------------------------------------------------------
@@ -295,17 +303,22 @@ class SlideViewer(QWidget):
         keys = self._visible_tiles(target) if levels[target].loadable else []
         present: list[tuple[QRectF, QImage]] = []
         missing: list[TileKey] = []
+        broken: list[TileKey] = []
         for key in keys:
             img = cache.get(key)
             if img is not None:
                 present.append((self._tile_rect(key), img))
             elif key not in self.scheduler.failed:
                 missing.append(key)
+            else:
+                broken.append(key)
         if missing or not keys:
             self._paint_underlay(p, slide_rect, target, missing if keys else None, smooth)
         p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
         for rect, img in present:
             p.drawImage(rect, img)
+        for key in broken:  # damaged slide data: a placeholder, not a hole or a crash
+            paint_placeholder(p, self._tile_rect(key))
         if keys:
             wanted = set(missing)
             ring = [k for k in self._visible_tiles(target, margin=1) if k not in cache and k not in wanted]
@@ -379,6 +392,14 @@ class SlideViewer(QWidget):
             p.setOpacity(ov.opacity)
             p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)  # crisp tile cells
             p.drawImage(QRectF(self.to_screen(x, y), self.to_screen(x + w, y + h)), ov.image())
+            p.restore()
+        qc = self.qc_layer
+        if qc is not None and qc.visible:
+            x, y, w, h = qc.extent_level0()
+            p.save()
+            p.setOpacity(qc.opacity)
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
+            p.drawImage(QRectF(self.to_screen(x, y), self.to_screen(x + w, y + h)), qc.image())
             p.restore()
         if self.highlight is not None:
             x, y, w, h = self.highlight
@@ -477,6 +498,9 @@ class SlideViewer(QWidget):
             lines = [f"x {int(x0):,}  y {int(y0):,} (level 0)"]
             if hit is not None:
                 lines.insert(0, f"{self.overlay.value_label} {hit[0]:.2f}")  # type: ignore[union-attr]
+            qc_text = self.qc_layer.hover_text(x0, y0) if self.qc_layer is not None and self.qc_layer.visible else None
+            if qc_text:
+                lines.insert(0, qc_text)
             self._hover_text = lines
         self.update()
         self.hovered.emit(info)

@@ -18,6 +18,7 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
 from engine.slides.base import SlideInfo, SlideReader
+from engine.slides.damage import tolerant_thumbnail
 
 TILE_SIZE = 256
 # largest source/display ratio a tile read may use: bounds one read to (256 * 16)^2 source pixels
@@ -184,7 +185,8 @@ class _ThumbnailJob(QRunnable):
 
     def run(self) -> None:
         try:
-            img = rgb_to_qimage(self._reader.thumbnail(self._max_size))
+            # damaged blocks stay white instead of losing the whole overview
+            img = rgb_to_qimage(tolerant_thumbnail(self._reader, self._max_size).rgb)
         except Exception as exc:  # noqa: BLE001 - reported to the user by the viewer
             self._signals.thumbnail_failed.emit(self._gen, f"{type(exc).__name__}: {exc}")
             return
