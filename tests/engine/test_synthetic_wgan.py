@@ -141,6 +141,15 @@ def test_train_export_generate_round_trip(tmp_path: Path) -> None:
     assert list(syn.columns[:4]) == ["sample", "sex", "age", "stage"] and len(syn) == 25
     assert (syn["sex"] == "male").all() and np.isfinite(syn[[f"G{j}" for j in range(6)]].to_numpy()).all()
 
+    from engine.expression.generate import generate, read_covariate_table
+
+    (tmp_path / "cov.tsv").write_text("sex\tage\tstage\nfemale\t45\ti\nmale\t\tiv\n")
+    g = generate(run / "model.onnx", n=5, covariates=read_covariate_table(tmp_path / "cov.tsv"), seed=1)
+    assert g.covariates["sex"].tolist() == ["female", "male"] * 2 + ["female"] and g.values.shape == (5, 6)
+    assert any("iv" in note for note in g.notes)  # stage iv never seen in training: treated as missing
+    with pytest.raises(ConfigError, match="does not use"):
+        generate(run, n=2, fixed={"grade": "2"})
+
 
 def test_cancel_then_resume(tmp_path: Path) -> None:
     from engine.expression.wgan_train import train_wgan
