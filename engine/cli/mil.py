@@ -72,6 +72,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
     p.add_argument("--slide-mpp", type=float, default=None, help="level-0 um/px for slides that do not record it")
     p.add_argument("--batch-size", type=int, default=64)
     add_device_option(p)
+    from engine.cli.qc import add_qc_options
+
+    add_qc_options(p, stain=False)  # --max-unreadable, --no-qc, --keep-qc-failed
     labels_opt(p)
     p.set_defaults(handler=_features)
 
@@ -180,6 +183,9 @@ def _features(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         slide_mpp=args.slide_mpp,
+        max_unreadable=args.max_unreadable,
+        qc=not args.no_qc,
+        keep_qc_failed=args.keep_qc_failed,
     )
     bar = TerminalProgress()
     try:

@@ -23,8 +23,8 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def add_qc_options(p: argparse.ArgumentParser) -> None:
-    """``--max-unreadable``, ``--no-qc``, ``--keep-qc-failed``, ``--ignore-stain``."""
+def add_qc_options(p: argparse.ArgumentParser, stain: bool = True) -> None:
+    """``--max-unreadable``, ``--no-qc``, ``--keep-qc-failed`` and (``stain``) ``--ignore-stain``."""
     p.add_argument(
         "--max-unreadable",
         type=_fraction,
@@ -38,6 +38,8 @@ def add_qc_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="analyse tiles slide QC flagged (pen, fold, bubble, blur) instead of leaving them out; still reported",
     )
+    if not stain:
+        return
     p.add_argument(
         "--ignore-stain",
         action="store_true",
