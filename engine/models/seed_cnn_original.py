@@ -5,14 +5,15 @@ filters, then dense layers 256/128/64 each followed by ReLU and dropout, and one
 trained with binary cross-entropy. No batch norm (that is MetaScope's ``seed_cnn``).
 
 One sigmoid unit inside, two classes outside: :meth:`SeedCNNOriginal.forward` returns the two
-log-probabilities ``[log(1 - p), log p]`` with ``p = sigmoid(z)`` of the single output ``z``.
-Everything downstream treats them as logits, and that is exact:
+logits ``[0, z]`` of the single output ``z``. Everything downstream treats them as logits, and
+that is exact:
 
-- ``softmax([log(1-p), log p]) = [1 - p, p]``, so the exported ONNX graph (output ``logits``,
-  class names ``[negative, positive]``) gives heatmaps, ``predict`` and ``evaluate`` the sigmoid
-  probability with no special case in any consumer;
-- the cross-entropy of these two log-probabilities with label ``y`` is ``-y log p - (1-y) log(1-p)``,
-  the binary cross-entropy of the published run (``class_weighting="none"``).
+- ``softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]``, so the exported ONNX graph (output
+  ``logits``, class names ``[negative, positive]``) gives heatmaps, ``predict`` and ``evaluate``
+  the sigmoid probability with no special case in any consumer;
+- the cross-entropy of ``[0, z]`` with label ``y`` is ``-y log p - (1-y) log(1-p)`` with
+  ``p = sigmoid(z)``: the binary cross-entropy of the published run (``class_weighting="none"``).
+  Unlike log-probabilities, ``[0, z]`` never overflows (a confident model's ``log(1-p)`` does).
 
 :meth:`SeedCNNOriginal.logit` gives the single pre-sigmoid output ``(N, 1)`` itself.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from engine.models.seed_cnn import _flat_side
 
@@ -69,6 +69,6 @@ class SeedCNNOriginal(nn.Module):
         return self.classifier(self.features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 2)`` log-probabilities ``[log(1 - sigmoid(z)), log sigmoid(z)]`` (usable as logits)."""
-        z = self.logit(x)
-        return torch.cat([F.logsigmoid(-z), F.logsigmoid(z)], dim=1)
+        """``(N, 2)`` logits ``[0, z]``: softmax gives ``[1 - sigmoid(z), sigmoid(z)]``."""
+        z = self.logit(x)  # N x 1
+        return torch.cat([torch.zeros_like(z), z], dim=1)
