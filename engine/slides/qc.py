@@ -62,6 +62,8 @@ COLOUR_SAT_MIN = 0.08
 DAB_SHARE_MIN = 0.45  # share of the deconvolved stain carried by DAB, above: IHC (H&E: ~0.3)
 DAB_NO_EOSIN = 0.05  # ... or eosin below this share with DAB above 0.35 (counterstained IHC)
 GLASS_OD_MAX = 0.06
+# Thumbnail pixels of margin around the tissue's bounding box that the artefact checks look at.
+CROP_MARGIN_PX = 24
 
 # Artefact thresholds
 PEN_MARGIN = 15
@@ -160,24 +162,33 @@ def rgb2hed(rgb: np.ndarray) -> np.ndarray:
     return rgb_to_od(rgb) @ HED_FROM_RGB
 
 
+def _channel_max_min(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel max and min over the 3 channels (elementwise: much faster than a reduce over a
+    last axis of 3)."""
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    return np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+
+
 def _saturation(img: np.ndarray) -> np.ndarray:
-    mx = img.max(axis=-1)
-    return np.where(mx > 0, (mx - img.min(axis=-1)) / np.maximum(mx, 1.0), 0.0).astype(np.float32)
+    mx, mn = _channel_max_min(img)
+    return ((mx - mn) / np.maximum(mx, 1.0)).astype(np.float32, copy=False)
 
 
-def stain_check(rgb: np.ndarray, tissue: np.ndarray | None = None) -> StainReport:
+def stain_check(rgb: np.ndarray, tissue: np.ndarray | None = None, glass: np.ndarray | None = None) -> StainReport:
     """Judge the stain of a slide thumbnail (see the module description).
 
     Args:
         rgb: ``uint8`` ``(H, W, 3)`` thumbnail.
         tissue: optional bool mask of the tissue; otherwise every non-glass pixel counts.
+        glass: the glass colour (:func:`engine.slides.tissue.glass_colour`), if known.
     """
     from engine.slides.tissue import glass_colour
 
     pix = rgb.reshape(-1, 3)
     if pix.shape[0] > 400_000:
         pix = pix[:: pix.shape[0] // 400_000 + 1]
-    lum = pix.astype(np.float32).mean(axis=1)
+    p32 = pix.astype(np.float32)
+    lum = (p32[:, 0] + p32[:, 1] + p32[:, 2]) / 3.0
     background = float(np.percentile(lum, 90)) if lum.size else 255.0
     if background < FLUO_BACKGROUND_MAX:
         return StainReport(
@@ -185,7 +196,7 @@ def stain_check(rgb: np.ndarray, tissue: np.ndarray | None = None) -> StainRepor
             {"background_luminance": round(background, 1)},
             "the slide has a dark background: a fluorescence image, not brightfield H&E",
         )
-    glass = glass_colour(rgb)
+    glass = glass_colour(rgb) if glass is None else glass
     sel = rgb[tissue] if tissue is not None and tissue.shape == rgb.shape[:2] and tissue.any() else rgb.reshape(-1, 3)
     if sel.shape[0] > 200_000:
         sel = sel[:: sel.shape[0] // 200_000 + 1]
@@ -216,7 +227,13 @@ def stain_check(rgb: np.ndarray, tissue: np.ndarray | None = None) -> StainRepor
 # ------------------------------------------------------------------------------ artefacts
 
 
-def artefact_map(rgb: np.ndarray, tissue: np.ndarray | None, settings: QCSettings, stain: StainReport) -> np.ndarray:
+def artefact_map(
+    rgb: np.ndarray,
+    tissue: np.ndarray | None,
+    settings: QCSettings,
+    stain: StainReport,
+    glass: np.ndarray | None = None,
+) -> np.ndarray:
     """Per thumbnail pixel artefact code (``OK``, ``PEN``, ``FOLD``, ``BUBBLE``), uint8 ``(H, W)``.
 
     Args:
@@ -224,6 +241,7 @@ def artefact_map(rgb: np.ndarray, tissue: np.ndarray | None, settings: QCSetting
         tissue: the tissue mask at the same scale (fold statistics are taken on it).
         settings: which checks run.
         stain: the slide's stain report (colour rules need a colour slide).
+        glass: the glass colour (:func:`engine.slides.tissue.glass_colour`), if known.
     """
     from scipy import ndimage
 
@@ -234,11 +252,21 @@ def artefact_map(rgb: np.ndarray, tissue: np.ndarray | None, settings: QCSetting
     if not settings.enabled or stain.kind in ("fluorescence", "empty"):
         return out
     colour = stain.kind != "greyscale"
-    raw = rgb.astype(np.float32)
-    img = np.minimum(raw * (255.0 / glass_colour(rgb)), 255.0)
+    glass = glass_colour(rgb) if glass is None else glass
+    if tissue is not None and tissue.shape == (h, w) and tissue.any():
+        # artefacts matter where tiles have tissue: the tissue's bounding box plus a margin
+        # (a sparse slide's thumbnail is mostly glass)
+        ys, xs = np.flatnonzero(tissue.any(axis=1)), np.flatnonzero(tissue.any(axis=0))
+        m = CROP_MARGIN_PX
+        y0, y1 = max(0, ys[0] - m), min(h, ys[-1] + 1 + m)
+        x0, x1 = max(0, xs[0] - m), min(w, xs[-1] + 1 + m)
+        if (y1 - y0) * (x1 - x0) < 0.8 * h * w:
+            out[y0:y1, x0:x1] = artefact_map(rgb[y0:y1, x0:x1], tissue[y0:y1, x0:x1], settings, stain, glass)
+            return out
+    img = np.minimum(rgb.astype(np.float32) * (255.0 / glass), 255.0)
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
-    mx = img.max(axis=2)
-    sat = _saturation(img)
+    mx, mn = _channel_max_min(img)
+    sat = ((mx - mn) / np.maximum(mx, 1.0)).astype(np.float32)
     od = rgb_to_od(img).mean(axis=2)
     if settings.bubble and colour:
         out[_bubbles(img, sat, od)] = BUBBLE
@@ -350,7 +378,8 @@ def sharpness(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(tiles)
     if t.ndim == 3:
         t = t[None]
-    grey = t.astype(np.float32).mean(axis=3)
+    # channel sum in uint16 then one float conversion (a mean over a last axis of 3 is slow)
+    grey = (t[..., 0].astype(np.uint16) + t[..., 1] + t[..., 2]).astype(np.float32) * np.float32(1 / 3)
     lap = grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] + grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] - 4 * grey[:, 1:-1, 1:-1]
     var_lap = lap.reshape(lap.shape[0], -1).var(axis=1)
     var_grey = grey.reshape(grey.shape[0], -1).var(axis=1)
@@ -455,8 +484,11 @@ def thumbnail_qc(
     rgb: np.ndarray, tissue: np.ndarray | None, settings: QCSettings
 ) -> tuple[StainReport, np.ndarray, dict[str, float]]:
     """Stain report, artefact code map and per-artefact share of the tissue area of a thumbnail."""
-    stain = stain_check(rgb, tissue)
-    codes = artefact_map(rgb, tissue, settings, stain)
+    from engine.slides.tissue import glass_colour
+
+    glass = glass_colour(rgb)
+    stain = stain_check(rgb, tissue, glass)
+    codes = artefact_map(rgb, tissue, settings, stain, glass)
     area = tissue if tissue is not None and tissue.shape == codes.shape else np.ones(codes.shape, bool)
     n = max(int(area.sum()), 1)
     # ink and folds are left out of the tissue mask by its own rules; count them where they touch it
