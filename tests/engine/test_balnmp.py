@@ -207,3 +207,29 @@ def test_balnmp_import_features_train_evaluate_protocol(tmp_path: Path, capsys: 
         assert "p_value" in rows["delong"]
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "Youden" in md and "DeLong" in md and "age < 50" in md
+
+
+def test_tanh_attention_and_recipe_config(tmp_path: Path) -> None:
+    import torch
+
+    from engine.errors import ConfigError
+    from engine.mil.model import GatedAttentionMIL, MILModelConfig
+    from engine.mil.protocol import balnmp_config
+    from engine.mil.train import MILTrainConfig
+
+    cfg = MILModelConfig(feature_dim=8, num_classes=2, attention="tanh")
+    model = GatedAttentionMIL(cfg).eval()
+    assert model.attention_u is None
+    with torch.no_grad():
+        logits, att = model(torch.randn(13, 8))
+    assert logits.shape == (1, 2) and att.shape == (13,) and float(att.sum()) == pytest.approx(1.0, abs=1e-5)
+    old = cfg.to_dict()
+    del old["attention"]  # models saved before the option are gated
+    assert MILModelConfig.from_dict(old).attention == "gated"
+    with pytest.raises(ConfigError):
+        MILModelConfig(feature_dim=8, num_classes=2, attention="softmax")
+    rec = balnmp_config("m.csv", "f")
+    assert (rec.attention, rec.bag_size, rec.val_fraction, rec.test_fraction, rec.recipe) == ("tanh", 10, 0.2, 0.2, "balnmp")
+    assert MILTrainConfig(manifest="m.csv", features_dir="f").attention == "gated"  # the default stays gated
+    with pytest.raises(ConfigError):
+        MILTrainConfig(manifest="m.csv", features_dir="f", bag_size=-1)
