@@ -22,7 +22,7 @@ from engine.slides.synthetic import SyntheticSlide
 from gui.main_window import MainWindow
 from gui.views.slide_view import SlideView
 
-RUN_TIMEOUT_MS = 60_000
+RUN_TIMEOUT_MS = 300_000  # a limit for a busy machine; an idle one needs seconds
 TILE_PX, TILE_MPP = 64, 1.0
 DARK = 9  # index of "dark_frac_045" in engine.mil.extractor.STATS_FEATURES
 AGE = {"name": "age", "median": 60.0, "mean": 60.0, "std": 10.0}
