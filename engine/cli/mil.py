@@ -58,9 +58,10 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument(
         "--extractor",
-        required=True,
+        default=None,
         metavar="MODEL.onnx",
-        help="feature extractor package (or patch model exposing features)",
+        help="feature extractor package (or patch model exposing features); default: the shipped colour/texture "
+             "statistics extractor (resources/models/colour-texture-stats.onnx; see mil extractor for others)",
     )
     p.add_argument("--out", required=True, metavar="FEATURES_DIR")
     p.add_argument("--mpp", type=float, default=None, help="analysis resolution in um/px (default: the extractor's)")
@@ -187,9 +188,15 @@ def _features(args: argparse.Namespace) -> int:
         qc=not args.no_qc,
         keep_qc_failed=args.keep_qc_failed,
     )
+    extractor = args.extractor
+    if extractor is None:
+        from engine.paths import resources_dir
+
+        extractor = str(resources_dir() / "models" / "colour-texture-stats.onnx")
+        print(f"note: no --extractor given: using the built-in colour/texture statistics extractor {extractor}", file=sys.stderr)
     bar = TerminalProgress()
     try:
-        rep = extract_cohort(cohort, args.extractor, args.out, cfg, progress=bar)
+        rep = extract_cohort(cohort, extractor, args.out, cfg, progress=bar)
     finally:
         bar.close()
     print("\n".join(rep.lines()))

@@ -42,6 +42,12 @@ def test_import_balnmp_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     region = read_region_rings(cohort.entries[0].roi_path)
     assert len(region) == 1 and region[0].shape == (25, 2)
 
+    # a new user needs no extractor of their own: the shipped statistics extractor is the default
+    feats = tmp_path / "features"
+    assert main(["mil", "features", str(manifest), "--out", str(feats), "--slide-mpp", "1.0", "--labels", "three_class",
+                 "--device", "cpu"]) == 0
+    assert "colour-texture-stats.onnx" in capsys.readouterr().err and len(list(feats.glob("*.h5"))) == 8
+
     # the plain text report names every mapping, and bad input is one line
     assert main(["mil", "import-balnmp", str(root), "--out", str(manifest)]) == 0
     assert "column 'ALN status' -> label" in capsys.readouterr().out
