@@ -187,6 +187,18 @@ def test_non_he_slide_warns_and_he_model_refuses(
     assert res.summary["tiles_analysed"] > 0 and res.summary["warnings"]
 
 
+def test_fluorescence_slide_is_reported_not_crashing(he: np.ndarray, session: ModelSession) -> None:
+    from engine.errors import NoTissueError
+
+    fluo = ((255 - he.astype(np.int32)) // 4).astype(np.uint8)
+    try:
+        res = compute_heatmap(ArrayReader(fluo, mpp=0.5, levels=3), session, InferenceConfig(device="cpu"))
+    except NoTissueError as exc:  # a clean one-line refusal is fine too
+        assert "\n" not in str(exc)
+    else:
+        assert res.summary["qc"]["stain"]["kind"] == "fluorescence" and res.summary["warnings"]
+
+
 # ------------------------------------------------------------------------------ artefacts
 
 
@@ -241,6 +253,11 @@ def test_blur_is_measured_on_the_analysed_tiles(he: np.ndarray, session: ModelSe
     assert res.summary["qc_excluded_tiles"] >= len(blurred)
     folder = write_heatmap_outputs(res, tmp_path, reader=reader)
     assert json.loads((folder / "heatmap.json").read_text())["summary"]["qc"]["flagged"]["blur"] == len(blurred)
+    from PIL import Image
+
+    overlay = np.asarray(Image.open(folder / "overlay.png").convert("RGB")).astype(int)
+    orange = (overlay[..., 0] > 230) & (abs(overlay[..., 1] - 170) < 30) & (overlay[..., 2] < 60)
+    assert orange.any()  # blurred tiles hatched in the blur colour
     kept = compute_heatmap(reader, session, InferenceConfig(device="cpu", keep_qc_failed=True))
     assert all(np.isfinite(kept.grid[r, c]) for r, c in blurred)
     assert kept.summary["qc"]["flagged"]["blur"] == len(blurred)
