@@ -8,8 +8,8 @@ Greedy selection: starting empty, add the candidate gene (top ``candidates`` by 
 most raises the leave-one-out 1-NN (Euclidean, normalised values) type accuracy; stop after
 ``max_markers``.
 
-Writes ``markers.csv`` (rank, gene, saliency, saliency_norm, top_type, greedy_step,
-greedy_nn1_accuracy, saliency_<type>...), ``markers_curve.csv`` (step, gene, nn1_accuracy,
+Writes ``markers.csv`` (rank, gene, saliency, saliency_norm, top_type, gene_weight (the learned
+weight of the gene in the correlation branch), greedy_step, greedy_nn1_accuracy, saliency_<type>...), ``markers_curve.csv`` (step, gene, nn1_accuracy,
 n_genes), ``markers.json`` and ``saliency.png``. Needs torch (the run's checkpoint).
 """
 
@@ -119,6 +119,11 @@ def compute_markers(run_dir, out_dir, m: ExpressionMatrix | None = None, labels:
         "greedy_step": [step_of[j][0] if j in step_of else "" for j in order],
         "greedy_nn1_accuracy": [round(step_of[j][1], 4) if j in step_of else "" for j in order],
     })
+    if getattr(net.encoder, "cfg", None) is not None and net.encoder.cfg.corr_skip:
+        import torch
+
+        with torch.no_grad():  # the learned weight of each gene in the correlation branch
+            table.insert(5, "gene_weight", np.round(net.encoder.weights().numpy()[order], 4))
     for t in types:
         table[f"saliency_{t}"] = np.round(per[t][order], 6)
     curve = pd.DataFrame({"step": np.arange(1, len(chosen) + 1), "gene": [prep.genes[j] for j, _ in chosen],

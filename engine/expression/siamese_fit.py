@@ -44,7 +44,7 @@ class SiameseFitter:
                                        embed_dim=cfg.embed_dim, head_dim=cfg.head_dim, dropout=cfg.dropout,
                                        corr_skip=cfg.corr_skip)
         self.prep = prep
-        self.steps = cfg.steps_per_epoch or int(min(150, max(30, len(tr) // cfg.batch_size)))
+        self.steps = cfg.steps_per_epoch or int(min(100, max(30, len(tr) // cfg.batch_size)))
         self.total = cfg.pretrain_epochs + cfg.epochs
         self.rng = np.random.default_rng(cfg.seed + 17)
         val = np.array(split["val"], dtype=int)

@@ -18,7 +18,7 @@ from torch import nn
 @dataclass
 class SiameseModelConfig:
     n_genes: int
-    channels: tuple[int, ...] = (16, 32, 64)
+    channels: tuple[int, ...] = (8, 16, 32)
     kernels: tuple[int, ...] = (7, 5, 3)
     embed_dim: int = 128
     head_dim: int = 64

@@ -75,7 +75,7 @@ class SiameseTrainConfig:
     weight_decay: float = 1e-4
     embed_dim: int = 128
     head_dim: int = 64
-    channels: tuple[int, ...] = (16, 32, 64)
+    channels: tuple[int, ...] = (8, 16, 32)
     dropout: float = 0.3
     corr_skip: bool = True
     cnn_weight: float = -1.0
@@ -90,7 +90,7 @@ class SiameseTrainConfig:
     markers: bool = True
     seed: int = 0
     device: str = "auto"
-    cpu_threads: int = 2
+    cpu_threads: int = 1
 
     def __post_init__(self) -> None:
         if not self.matrix or not self.label_column:
