@@ -239,3 +239,20 @@ def test_tanh_attention_and_recipe_config(tmp_path: Path) -> None:
     assert MILTrainConfig(manifest="m.csv", features_dir="f").attention == "gated"  # the default stays gated
     with pytest.raises(ConfigError):
         MILTrainConfig(manifest="m.csv", features_dir="f", bag_size=-1)
+
+
+def test_import_balnmp_csv_table(tmp_path: Path) -> None:
+    from engine.mil.balnmp import import_balnmp, read_table
+
+    root = make_balnmp(tmp_path / "B", n_per_class=(2, 1, 2))
+    header, rows = read_table(root / "patient-clinical-data.xlsx")
+    (root / "patient-clinical-data.xlsx").unlink()
+    rows[0][-1] = "N+(9)"  # an unknown status is reported, not guessed
+    csv_path = root / "clinical.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([header, *rows])
+    rep = import_balnmp(root, tmp_path / "m.csv")  # found by its headers
+    assert rep.table.endswith("clinical.csv") and rep.n_slides == 4
+    assert rep.label_counts == {"N0": 1, "N+(1-2)": 1, "N+(>2)": 2}
+    assert any("N+(9)" in p for p in rep.problems)
+    assert rep.label_spellings.get("N+(＞2)") == "N+(>2)"
