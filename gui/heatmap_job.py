@@ -219,11 +219,12 @@ def load_cached(slide_path: str, model: ModelChoice, mpp: float | None = None) -
 # -- compute ---------------------------------------------------------------------------------
 def run_heatmap(slide_path: str, model: ModelChoice, mpp: float | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                partial: PartialCallback | None = None) -> HeatmapData:
+                partial: PartialCallback | None = None, ignore_stain: bool = False) -> HeatmapData:
     """Compute the heatmap of (slide, model), streaming batches to ``partial``, then cache it.
 
     ``partial`` receives one :class:`HeatmapStarted` and then a :class:`HeatmapBatch` per batch.
     ``mpp`` (microns per level-0 pixel) is the user's value for a slide that records none.
+    ``ignore_stain``: analyse a slide that does not look like H&E with a model that needs H&E.
 
     Raises:
         MetaScopeError: the slide or model is unusable (one-line message for a dialog).
@@ -244,7 +245,8 @@ def run_heatmap(slide_path: str, model: ModelChoice, mpp: float | None = None,
             partial(HeatmapBatch(np.array(rows), np.array(cols), np.array(probs, dtype=np.float32)))
 
     with open_slide(slide_path, mpp=mpp) as reader:
-        result = compute_heatmap(reader, model.path, InferenceConfig(slide_mpp=mpp), progress=progress, cancel=cancel,
+        cfg = InferenceConfig(slide_mpp=mpp, ignore_stain=ignore_stain)
+        result = compute_heatmap(reader, model.path, cfg, progress=progress, cancel=cancel,
                                  on_batch=on_batch, on_start=on_start)
         check_cancel(cancel)
         # the cache is one folder written atomically: a cancel here leaves the old state

@@ -30,7 +30,7 @@ DEFAULT_MAX_UNREADABLE = 0.05
 #: Unreadable tiles listed in ``heatmap.json`` (the count is always exact).
 LISTED_MAX = 1000
 #: Side in pixels of the blocks a damaged thumbnail level is re-read in.
-THUMB_BLOCK_PX = 256
+THUMB_BLOCK_PX = 128
 #: RGB of a placeholder for a tile that cannot be decoded (the viewer and the overlay).
 PLACEHOLDER_RGB = (255, 0, 255)
 

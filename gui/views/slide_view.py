@@ -44,6 +44,9 @@ from gui.widgets.slide_viewer import SlideViewer
 from gui.widgets.tiles import TileScheduler, rgb_to_qimage
 from gui.workers import ProcessWorker, Worker
 
+#: Part of the stain check's refusal (engine.slides.qc_summary.stain_warnings) naming the override.
+STAIN_OVERRIDE_HINT = "use --ignore-stain"
+
 SLIDE_FILTER = (
     "Slides and images (*.svs *.tif *.tiff *.ndpi *.mrxs *.scn *.bif *.vms *.vmu *.svslide *.dcm "
     "*.png *.jpg *.jpeg *.bmp);;All files (*)"
@@ -423,9 +426,10 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
         self._user_mpp[self.slide_path] = value
         return value
 
-    def run_heatmap(self) -> None:
+    def run_heatmap(self, ignore_stain: bool = False) -> None:
         """Compute the heatmap of the open slide with the chosen model, in a child process (for a
-        slide-level model: predict the slide, see :meth:`run_prediction`)."""
+        slide-level model: predict the slide, see :meth:`run_prediction`). ``ignore_stain``: the
+        user chose to analyse a non-H&E slide with a model that needs H&E."""
         choice = self._current_choice()
         if self.reader is None or choice is None or self.running:
             return
@@ -438,7 +442,8 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
             if mpp is None:
                 return
         self._show_result(None)
-        worker = ProcessWorker(self.heatmap_job, self.slide_path, choice, mpp)
+        extra = {"ignore_stain": True} if ignore_stain else {}
+        worker = ProcessWorker(self.heatmap_job, self.slide_path, choice, mpp, **extra)
         self._connect_run(worker)
         self._worker = worker
         self._worker_started = time.monotonic()
@@ -538,6 +543,13 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
         self.heatmap_failed.emit(message)
         title = "Cannot run this model on this slide" if user_error else ("Prediction failed" if mil
                                                                           else "Heatmap failed")
+        if user_error and not mil and STAIN_OVERRIDE_HINT in message:
+            # the stain check refused the slide for an H&E-only model: the user may overrule it
+            text = message.replace(f" ({STAIN_OVERRIDE_HINT} to analyse it anyway)", "")
+            if confirm(self, "Not an H&E slide", f"{text}.\n\nAnalyse it anyway? The heatmap may be meaningless.",
+                       ok_text="Analyse Anyway"):
+                self.run_heatmap(ignore_stain=True)
+            return
         show_error(self, title, message, "" if user_error else details)
 
     def _on_worker_cancelled(self) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPointF
 
-from engine.slides.artefacts import corrupt_tiles, draw_pen, tile_grid, write_tiled_tiff
+from engine.slides.artefacts import corrupt_tiles, draw_pen, tile_grid, to_greyscale, write_tiled_tiff
 from engine.slides.synthetic import make_texture
 from gui.main_window import MainWindow
 
@@ -26,11 +26,13 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pen = he.copy()
     draw_pen(pen, [(300, 300), (900, 500), (1200, 1200)], width=70, colour="green")
     pen_path = write_tiled_tiff(d / "pen.tif", pen, tile=128, levels=1)
-    # four copies of the tissue: one damaged JPEG tile stays under the default 5% of tiles
-    damaged = write_tiled_tiff(d / "damaged.tif", np.tile(he, (2, 2, 1)), tile=128, levels=1)
+    # one damaged JPEG tile inside one analysis tile (128 px tile 3,3 lies in 187 px tile 2,2):
+    # under the default 5% of unreadable tiles
+    damaged = write_tiled_tiff(d / "damaged.tif", he, tile=128, levels=1)
     _rows, cols, _ = tile_grid(damaged)
-    corrupt_tiles(damaged, [cols * 6 + 5])
-    return {"pen": pen_path, "damaged": damaged}
+    corrupt_tiles(damaged, [cols * 3 + 3])
+    grey = write_tiled_tiff(d / "grey.tif", to_greyscale(he), tile=128, levels=1)
+    return {"pen": pen_path, "damaged": damaged, "grey": grey}
 
 
 def _run(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
@@ -46,7 +48,7 @@ def test_damaged_tiles_show_a_placeholder_and_the_heatmap_completes(qtbot, windo
     open_and_wait(window, slides["damaged"])
     viewer = view.viewer
     _rows, _cols, tile = tile_grid(slides["damaged"])
-    viewer.show_region(4 * tile, 5 * tile, 3 * tile, 3 * tile)
+    viewer.show_region(2 * tile, 2 * tile, 3 * tile, 3 * tile)
     viewer.one_to_one()  # level 0, where the damaged tile is
     viewer.repaint()
     qtbot.waitUntil(lambda: viewer.scheduler.idle and len(viewer.scheduler.failed) > 0, timeout=TIMEOUT_MS)
@@ -81,3 +83,39 @@ def test_qc_mask_layer_toggles_and_explains_on_hover(qtbot, window, open_and_wai
     assert "QC:" not in window.hover_label.text()
     view.qc_action.trigger()
     assert layer.visible
+
+
+def test_he_only_model_asks_before_analysing_a_greyscale_slide(  # type: ignore[no-untyped-def]
+    qtbot, window, open_and_wait, dialogs, monkeypatch, tmp_path, slides
+) -> None:
+    import dataclasses
+
+    from engine.modelpkg import read_metadata, write_metadata
+    from gui.views import slide_view as sv
+
+    meta = read_metadata(MODEL)
+    strict = write_metadata(
+        MODEL, dataclasses.replace(meta, extra={**meta.extra, "requires_stain": "H&E"}), tmp_path / "he-only.onnx"
+    )
+    grey = slides["grey"]
+    view = window.slide_view
+    open_and_wait(window, grey)
+    view.select_model(str(strict))
+    qtbot.waitUntil(lambda: view.heatmap_panel.current_model() == str(strict.resolve()), timeout=TIMEOUT_MS)
+    with qtbot.waitSignal(view.heatmap_failed, timeout=TIMEOUT_MS):
+        view.run_heatmap()
+    assert dialogs and dialogs[-1][0] == "Not an H&E slide" and "greyscale" in dialogs[-1][1]
+    assert view.result is None  # declined: nothing analysed
+    asked: list[str] = []
+
+    def accept(_parent, _title, message, ok_text="Continue"):  # type: ignore[no-untyped-def]
+        asked.append(message)
+        return True
+
+    monkeypatch.setattr(sv, "confirm", accept)
+    # the refusal comes back, the user accepts, the run starts again with the override and finishes
+    with qtbot.waitSignal(view.heatmap_finished, timeout=2 * TIMEOUT_MS):
+        view.run_heatmap()
+    assert asked and view.result is not None
+    assert any("greyscale" in w for w in view.result.summary["warnings"])
+    assert "Warning:" in view.heatmap_panel.summary_label.text()
