@@ -23,7 +23,11 @@ SMOOTHING = 20.0
 @dataclass
 class Preprocessor:
     """Encoding of a feature table into ``numeric (N, Dn) float32`` (NaN = missing) and
-    ``codes (N, Kc) int64``."""
+    ``codes (N, Kc) int64``.
+
+    For the networks: missing values take the column's median, ``log_columns`` then become
+    ``log1p(x)``, and every column is standardised with ``mean`` / ``std`` (of those values).
+    """
 
     numeric: list[str]
     categorical: list[str]
@@ -34,6 +38,7 @@ class Preprocessor:
     categories: dict[str, list[str]]
     target_rate: dict[str, list[float]] = field(default_factory=dict)
     modes: dict[str, int] = field(default_factory=dict)
+    log_columns: list[int] = field(default_factory=list)
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, numeric: list[str], categorical: list[str], y: np.ndarray | None) -> Preprocessor:
@@ -42,9 +47,16 @@ class Preprocessor:
             med = np.nanmedian(x, axis=0) if x.size else np.zeros(0)
         med = np.where(np.isfinite(med), med, 0.0)
         filled = np.where(np.isnan(x), med, x)
+        # heavy-tailed non-negative counts (TMB, depths, spans): the networks see log1p(x)
+        log_cols = [int(j) for j in range(x.shape[1]) if _skewed(filled[:, j])]
+        filled[:, log_cols] = np.log1p(filled[:, log_cols])
         mean = filled.mean(axis=0) if len(filled) else np.zeros(x.shape[1])
         std = filled.std(axis=0) if len(filled) else np.ones(x.shape[1])
         std = np.where(std > 1e-9, std, 1.0)
+        # 0/1 indicators (genes) stay 0/1: a rare mutation standardised becomes a huge input
+        binary = np.array([bool(np.isin(x[~np.isnan(x[:, j]), j], (0.0, 1.0)).all()) for j in range(x.shape[1])], dtype=bool)
+        mean = np.where(binary, 0.0, mean)
+        std = np.where(binary, 1.0, std)
         mask_cols = [int(j) for j in np.nonzero(np.isnan(x).any(axis=0) & ~np.isnan(x).all(axis=0))[0]]
         cats: dict[str, list[str]] = {}
         rates: dict[str, list[float]] = {}
@@ -62,7 +74,8 @@ class Preprocessor:
                 n = np.bincount(codes, minlength=len(kept) + 1).astype(np.float64)
                 r = (pos + SMOOTHING * prior) / (n + SMOOTHING)
                 rates[c] = [float("nan")] + [float(v) for v in r[1:]]
-        return cls(list(numeric), list(categorical), med.tolist(), mean.tolist(), std.tolist(), mask_cols, cats, rates, modes)
+        return cls(list(numeric), list(categorical), med.tolist(), mean.tolist(), std.tolist(), mask_cols, cats, rates,
+                   modes, log_cols)
 
     @property
     def cardinalities(self) -> list[int]:
@@ -96,7 +109,7 @@ class Preprocessor:
             "numeric": self.numeric, "categorical": self.categorical, "median": self.median, "mean": self.mean,
             "std": self.std, "mask_columns": self.mask_columns, "categories": self.categories,
             "target_rate": {k: [None if not np.isfinite(x) else x for x in v] for k, v in self.target_rate.items()},
-            "modes": self.modes,
+            "modes": self.modes, "log_columns": self.log_columns,
         }
 
     @classmethod
@@ -106,7 +119,16 @@ class Preprocessor:
             [int(j) for j in d["mask_columns"]], {k: list(v) for k, v in d["categories"].items()},
             {k: [float(x) if x is not None else float("nan") for x in v] for k, v in d.get("target_rate", {}).items()},
             {k: int(v) for k, v in d.get("modes", {}).items()},
+            [int(j) for j in d.get("log_columns", [])],
         )
+
+
+def _skewed(col: np.ndarray) -> bool:
+    """Non-negative with a long right tail (skewness > 2)."""
+    if not len(col) or col.min() < 0 or col.std() == 0:
+        return False
+    z = (col - col.mean()) / col.std()
+    return bool(np.mean(z**3) > 2.0)
 
 
 def _codes(values: pd.Series, kept: list[str]) -> np.ndarray:

@@ -4,7 +4,7 @@ One ONNX file, built node by node with ``onnx.helper`` (no torch exporter, no sk
 
 - inputs ``numeric (N, Dn)`` float32 (NaN = missing) and ``codes (N, Kc)`` int64 (0 = missing /
   unseen category); output ``probabilities (N, 2)``;
-- networks: median imputation, standardisation, missing indicators and the category tables
+- networks: median imputation, log1p of long-tailed counts, standardisation, missing indicators and the category tables
   (one-hot or the learned embedding) inside the graph, then Gemm/Relu layers and Softmax;
 - boosted trees: an ``ai.onnx.ml.TreeEnsemble`` (opset 5) with ``<=`` splits on numbers and
   set-membership splits on category codes (NaN follows each split's learned missing direction),
@@ -70,9 +70,16 @@ def dense_graph(pre: Preprocessor, state: dict[str, np.ndarray]) -> Any:
     inputs, nodes, inits = _inputs(pre)
     inits += [_const("median", np.asarray(pre.median, np.float32)), _const("mean", np.asarray(pre.mean, np.float32)),
               _const("std", np.asarray(pre.std, np.float32))]
+    logmask = np.zeros(len(pre.numeric), dtype=bool)
+    logmask[pre.log_columns] = True
+    inits += [_const("logmask", logmask), _const("one", np.array(1.0, dtype=np.float32))]
     nodes += [
         helper.make_node("IsNaN", ["numeric"], ["isnan"]),
-        helper.make_node("Where", ["isnan", "median", "numeric"], ["filled"]),
+        helper.make_node("Where", ["isnan", "median", "numeric"], ["imputed"]),
+        helper.make_node("Relu", ["imputed"], ["nonneg"]),
+        helper.make_node("Add", ["nonneg", "one"], ["plus1"]),
+        helper.make_node("Log", ["plus1"], ["logged"]),
+        helper.make_node("Where", ["logmask", "logged", "imputed"], ["filled"]),
         helper.make_node("Sub", ["filled", "mean"], ["centred"]),
         helper.make_node("Div", ["centred", "std"], ["z"]),
     ]

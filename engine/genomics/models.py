@@ -36,6 +36,9 @@ def build_net(pre: Preprocessor, model: str, embed_column: str | None, hidden: t
             self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32))
             self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32))
             self.register_buffer("mask_idx", torch.tensor(pre.mask_columns, dtype=torch.int64))
+            logmask = torch.zeros(len(pre.numeric), dtype=torch.bool)
+            logmask[pre.log_columns] = True
+            self.register_buffer("logmask", logmask)
             self.tables = nn.ModuleList()
             self.learned: list[bool] = []
             width = len(pre.numeric) + len(pre.mask_columns)
@@ -62,6 +65,7 @@ def build_net(pre: Preprocessor, model: str, embed_column: str | None, hidden: t
         def encode(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
             nan = torch.isnan(numeric)
             x = torch.where(nan, self.median.expand_as(numeric), numeric)
+            x = torch.where(self.logmask, torch.log1p(torch.relu(x)), x)
             parts = [(x - self.mean) / self.std]
             if self.mask_idx.numel():
                 parts.append(nan[:, self.mask_idx].float())

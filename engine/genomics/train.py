@@ -51,15 +51,15 @@ class GenomicsTrainConfig:
     epochs: int = 0  # 0: the model's default (dense 40, gbm 12 x gbm_iter_per_epoch iterations)
     batch_size: int = 256
     lr: float = 1e-3
-    weight_decay: float = 1e-4
-    hidden: tuple[int, ...] = (256, 128, 64)
-    dropout: float = 0.3
+    weight_decay: float = 1e-3
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: float = 0.5
     embed_dim: int = 16
     patience: int = 6
     gbm_learning_rate: float = 0.1
     gbm_max_leaf_nodes: int = 15
     gbm_min_samples_leaf: int = 40
-    gbm_l2: float = 1.0
+    gbm_l2: float = 10.0
     gbm_iter_per_epoch: int = 25
     min_gene_freq: float = 0.005
     max_genes: int = 300
@@ -107,7 +107,7 @@ class GenomicsTrainConfig:
             raise ConfigError(f"unknown genomics training setting(s): {', '.join(unknown)}")
         kw = dict(d)
         kw["drop_columns"] = tuple(kw.get("drop_columns", ()))
-        kw["hidden"] = tuple(int(h) for h in kw.get("hidden", (256, 128, 64)))
+        kw["hidden"] = tuple(int(h) for h in kw.get("hidden", (128, 64)))
         try:
             return cls(**kw)
         except TypeError as exc:

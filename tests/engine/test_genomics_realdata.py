@@ -37,7 +37,7 @@ def test_msk_impact_clinical_tables(shared_data: Path, tmp_path: Path, capsys: p
     # no MAF: mutation features are reported as not computable, mutations-only training is refused
     assert any("maf" in k for k in rep["not_computed"])
     assert main(["train", "genomics", "--study", str(study), "--out", str(tmp_path / "m"), "--features", "mutations"]) == 2
-    cfg = GenomicsTrainConfig(study=str(study), model="gbm", features="clinical", max_samples=1500, epochs=2,
-                              n_boot=100, explain_top=5, cpu_threads=1)
+    cfg = GenomicsTrainConfig(study=str(study), model="gbm", features="clinical", max_samples=800, epochs=1,
+                              n_boot=50, explain_top=5, cpu_threads=1)
     res = train_genomics(cfg, tmp_path / "run")
     assert res.metrics["auc"] > 0.55
