@@ -40,6 +40,13 @@ class WganLoop:
         self.spec = CovariateSpec.fit(data.covariates.iloc[tr], list(cfg.covariates), cfg.categorical)
         self.scaler = GeneScaler.fit(data.values[tr])
         self.floor = detect_floor(data.values[tr])
+        # the floor per gene in standardised units: generated values are clipped there in training
+        # too (straight-through gradient), so the critic compares point masses with point masses
+        self.floor_z = (
+            torch.from_numpy(((self.floor - self.scaler.mean) / self.scaler.std).astype(np.float32))
+            if self.floor is not None and cfg.floor_clip
+            else None
+        )
         self.x = torch.from_numpy(self.scaler.transform(data.values[tr]))
         num, codes, _ = self.spec.encode(data.covariates.iloc[tr].reset_index(drop=True))
         self.num, self.codes = torch.from_numpy(num), torch.from_numpy(codes)
@@ -98,11 +105,19 @@ class WganLoop:
     def _noise(self, n: int) -> Any:
         return self.torch.randn(n, self.cfg.noise_dim)
 
+    def _fake(self, num: Any, codes: Any) -> Any:
+        """Generated (standardised) profiles for these covariates, clipped at the floor in the
+        forward pass with an identity gradient (straight-through: no dead outputs below it)."""
+        x = self.gen(self._noise(len(num)), num, codes)
+        if self.floor_z is None:
+            return x
+        return x + (self.torch.maximum(x, self.floor_z) - x).detach()
+
     def critic_step(self) -> tuple[float, float, float]:
         torch = self.torch
         real, num, codes = self._batch()
         with torch.no_grad():
-            fake = self.gen(self._noise(len(real)), num, codes)
+            fake = self._fake(num, codes)
         eps = torch.rand(len(real), 1)
         mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
         grad = torch.autograd.grad(self.critic(mix, num, codes).sum(), mix, create_graph=True)[0]
@@ -118,7 +133,7 @@ class WganLoop:
         _, num, codes = self._batch()
         for p in self.critic.parameters():
             p.requires_grad_(False)
-        loss = -self.critic(self.gen(self._noise(len(num)), num, codes), num, codes).mean()
+        loss = -self.critic(self._fake(num, codes), num, codes).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()

@@ -64,6 +64,9 @@ class WganTrainConfig:
         batch_size, n_critic, gp_lambda, lr, beta1, beta2: WGAN-GP settings (Gulrajani et al.).
         noise_dim, hidden, embed_dim: model sizes.
         ema: exponential moving average of the generator weights (0: off); the average is exported.
+        floor_clip: when the matrix has a detection floor (e.g. -2 or 0, see
+            :func:`engine.expression.wgan.detect_floor`), clip generated values there during
+            training too (straight-through gradient); generated profiles are always clipped.
         gamma_every: a live gamma on the held-out samples every this many epochs (0: never).
         seed, cpu_threads: random seed and torch threads.
     """
@@ -88,6 +91,7 @@ class WganTrainConfig:
     hidden: tuple[int, ...] = (128, 128)
     embed_dim: int = 4
     ema: float = 0.999
+    floor_clip: bool = True
     gamma_every: int = 5
     seed: int = 0
     cpu_threads: int = 1

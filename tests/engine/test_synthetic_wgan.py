@@ -78,6 +78,16 @@ def test_gene_scaler_inverse_is_exact() -> None:
     np.testing.assert_array_equal(s2.mean, s.mean)
 
 
+def test_detect_floor() -> None:
+    from engine.expression.wgan import detect_floor
+
+    x = np.random.default_rng(0).normal(3, 1, size=(50, 10))
+    assert detect_floor(x) is None  # no point mass at the minimum (microarray-like)
+    x[:5, :3] = -2.0
+    assert detect_floor(x) == -2.0  # 3 % of the values at a floor (floored log2 RNA-seq)
+    assert detect_floor(np.log2(np.random.default_rng(1).poisson(0.5, size=(40, 8)) + 1.0)) == 0.0
+
+
 def _cfg(folder: Path, **kw: object):
     from engine.expression.wgan_train import WganTrainConfig
 
