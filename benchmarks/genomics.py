@@ -161,7 +161,6 @@ def main() -> int:
 
     torch.set_num_threads(1)
     threadpool_limits(1)  # OpenMP spin-waits make scikit-learn 25x slower on a busy shared CPU
-    t0 = time.perf_counter()
     cfg = GenomicsTrainConfig(study=str(STUDY), folds=5, final_fit=False)
     data = prepare(cfg)
     folds = make_folds(data, cfg)

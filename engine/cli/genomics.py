@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
 
     t = groups["train"].add_parser("genomics", help="train a primary-vs-metastasis classifier on a study",
                                    description="Train dense, dense_embed or gbm on a cBioPortal study (patient-grouped splits).")
-    t.add_argument("--study", required=True)
+    t.add_argument("--study", default=None, help="study folder (not needed with --resume)")
     t.add_argument("--out", required=True, metavar="RUN_DIR")
     t.add_argument("--model", choices=("dense", "dense_embed", "gbm"), default="gbm")
     t.add_argument("--folds", type=int, default=0, help="K >= 2: K-fold CV with pooled out-of-fold results (default: one split)")
@@ -123,10 +123,13 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from engine.genomics.metrics import summary_line
+    from engine.errors import ConfigError
     from engine.genomics.train import GenomicsTrainConfig, train_genomics
 
+    if not args.study and not args.resume:
+        raise ConfigError("train genomics needs --study STUDY (or --resume to continue a run)")
     cfg = GenomicsTrainConfig(
-        study=args.study, model=args.model, features=args.features, label_column=args.label_column,
+        study=args.study or "(from the run folder)", model=args.model, features=args.features, label_column=args.label_column,
         positive=args.positive, drop_columns=_cols(args.drop_columns), folds=args.folds, epochs=args.epochs,
         max_samples=args.max_samples, final_fit=not args.no_final_fit, seed=args.seed, cpu_threads=args.threads,
         n_boot=args.bootstrap,

@@ -24,7 +24,7 @@ class _Cfg:
 
     def __init__(self, study: str, label_column: str, positive: str | None, drop_columns: tuple[str, ...]) -> None:
         self.study, self.label_column, self.positive, self.drop_columns = study, label_column, positive, drop_columns
-        self.features, self.min_gene_freq, self.max_genes, self.max_samples, self.seed = "all", 0.005, 300, 0, 0
+        self.features, self.min_gene_freq, self.max_genes, self.max_samples, self.seed = "all", 0.02, 300, 0, 0
 
 
 def study_report(study: str | os.PathLike[str], label_column: str = "SAMPLE_TYPE", positive: str | None = None,

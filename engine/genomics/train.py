@@ -61,7 +61,7 @@ class GenomicsTrainConfig:
     gbm_min_samples_leaf: int = 40
     gbm_l2: float = 10.0
     gbm_iter_per_epoch: int = 25
-    min_gene_freq: float = 0.005
+    min_gene_freq: float = 0.02
     max_genes: int = 300
     max_samples: int = 0
     final_fit: bool = True

@@ -152,7 +152,7 @@ def test_stop_then_resume(study: Path, tmp_path: Path) -> None:
         train_genomics(cfg, run, progress=progress)
     assert read_state(run)["status"] == "cancelled"
     (run / "STOP").unlink(missing_ok=True)
-    assert main(["train", "genomics", "--study", "ignored", "--out", str(run), "--resume"]) == 0
+    assert main(["train", "genomics", "--out", str(run), "--resume"]) == 0
     assert read_state(run)["status"] == "finished" and (run / "model.onnx").is_file()
     kinds = [e["event"] for e in read_events(run)[0]]
     assert "cancelled" in kinds and kinds[-1] == "finished"
