@@ -122,8 +122,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from engine.genomics.metrics import summary_line
     from engine.errors import ConfigError
+    from engine.genomics.metrics import summary_line
     from engine.genomics.train import GenomicsTrainConfig, train_genomics
 
     if not args.study and not args.resume:
