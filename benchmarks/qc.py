@@ -196,10 +196,55 @@ def measure_benefit(n: int) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------------------------ false flags
+
+
+def measure_false_flags(n: int = 30) -> dict[str, Any]:
+    """QC flags on real PCam patches (no drawn artefacts): the thumbnail checks on an ``n`` x ``n``
+    mosaic per class seen at QC's scale (16 px per 96 px patch), and the blur check on every patch."""
+    from PIL import Image
+
+    from engine.slides.qc import BUBBLE as BUB
+    from engine.slides.qc import (
+        FOLD,
+        PEN,
+        REASONS,
+        QCSettings,
+        is_blurred,
+        region_fractions,
+        thumbnail_qc,
+        tile_reasons,
+    )
+    from engine.slides.tissue import tissue_from_rgb
+
+    out: dict[str, Any] = {}
+    for cls in ("0", "1"):
+        files = sorted(glob.glob(str(PCAM_NEG.parent / cls / "*.jpg")))
+        pat = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        score, contrast = sharpness(pat)
+        mos = pat[: n * n].reshape(n, n, PATCH, PATCH, 3).transpose(0, 2, 1, 3, 4).reshape(n * PATCH, n * PATCH, 3)
+        small = np.asarray(Image.fromarray(mos).resize((n * 16, n * 16), Image.BOX))
+        ds = PATCH / 16
+        tissue = tissue_from_rgb(small, ds, PCAM_MPP)
+        stain, codes, _fr = thumbnail_qc(small, tissue.mask, QCSettings())
+        xs, ys = np.meshgrid(np.arange(n) * PATCH, np.arange(n) * PATCH)
+        reasons = tile_reasons(region_fractions(codes, ds, xs.ravel().astype(float), ys.ravel().astype(float), PATCH))
+        out[cls] = {
+            "patches": len(files),
+            "blurred": int(is_blurred(score, contrast).sum()),
+            "mosaic": n * n,
+            "stain": stain.kind,
+            "flagged": {REASONS[c]: int((reasons == c).sum()) for c in (PEN, FOLD, BUB)},
+        }
+    return out
+
+
 # ------------------------------------------------------------------------------------ report
 
 
-def report(cost: dict[str, Any] | None, benefit: dict[str, Any] | None, load: list[float]) -> str:
+def report(
+    cost: dict[str, Any] | None, benefit: dict[str, Any] | None, load: list[float], flags: dict[str, Any] | None = None
+) -> str:
     import onnxruntime
 
     lines = [
@@ -276,6 +321,23 @@ def report(cost: dict[str, Any] | None, benefit: dict[str, Any] | None, load: li
             "(below the per-tile thresholds of `engine/slides/qc.py`).",
             "",
         ]
+    if flags is not None:
+        lines += [
+            "**False flags on real tissue** (`pcam/valid`, no drawn artefacts): the thumbnail checks on a "
+            f"{flags['0']['mosaic']}-patch mosaic per class at QC's scale (16 px per patch), the blur check on every "
+            "patch at the analysis resolution:",
+            "",
+            "| PCam class | stain | pen | fold | bubble | blur |",
+            "|---|---|---|---|---|---|",
+        ]
+        for cls, name in (("0", "0 (no tumour)"), ("1", "1 (tumour)")):
+            f = flags[cls]
+            fl = f["flagged"]
+            lines.append(
+                f"| {name} | {f['stain']} | {fl['pen']} / {f['mosaic']} | {fl['fold']} / {f['mosaic']} | "
+                f"{fl['bubble']} / {f['mosaic']} | {f['blurred']} / {f['patches']} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -295,9 +357,10 @@ def main() -> int:
     load = [os.getloadavg()[0]]
     benefit = None if args.skip_benefit else measure_benefit(args.patches)
     load.append(os.getloadavg()[0])
+    flags = None if args.skip_benefit else measure_false_flags()
     cost = None if args.skip_cost else measure_cost(cache, args.repeats)
     load.append(os.getloadavg()[0])
-    text = report(cost, benefit, load)
+    text = report(cost, benefit, load, flags)
     print(text)
     if args.write_results:
         write_section(text)
