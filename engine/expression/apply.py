@@ -28,7 +28,7 @@ def oneshot_test(model, matrix: ExpressionMatrix, label_column: str, types: list
     pkg = load_package(model)
     labels = matrix.labels(label_column)
     present = sorted(set(labels) - {""})
-    trained = set(pkg.meta.training_data.get("train_types") or [])
+    trained = set(pkg.meta.training_data.get("train_types") or []) | set(pkg.meta.training_data.get("val_types") or [])
     note = None
     if types:
         missing = [t for t in types if t not in present]
@@ -37,7 +37,7 @@ def oneshot_test(model, matrix: ExpressionMatrix, label_column: str, types: list
                               f"available: {', '.join(present)}")
     else:
         types = [t for t in present if t not in trained]
-        note = "types not seen in training" if types else None
+        note = "types not seen in training (nor used for validation)" if types else None
         if len(types) < 2:
             types, note = present, "all types of the matrix (fewer than 2 are unseen in training)"
     seen = sorted(set(types) & trained)
