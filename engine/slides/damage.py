@@ -137,8 +137,9 @@ class UnreadableLog:
             return
         first = min(self._tiles, key=lambda t: (t.y, t.x))
         raise SlideOpenError(
-            f"{self.name}: {n} of {self.total} tiles ({n / self.total:.0%}) cannot be decoded, more than the "
-            f"{self.max_fraction:.0%} allowed (--max-unreadable); first at x={first.x}, y={first.y}: {first.error}"
+            f"{self.name}: {n} of {self.total} tiles ({n / self.total:.0%}) cannot be decoded (reading stopped "
+            f"there), more than the {self.max_fraction:.0%} allowed (--max-unreadable); first at x={first.x}, "
+            f"y={first.y}: {first.error}"
         )
 
     def to_dict(self, limit: int = LISTED_MAX) -> dict[str, Any]:
