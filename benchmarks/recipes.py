@@ -78,7 +78,8 @@ def run_recipe(name: str, data: Path, valid: Path, run_root: Path, args: argpars
     m = evaluate(model, valid, run_dir / "eval-valid", fmt="folders", mpp=PCAM_MPP, progress=bar, device="cpu").metrics
     return {
         "recipe": name, "config": cfg.to_dict(), "epochs_run": fin.get("epochs_completed"), "status": fin.get("status"),
-        "best_epoch": fin.get("best_epoch"), "train_s": fin.get("duration_s"), "wall_s": round(time.time() - t0, 1),
+        "best_epoch": fin.get("best_epoch"),
+        "split": json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8"))["data"].get("split"), "train_s": fin.get("duration_s"), "wall_s": round(time.time() - t0, 1),
         "train_patches_per_s": fin.get("train_patches_per_s"),
         "val_auc_by_epoch": [round(e["val_auc"], 4) for e in events if e["event"] == "epoch_ended"],
         "valid": {k: m[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "f1", "ci95", "n")},
@@ -111,7 +112,7 @@ def write_results(summary: dict, results: Path) -> None:
 run {summary['started']} to {summary['ended']} on {summary['machine']}; 1-minute load average
 {summary['load_before']:.1f} before and {summary['load_after']:.1f} after (other helpers' work shared the two cores).
 Training data: {subset_text}, {a['resize']} px patches ({PCAM_MPP * 96 / a['resize']:.3f} um/px), each recipe's own
-validation split (pcam-seed: stratified random 80:20; metascope: 20 % grouped by duplicate patches).
+validation split ({'; '.join(f"{r['recipe']}: {r['split']} 80:20" for r in summary['runs'])}).
 Scored with the exported ONNX model on pcam/valid (3,000 patches from other slides, never seen); 95 % CIs by
 bootstrap; threshold 0.5.
 
