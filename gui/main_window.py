@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMenu,
     QMessageBox,
+    QScrollArea,
     QStackedWidget,
     QWidget,
 )
@@ -91,7 +92,7 @@ class MainWindow(QMainWindow):
         self.datasets_view = DatasetsView(self)
         self.training_view = None
         self.models_view = ModelsView(self)
-        self.add_view("Datasets", icon("datasets"), self.datasets_view)
+        self.add_view("Datasets", icon("datasets"), self.datasets_view, scrollable=True)
         if self.training_enabled:
             from gui.views.training_view import TrainingView
 
@@ -115,12 +116,22 @@ class MainWindow(QMainWindow):
         self.show_view("Training")
         self.training_view.open_wizard(dataset=dataset)
 
-    def add_view(self, name: str, view_icon: QIcon, widget: QWidget) -> int:
-        """Add a view to the navigation bar and the Go menu; returns its index."""
+    def add_view(self, name: str, view_icon: QIcon, widget: QWidget, scrollable: bool = False) -> int:
+        """Add a view to the navigation bar and the Go menu; returns its index.
+
+        ``scrollable`` puts a dense view in a scroll area, so its minimum size never forces the
+        window past a small laptop screen (1366 x 768).
+        """
         if name in self._views:
             raise ValueError(f"a view named {name!r} is already registered")
         self._views[name] = widget
-        index = self.stack.addWidget(widget)
+        page = widget
+        if scrollable:
+            page = QScrollArea()
+            page.setWidgetResizable(True)
+            page.setFrameShape(QScrollArea.Shape.NoFrame)
+            page.setWidget(widget)
+        index = self.stack.addWidget(page)
         item = QListWidgetItem(view_icon, name)
         item.setSizeHint(QSize(NAV_WIDTH, 42))
         self.nav.addItem(item)
