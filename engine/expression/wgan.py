@@ -201,17 +201,21 @@ class GeneScaler:
 
 
 def detect_floor(values: np.ndarray, min_fraction: float = 0.005) -> float | None:
-    """The matrix's detection floor: its minimum when at least ``min_fraction`` of the values
-    sit exactly there (e.g. 0 of log2(x+1) counts, -2 of a floored log2 scale), else ``None``.
+    """The matrix's detection floor: the most frequent value among its lowest 10 % when at least
+    ``min_fraction`` of all values sit exactly there (e.g. 0 of log2(x+1) counts, -2 of a floored
+    log2 scale), else ``None`` (no point mass at the bottom, e.g. microarray intensities).
 
-    Generated values are clipped at the floor: real data has a point mass there, and values
-    below it do not exist on that platform.
+    Generated values are clipped at the floor: real data has a point mass there (the few real
+    values below a floor, where a cohort mixes processing batches, are not generated).
     """
-    x = np.asarray(values, np.float64)
+    x = np.asarray(values, np.float64).ravel()
+    x = x[np.isfinite(x)]
     if x.size == 0:
         return None
-    low = float(np.min(x))
-    return low if float(np.mean(np.abs(x - low) < 1e-6)) >= min_fraction else None
+    low = np.round(x[x <= np.quantile(x, 0.1)], 6)
+    uniq, counts = np.unique(low, return_counts=True)
+    k = int(np.argmax(counts))
+    return float(uniq[k]) if counts[k] >= min_fraction * x.size else None
 
 
 def check_training_values(values: np.ndarray, genes: list[str]) -> None:

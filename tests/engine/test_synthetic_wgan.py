@@ -85,6 +85,8 @@ def test_detect_floor() -> None:
     assert detect_floor(x) is None  # no point mass at the minimum (microarray-like)
     x[:5, :3] = -2.0
     assert detect_floor(x) == -2.0  # 3 % of the values at a floor (floored log2 RNA-seq)
+    x[7, 7] = -7.0
+    assert detect_floor(x) == -2.0  # a rare value below the floor does not move it
     assert detect_floor(np.log2(np.random.default_rng(1).poisson(0.5, size=(40, 8)) + 1.0)) == 0.0
 
 
