@@ -56,7 +56,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         help="the slide's microns per pixel, for slides that do not record one (the analysis resolution is the model's)",
     )
     hm.add_argument("--batch-size", type=int, default=64, help="tiles per inference batch (default 64)")
-    hm.add_argument("--threshold", type=float, default=0.5, help="probability counted as positive (default 0.5)")
+    hm.add_argument(
+        "--threshold", type=float, default=None,
+        help="probability counted as positive and seeding lesions (default: the model's operating threshold, else 0.5)",
+    )
     hm.add_argument("--workers", type=int, default=0, help="tile-reading threads (default 0: one per core, 2-8)")
     hm.add_argument("--stride", type=float, default=1.0, help="tile step as a fraction of the tile (default 1; 0.5 = overlap)")
     hm.add_argument(
@@ -130,18 +133,20 @@ def _heatmap(args: argparse.Namespace) -> int:
     from engine.slides.open import open_slide, validate_mpp
     from engine.slides.qc_summary import summary_line
 
+    from engine.infer.lesions import operating_threshold
+
+    out = ensure_writable_dir(args.out)  # before any work: an unwritable folder fails at once
+    session = load_model(args.model, args.device)
     cfg = InferenceConfig(
         batch_size=args.batch_size,
         read_workers=args.workers,
         device=args.device,
         min_tissue_fraction=args.min_tissue,
         stride_factor=args.stride,
-        threshold=args.threshold,
+        threshold=operating_threshold(session.metadata, args.threshold),
         slide_mpp=validate_mpp(args.slide_mpp),
         **qc_config(args),
     )
-    out = ensure_writable_dir(args.out)  # before any work: an unwritable folder fails at once
-    session = load_model(args.model, cfg.device)
     err = sys.stderr
     print(f"model: {session.name} (sha256 {session.sha256[:12]}) on {session.device}", file=err)
 
@@ -176,12 +181,25 @@ def _heatmap(args: argparse.Namespace) -> int:
         top = "n/a" if s["max_probability"] is None else f"{s['max_probability']:.3f}"
         print(
             f"{result.slide_name}: max {top}, {s['fraction_above_threshold']:.1%} of "
-            f"{s['tiles_analysed']} tissue tiles >= {cfg.threshold:g}{summary_line(s)}, {timing} -> {folder}"
+            f"{s['tiles_analysed']} tissue tiles >= {cfg.threshold:g}{summary_line(s)}{_lesion_text(folder)}, "
+            f"{timing} -> {folder}"
         )
     if failed:
         print(f"{failed} of {len(args.slides)} slide(s) failed", file=err)
         return 2
     return 0
+
+
+def _lesion_text(folder: Path) -> str:
+    """``, 2 lesions, largest 1.30 mm: micrometastasis`` from a result folder's heatmap.json."""
+    try:
+        les = json.loads((folder / "heatmap.json").read_text(encoding="utf-8"))["lesions"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    if not les["count"]:
+        return f", no lesion: {les['category']}"
+    size = "" if les["largest_diameter_mm"] is None else f", largest {les['largest_diameter_mm']:.2f} mm"
+    return f", {les['count']} lesion(s){size}: {les['category']}"
 
 
 def _unique(name: str, used: set[str]) -> str:

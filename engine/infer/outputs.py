@@ -1,6 +1,7 @@
 """Heatmap result files, per slide in ``DIR/<slide name>/`` (see PRODUCT.md).
 
-``heatmap.npy``, ``heatmap.json``, ``overlay.png``, ``tiles.csv`` and ``tiles.geojson`` are
+``heatmap.npy``, ``heatmap.json``, ``overlay.png``, ``tiles.csv``, ``tiles.geojson`` (and the
+lesions, :mod:`engine.infer.lesions`: ``lesions.geojson``, ``lesions.csv``) are
 written into a temporary folder that replaces the result folder as a whole, so a reader (the
 GUI's cache, a script) sees either the previous complete result or the new one, never a mix.
 """
@@ -27,7 +28,7 @@ FORMAT = "metascope-heatmap"
 # 2: "slide_mpp" / "slide_mpp_source" hold the slide's resolution, "mpp" the analysis one
 # (version 1 wrote the slide's resolution as "mpp")
 FORMAT_VERSION = 2
-FILES = ("heatmap.npy", "heatmap.json", "overlay.png", "tiles.csv", "tiles.geojson")
+FILES = ("heatmap.npy", "heatmap.json", "overlay.png", "tiles.csv", "tiles.geojson", "lesions.geojson", "lesions.csv")
 COLORMAP = "turbo"
 OVERLAY_MAX_SIZE = 2048
 # Blend weight of the colour: low probabilities stay see-through so the tissue remains readable.
@@ -120,10 +121,18 @@ def write_heatmap_outputs(
         thumbnail = tolerant_thumbnail(reader, OVERLAY_MAX_SIZE).rgb  # damaged blocks stay white
     dims = tuple(result.slide.get("dimensions") or (thumbnail.shape[1], thumbnail.shape[0]))
     final = Path(out_root) / safe_name(folder_name or result.slide_name)
+    from engine.infer.lesions import find_lesions, lesion_summary, write_lesion_files
+
+    lesions = find_lesions(result)
+    meta = heatmap_metadata(result)
+    meta["lesions"] = lesion_summary(result, lesions)
+    meta["category"] = meta["lesions"]["category"]
     with atomic_dir(final) as tmp:
         np.save(tmp / "heatmap.npy", result.grid.astype(np.float32, copy=False))
         check_cancel(cancel)
-        (tmp / "heatmap.json").write_text(json.dumps(heatmap_metadata(result), indent=2) + "\n", encoding="utf-8")
+        (tmp / "heatmap.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        check_cancel(cancel)
+        write_lesion_files(tmp, lesions)
         check_cancel(cancel)
         write_overlay(tmp / "overlay.png", thumbnail, result, (int(dims[0]), int(dims[1])))
         check_cancel(cancel)
