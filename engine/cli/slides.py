@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli.options import add_device_option
-from engine.cli.qc import add_qc_options, qc_config
 from engine.cli.progress import TerminalProgress
+from engine.cli.qc import add_qc_options, qc_config
 from engine.errors import MetaScopeError
 
 # The self-test passes when the demo heatmap separates tumour from non-tumour tiles this well.
@@ -44,7 +44,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         description=(
             "Tile each slide at the model's resolution, run the model on the tissue tiles and write "
             "DIR/<slide name>/: heatmap.npy, heatmap.json, overlay.png, tiles.csv, tiles.geojson. "
-            "A slide that fails is reported and the others continue (exit status 2 if any failed)."
+            "A slide that fails is reported and the others continue (exit status 0: all done, 2: a slide "
+            "failed with bad input, 1: a slide failed unexpectedly)."
         ),
     )
     hm.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files")
@@ -66,6 +67,15 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         "--min-tissue", type=float, default=0.25, help="minimum tissue fraction of an analysed tile (default 0.25)"
     )
     add_qc_options(hm)
+    hm.add_argument(
+        "--roi", metavar="GEOJSON",
+        help="analyse only inside these annotations (QuPath GeoJSON, level-0 px); a folder: <slide name>.geojson per slide",
+    )
+    hm.add_argument(
+        "--skip-existing", action="store_true",
+        help="leave out slides whose result folder was made with the same model and settings "
+        "(an interrupted batch resumes)",
+    )
     hm.add_argument(
         "--cache", action="store_true",
         help="reuse heatmaps the app (or an earlier --cache run) computed with the same slide, model and "
@@ -126,15 +136,12 @@ def _info(args: argparse.Namespace) -> int:
 
 def _heatmap(args: argparse.Namespace) -> int:
     from engine.fileio import ensure_writable_dir
-    from engine.infer.cache import cached_heatmap
-    from engine.infer.outputs import safe_name, write_heatmap_outputs
-    from engine.infer.pipeline import InferenceConfig, compute_heatmap
-    from engine.infer.session import load_model
-    from engine.slides.open import open_slide, validate_mpp
-    from engine.slides.qc_summary import summary_line
-
     from engine.infer.lesions import operating_threshold
+    from engine.infer.pipeline import InferenceConfig
+    from engine.infer.session import load_model
+    from engine.slides.open import validate_mpp
 
+    roi = _roi_source(args.roi)
     out = ensure_writable_dir(args.out)  # before any work: an unwritable folder fails at once
     session = load_model(args.model, args.device)
     cfg = InferenceConfig(
@@ -150,18 +157,14 @@ def _heatmap(args: argparse.Namespace) -> int:
     err = sys.stderr
     print(f"model: {session.name} (sha256 {session.sha256[:12]}) on {session.device}", file=err)
 
-    failed = 0
+    from engine.errors import Cancelled
+
+    counts = {"done": 0, "skipped": 0, "bad input": 0, "unexpected": 0}
     used: set[str] = set()
     for slide in args.slides:
         progress = TerminalProgress(err)
         try:
-            with open_slide(slide, mpp=cfg.slide_mpp) as reader:
-                if args.cache:
-                    result, from_cache = cached_heatmap(reader, slide, session, cfg, progress=progress)
-                else:
-                    result, from_cache = compute_heatmap(reader, session, cfg, progress=progress), False
-                name = _unique(safe_name(result.slide_name), used)
-                folder = write_heatmap_outputs(result, out, reader=reader, folder_name=name)
+            counts[_heatmap_one(args, slide, session, cfg, roi, out, used, progress)] += 1
         except MetaScopeError as exc:
             progress.close()
             msg = " ".join(str(exc).split())
@@ -169,25 +172,91 @@ def _heatmap(args: argparse.Namespace) -> int:
             if str(slide) not in msg and Path(slide).name not in msg and Path(slide).stem not in msg:
                 msg = f"{slide}: {msg}"
             print(f"error: {msg}", file=err)
-            failed += 1
-            continue
-        progress.close()
-        s = result.summary
-        timing = "from the cache" if from_cache else (
-            f"{result.timing['total_s']:.1f} s ({result.timing['tiles_per_s']:.0f} tiles/s)"
-        )
-        for warning in s.get("warnings", []):
-            print(f"warning: {warning}", file=err)
-        top = "n/a" if s["max_probability"] is None else f"{s['max_probability']:.3f}"
-        print(
-            f"{result.slide_name}: max {top}, {s['fraction_above_threshold']:.1%} of "
-            f"{s['tiles_analysed']} tissue tiles >= {cfg.threshold:g}{summary_line(s)}{_lesion_text(folder)}, "
-            f"{timing} -> {folder}"
-        )
-    if failed:
-        print(f"{failed} of {len(args.slides)} slide(s) failed", file=err)
-        return 2
-    return 0
+            counts["bad input"] += 1
+        except (Cancelled, KeyboardInterrupt):
+            progress.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - one slide's crash never stops the batch
+            progress.close()
+            print(f"error: {slide}: unexpected failure ({type(exc).__name__}: {' '.join(str(exc).split())})", file=err)
+            counts["unexpected"] += 1
+    failed = counts["bad input"] + counts["unexpected"]
+    if len(args.slides) > 1 or failed:
+        parts = [f"{n} {k}" for k, n in counts.items() if n]
+        print(f"{len(args.slides)} slide(s): {', '.join(parts)}", file=err)
+    if counts["unexpected"]:
+        return 1
+    return 2 if counts["bad input"] else 0
+
+
+def _roi_source(roi: str | None) -> Path | None:
+    """The ``--roi`` file (checked now) or folder of ``<slide stem>.geojson`` files."""
+    if roi is None:
+        return None
+    from engine.data.geojson import read_region_rings
+    from engine.errors import DatasetError
+
+    p = Path(roi).expanduser().resolve()
+    if p.is_dir():
+        return p
+    if not p.is_file():
+        raise DatasetError(f"region of interest {roi} not found")
+    read_region_rings(p)  # an unreadable ROI fails before any slide is analysed
+    return p
+
+
+def _slide_roi(roi: Path | None, slide: str) -> str | None:
+    if roi is None or not roi.is_dir():
+        return None if roi is None else str(roi)
+    from engine.errors import DatasetError
+
+    path = roi / f"{Path(slide).stem}.geojson"
+    if not path.is_file():
+        raise DatasetError(f"{slide}: no region of interest {path.name} in {roi}")
+    return str(path)
+
+
+def _heatmap_one(
+    args: argparse.Namespace, slide: str, session: Any, cfg: Any, roi: Path | None, out: Path, used: set[str],
+    progress: TerminalProgress,
+) -> str:
+    """Analyse one slide of a ``heatmap`` batch; ``"done"`` or ``"skipped"``."""
+    import dataclasses
+
+    from engine.infer.batch import finished_result
+    from engine.infer.cache import cached_heatmap
+    from engine.infer.outputs import safe_name, write_heatmap_outputs
+    from engine.infer.pipeline import compute_heatmap
+    from engine.slides.open import open_slide
+    from engine.slides.qc_summary import summary_line
+
+    err = sys.stderr
+    cfg = dataclasses.replace(cfg, roi=_slide_roi(roi, slide))
+    with open_slide(slide, mpp=cfg.slide_mpp) as reader:
+        name = _unique(safe_name(reader.info.name), used)
+        if args.skip_existing and finished_result(out / name, slide, session.sha256, cfg):
+            progress.close()
+            print(f"{reader.info.name}: already done with this model and settings -> {out / name}")
+            return "skipped"
+        if args.cache:
+            result, from_cache = cached_heatmap(reader, slide, session, cfg, progress=progress)
+        else:
+            result, from_cache = compute_heatmap(reader, session, cfg, progress=progress), False
+        folder = write_heatmap_outputs(result, out, reader=reader, folder_name=name)
+    progress.close()
+    s = result.summary
+    timing = "from the cache" if from_cache else (
+        f"{result.timing['total_s']:.1f} s ({result.timing['tiles_per_s']:.0f} tiles/s)"
+    )
+    for warning in s.get("warnings", []):
+        print(f"warning: {warning}", file=err)
+    top = "n/a" if s["max_probability"] is None else f"{s['max_probability']:.3f}"
+    print(
+        f"{result.slide_name}: max {top}, {s['fraction_above_threshold']:.1%} of "
+        f"{s['tiles_analysed']} tissue tiles >= {cfg.threshold:g}{summary_line(s)}{_lesion_text(folder)}, "
+        f"{timing} -> {folder}"
+    )
+    return "done"
 
 
 def _lesion_text(folder: Path) -> str:

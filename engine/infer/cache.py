@@ -32,6 +32,7 @@ CACHE_SUBDIR = "heatmaps"
 #: InferenceConfig fields that change a cached result (batch size, threads and device do not).
 RESULT_SETTINGS = (
     "min_tissue_fraction", "stride_factor", "max_tiles", "threshold", "top_k", "qc", "keep_qc_failed", "max_unreadable",
+    "roi",
 )
 
 

@@ -268,6 +268,8 @@ class InferenceConfig:
         keep_qc_failed: analyse tiles QC flagged anyway (they are still reported).
         ignore_stain: analyse a slide that does not look like H&E even when the model says it
             needs H&E (``extra["requires_stain"]``).
+        roi: GeoJSON region of interest (QuPath annotations, level-0 px): only tiles whose centre
+            lies inside are analysed; ``None``: the whole slide.
     """
 
     batch_size: int = 64
@@ -283,8 +285,13 @@ class InferenceConfig:
     qc: bool = True
     keep_qc_failed: bool = False
     ignore_stain: bool = False
+    roi: str | None = None
 
     def __post_init__(self) -> None:
+        if self.roi is not None:
+            if not isinstance(self.roi, (str, os.PathLike)) or not str(self.roi).strip():
+                raise ConfigError(f"roi must be a GeoJSON file path or None, got {self.roi!r}")
+            object.__setattr__(self, "roi", str(self.roi))
         object.__setattr__(self, "max_unreadable", validate_max_unreadable(self.max_unreadable))
         for name in ("qc", "keep_qc_failed", "ignore_stain"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
@@ -486,6 +493,7 @@ def compute_heatmap(
             slide_mpp=cfg.slide_mpp,
             mask=tissue,
             qc=qc_settings,
+            roi=cfg.roi,
         )
         t_plan = time.perf_counter() - t0
         warnings = stain_warnings(plan.qc.stain, meta, session.path.name, info.name, cfg.ignore_stain)
