@@ -1,7 +1,8 @@
 """Loading a MetaScope model package into an onnxruntime session.
 
 The session is created from the very bytes whose sha256 was checked, so the model that runs is
-the model that was verified. The execution provider is chosen by really creating a session:
+the model that was verified (a model saved with external data, e.g. over 2 GB, is loaded from its
+path so onnxruntime finds the weight files; its sha256 is that of the ``.onnx`` file). The execution provider is chosen by really creating a session:
 onnxruntime lists ``CUDAExecutionProvider`` whenever the GPU build is installed, even on a machine
 without a usable GPU, and then silently runs on the CPU.
 """
@@ -171,7 +172,11 @@ def load_model(
     _verify_library(p, digest)
 
     threads = intra_op_threads if intra_op_threads and intra_op_threads > 0 else available_cores()
-    session = _create_session(p, data, device, threads, allow_spinning)
+    from engine.infer.external import uses_external_data
+
+    # weights in files beside the model (models over 2 GB): onnxruntime loads them from the path
+    source: bytes | str = str(p.resolve()) if uses_external_data(data) else data
+    session = _create_session(p, source, device, threads, allow_spinning)
     input_name, output_name = _io_names(session, meta, p)
     spec = _check_input(session, meta, input_name, p) if meta.task in IMAGE_TASKS else None
     _check_output(session, meta, output_name, p)
@@ -208,7 +213,9 @@ def _session_options(threads: int, allow_spinning: bool, quiet: bool) -> ort.Ses
     return so
 
 
-def _create_session(path: Path, data: bytes, device: str, threads: int, allow_spinning: bool) -> ort.InferenceSession:
+def _create_session(
+    path: Path, data: bytes | str, device: str, threads: int, allow_spinning: bool
+) -> ort.InferenceSession:
     import onnxruntime as ort
 
     cuda_error = ""
