@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "engine.cli.genomics",  # cBioPortal studies: primary vs metastasis from mutations
     "engine.cli.expression",  # expression matrices, one-shot CancerSiamese
     "engine.cli.synthetic",  # expression deg / generate / realism, WGAN-GP
+    "engine.cli.evaluate_slides",  # heatmaps vs tumour annotations: tile AUC, FROC, slide AUC
 )
 
 

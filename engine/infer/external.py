@@ -32,9 +32,9 @@ def uses_external_data(data: bytes) -> bool:
             if number != _MODEL_GRAPH or wire != 2:
                 continue
             for g_number, g_wire, g_n in _fields(fh, fh.tell() + n):
-                if g_wire == 2 and g_number in (_GRAPH_INITIALIZER, _GRAPH_SPARSE):
-                    if _tensor_is_external(fh, fh.tell() + g_n):
-                        return True
+                initializer = g_wire == 2 and g_number in (_GRAPH_INITIALIZER, _GRAPH_SPARSE)
+                if initializer and _tensor_is_external(fh, fh.tell() + g_n):
+                    return True
     except _NotProtobuf:
         return False  # not parseable here: onnxruntime reports the real problem
     return False
