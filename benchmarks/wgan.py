@@ -108,8 +108,10 @@ def markdown(kirc: list[dict], pan: list[dict], info: str) -> str:
         r0 = rows[0]
         lines += [
             f"**{title}**: {r0['train']} training / {r0['heldout']} held-out samples, seeds "
-            f"{', '.join(str(r['seed']) for r in rows)} (mean ± sd over held-out splits); training "
-            f"{statistics.mean(r['seconds'] for r in rows):.0f} s per run including the realism report.",
+            f"{', '.join(str(r['seed']) for r in rows)} (mean ± sd over held-out splits); one run (training + "
+            f"realism report) {statistics.mean(r['seconds'] for r in rows):.0f} s wall"
+            + (f", {statistics.mean(r['cpu_seconds'] for r in rows):.0f} s CPU" if all("cpu_seconds" in r for r in rows) else "")
+            + "; C2ST per seed: " + ", ".join(f"{r['gan']['c2st_auc']:.3f}" for r in rows) + ".",
             "",
             "| generator | gamma | C2ST AUC | per-gene mean r | per-gene variance r | correlation agreement |",
             "|---|---|---|---|---|---|",
