@@ -210,7 +210,10 @@ def test_extractor_not_in_the_library_is_asked_for_and_checked(open_and_wait, qt
     from engine.library import ModelLibrary
     from engine.mil.extractor import build_stats_extractor
 
-    extractor, aggregator = mil_pair
+    # an extractor of the user's own (the shipped colour-texture-stats package would be found by its sha256)
+    extractor = build_stats_extractor(tmp_path / "own-stats.onnx", input_size=TILE_PX, input_mpp=TILE_MPP,
+                                      name="lab-stats")
+    aggregator = build_aggregator(tmp_path / "own-mil.onnx", extractor)
     entry = ModelLibrary().add(aggregator)  # the extractor stays outside the library
     view = window.slide_view
     open_and_wait(window, synthetic_svs.path)
@@ -228,7 +231,7 @@ def test_extractor_not_in_the_library_is_asked_for_and_checked(open_and_wait, qt
     monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(fake_open))
     view.run_heatmap()
     qtbot.waitUntil(lambda: bool(dialogs), timeout=30_000)
-    assert "colour-texture-stats" in asked[0]
+    assert asked[0].startswith("Find the feature extractor")
     assert dialogs[-1][0] == "Not the right feature extractor" and "not the feature extractor" in dialogs[-1][1]
     assert not view.running
 
