@@ -37,6 +37,7 @@ from gui.views.slide_mil import SlidePredictionMixin
 from gui.views.slide_open import SlideOpeningMixin
 from gui.widgets.heatmap_overlay import GridGeometry, HeatmapOverlay
 from gui.widgets.heatmap_panel import BROWSE, HeatmapPanel, format_eta
+from gui.widgets.lesion_panel import LesionOutlines, LesionPanel, category_html, compute_lesions
 from gui.widgets.overview_map import OverviewMap
 from gui.widgets.properties_panel import PropertiesPanel
 from gui.widgets.qc_layer import QCLayer, qc_html
@@ -96,6 +97,12 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
         self.overview = OverviewMap(self.viewer)
         self.heatmap_panel = HeatmapPanel()
         self.properties = PropertiesPanel()
+        # lesions (largest first, click to go there) under the slide result; outlines over the slide
+        self.lesion_panel = LesionPanel()
+        panel_layout = self.heatmap_panel.layout()
+        panel_layout.insertWidget(panel_layout.indexOf(self.heatmap_panel.regions_box), self.lesion_panel)
+        self.lesion_outlines = LesionOutlines(self.viewer)
+        self._lesion_summary: dict[str, Any] | None = None
         self._build_actions()
         self._build_layout()
 
@@ -108,6 +115,7 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
         self.heatmap_panel.model_changed.connect(self._on_heatmap_panel_model_changed)
         self.heatmap_panel.overlay_settings_changed.connect(self._on_heatmap_panel_overlay_settings_changed)
         self.heatmap_panel.region_activated.connect(self._on_heatmap_panel_region_activated)
+        self.lesion_panel.lesion_activated.connect(self._on_lesion_panel_lesion_activated)
         self.properties.associated_requested.connect(self.show_associated_images)
         self.viewer.hovered.connect(self._on_viewer_hovered)
         self.viewer.view_changed.connect(self._on_viewer_view_changed)
@@ -567,6 +575,7 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
         self.result = data
         self._clear_prediction()
         self._show_qc(data)
+        self._show_lesions(data)
         if data is None:
             self.viewer.set_overlay(None)
             self.viewer.highlight = None
@@ -630,8 +639,27 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
 
     # -- slide QC --------------------------------------------------------------------------
     def _summary_html(self, data: hj.HeatmapData, threshold: float) -> str:
-        extra = qc_html(data.summary)
-        return hj.summary_html(data, threshold) + (f"<br>{extra}" if extra else "")
+        extras = [e for e in (category_html(self._lesion_summary), qc_html(data.summary)) if e]
+        return hj.summary_html(data, threshold) + "".join(f"<br>{e}" for e in extras)
+
+    # -- lesions ---------------------------------------------------------------------------
+    def _show_lesions(self, data: hj.HeatmapData | None) -> None:
+        """The lesions of a heatmap (at its operating threshold) in the list and over the slide."""
+        model_path = str(data.model.path) if data is not None and getattr(data.model, "path", None) else None
+        lesions, summary = compute_lesions(data.result, model_path) if data is not None else ([], None)
+        self._lesion_summary = summary
+        self.lesion_panel.set_lesions(lesions, summary)
+        self.lesion_outlines.set_lesions(lesions)
+        self.lesion_panel.setVisible(not self.heatmap_panel.mil_mode)
+
+    def _on_lesion_panel_lesion_activated(self, index: int) -> None:
+        lesions = self.lesion_panel.lesions
+        if not 0 <= index < len(lesions):
+            return
+        x0, y0, x1, y1 = lesions[index].bbox
+        self.viewer.show_region(x0, y0, x1 - x0, y1 - y0, highlight=False)
+        self.lesion_outlines.select(index)
+        self.viewer.setFocus()
 
     def _show_qc(self, data: hj.HeatmapData | None) -> None:
         """The QC mask layer of a result (flagged and unreadable tiles) and its warnings."""
