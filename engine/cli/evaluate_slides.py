@@ -25,7 +25,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
             "Compute (or reuse) the heatmap of each slide in OUT/heatmaps/ and score it against QuPath GeoJSON "
             "tumour annotations: tile AUC (tile centre in a tumour annotation), the CAMELYON16 FROC (local maxima "
             "as detections; mean lesion sensitivity at 1/4, 1/2, 1, 2, 4 and 8 false positives per slide; "
-            "lesions of <= 0.2 mm ignored) and slide AUC (score = highest tile probability). A slide without "
+            "lesions under 275 um ignored) and slide AUC (score = highest tile probability). A slide without "
             "an annotation file is tumour-free. Writes metrics.json, slides.csv, detections.csv, froc.csv, "
             "froc.png, roc_tiles.png, roc_slides.png."
         ),

@@ -6,7 +6,8 @@ probability, at the level-0 centre of their cell. As in the CAMELYON16 evaluatio
 - a detection inside an annotated tumour (a lesion) is a true positive for that lesion; several
   detections in one lesion count once (with the highest probability);
 - a detection outside every lesion is a false positive; one inside a lesion that is ignored
-  (isolated tumour cells, largest diameter <= 0.2 mm) is neither;
+  (isolated tumour cells: largest diameter below 275 um, the rule of the CAMELYON16
+  evaluation code) is neither;
 - sensitivity at a threshold = lesions with a detection at or above it / all (not ignored)
   lesions; false positives per slide = false detections at or above it / number of slides (all,
   tumour-free included); the score is the mean sensitivity at 1/4, 1/2, 1, 2, 4 and 8 false
@@ -23,7 +24,8 @@ import numpy as np
 
 FROC_FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 DETECTION_FLOOR = 0.01
-ITC_MAX_MM = 0.2
+# CAMELYON16 evaluation code (computeITCList): lesions with a major axis under 275 um are ignored
+ITC_MAX_MM = 0.275
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ the same model and settings), then scored against its QuPath GeoJSON tumour anno
 
 - tile AUC: every analysed tile, labelled tumour when its centre lies in a tumour annotation;
 - FROC (CAMELYON16, :mod:`engine.infer.froc`): the heatmap's local maxima as detections, each
-  tumour polygon a lesion (those of <= 0.2 mm largest diameter ignored, as isolated tumour cells);
+  tumour polygon a lesion (those under 275 um across ignored, as isolated tumour cells);
 - slide AUC: slide score = highest tile probability, slide positive = any tumour annotation.
 
 A slide without an annotation file (or with no tumour polygon in it) is tumour-free.
@@ -154,7 +154,7 @@ def score_slide(result: Any, polygons: list[tuple[np.ndarray, ...]]) -> dict[str
     det = local_maxima(result.grid, result.origin_level0, result.stride_level0, result.tile_size_level0)
     mpp = float(result.slide_mpp)
     diam_mm = np.array([polygon_diameter(p) * mpp / 1000.0 for p in polygons])
-    ignored = diam_mm <= ITC_MAX_MM
+    ignored = diam_mm < ITC_MAX_MM
     lesion_score, _, hit = match_detections(det, polygons, ignored)
     in_ignored = (hit >= 0) & ignored[np.clip(hit, 0, None)] if len(polygons) else np.zeros(len(hit), dtype=bool)
     fp = det.probability[(hit < 0)]
@@ -245,7 +245,7 @@ def _metrics(scored: list, rows: list, failed: list, session: Any, cfg: Any) -> 
     if not slide_truth.any() or slide_truth.all():
         notes.append("slide AUC undefined: every slide is tumour-free or every slide has tumour")
     if curve["score"] is None:
-        notes.append("FROC undefined: no annotated lesion above 0.2 mm")
+        notes.append("FROC undefined: no annotated lesion of 275 um or more")
     return {
         "model": {"name": session.name, "sha256": session.sha256},
         "slides": len(scored),

@@ -106,3 +106,27 @@ def test_bad_input_is_one_error_line(extra, annotated, demo_onnx: Path, tmp_path
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_small_lesions_are_ignored_like_camelyon16_isolated_tumour_cells() -> None:
+    from engine.infer.pipeline import HeatmapResult
+    from engine.infer.slide_eval import score_slide
+
+    g = np.full((10, 10), 0.005, dtype=np.float32)  # below the detection floor
+    g[2, 2] = 0.9  # inside the small lesion: neither true nor false positive
+    g[7, 7] = 0.8  # inside the large one
+    rc = np.argwhere(np.isfinite(g)).astype(np.int32)
+    p = g[rc[:, 0], rc[:, 1]]
+    result = HeatmapResult(
+        grid=g, probabilities=np.stack([1 - p, p], 1), level0_xy=rc[:, ::-1].astype(np.int64) * 100, grid_rc=rc,
+        class_names=("normal", "tumour"), positive_class=1, tile_size_level0=100, stride_level0=100,
+        origin_level0=(0, 0), slide_mpp=1.0, slide_mpp_source="file", slide={"name": "s"}, model={}, summary={},
+        timing={}, config={"threshold": 0.5})
+
+    def square(x0: float, y0: float, side: float) -> tuple[np.ndarray, ...]:
+        return (np.array([[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side], [x0, y0]]),)
+
+    s = score_slide(result, [square(200, 200, 150), square(600, 600, 300)])  # 0.21 mm and 0.42 mm across
+    assert s["lesions"] == 1 and s["ignored_lesions"] == 1
+    assert s["lesion_scores"].tolist() == pytest.approx([0.8])
+    assert s["fp_probs"].size == 0 and s["in_ignored"].sum() == 1
