@@ -83,3 +83,14 @@ def test_an_unexpected_failure_never_stops_the_batch(
     assert "unexpected failure (RuntimeError: simulated crash)" in err
     assert "3 slide(s): 1 done, 1 bad input, 1 unexpected" in err
     assert len(calls) == 3 and (tmp_path / "out" / "generic-2" / "heatmap.json").is_file()
+
+
+def test_roi_folder_one_file_per_slide(synthetic_tiff_no_mpp, blank_slide, demo_onnx, tmp_path, capsys) -> None:
+    rois = tmp_path / "rois"
+    rois.mkdir()
+    _roi(rois / "generic.geojson", 0, 0, 700, 700)  # blank.svs has none: that slide fails, the other runs
+    rc = main(_args([blank_slide.path, synthetic_tiff_no_mpp.path], demo_onnx, tmp_path / "out", "--roi", str(rois)))
+    err = capsys.readouterr().err
+    assert rc == 2 and "no region of interest blank.geojson" in err
+    meta = json.loads((tmp_path / "out" / "generic" / "heatmap.json").read_text())
+    assert meta["config"]["roi"] == str((rois / "generic.geojson").resolve())
