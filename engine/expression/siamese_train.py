@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,10 @@ from engine.fileio import atomic_write_json, ensure_writable_dir
 from engine.jobs import CancelToken, ProgressCallback
 from engine.train.runfolder import (
     CONFIG_NAME,
-    EventLog,
+    RunLog,
     load_checkpoint,
     load_run_config,
     prepare_new_run,
-    write_state,
 )
 
 RUN_KIND = "siamese"
@@ -209,23 +207,6 @@ def resolve_device(device: str) -> str:
 # -- training --------------------------------------------------------------------------------------
 
 
-class _Log:
-    def __init__(self, run: Path) -> None:
-        self.run, self._log, self._last = run, EventLog(run), 0.0
-
-    def event(self, kind: str, **kw: Any) -> None:
-        self._log.write(kind, **kw)
-
-    def step(self, **kw: Any) -> None:
-        now = time.monotonic()
-        if now - self._last >= 1.0 or kw.get("step") == kw.get("steps"):
-            self._last = now
-            self._log.write("step", **kw)
-
-    def state(self, status: str, **kw: Any) -> None:
-        write_state(self.run, status, **kw)
-
-
 def train_siamese(cfg: SiameseTrainConfig | None, run_dir: str | os.PathLike[str], resume: bool = False,
                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> TrainResult:
     """Train, export and evaluate; see the module docstring. Raises Cancelled on STOP / cancel."""
@@ -239,7 +220,7 @@ def train_siamese(cfg: SiameseTrainConfig | None, run_dir: str | os.PathLike[str
         prepare_new_run(run)
     assert cfg is not None
     (run / "checkpoints").mkdir(exist_ok=True)
-    log = _Log(run)
+    log = RunLog(run)
     lock = _run_lock(run)
     with lock:
         return _train_locked(cfg, run, resume, log, progress, cancel)
@@ -315,7 +296,7 @@ def _headline_text(metrics: dict) -> str:
     return summary_line(metrics) if metrics.get("ways") else "finished (no held-out test types)"
 
 
-def _finish(cfg, run: Path, m: ExpressionMatrix, labels: np.ndarray, split: dict, best: dict, log: _Log) -> dict:
+def _finish(cfg, run: Path, m: ExpressionMatrix, labels: np.ndarray, split: dict, best: dict, log: RunLog) -> dict:
     """Export model.onnx, evaluate one-shot on the test types with onnxruntime, write markers."""
     from engine.expression.oneshot import write_oneshot
     from engine.expression.siamese_export import export_run, load_package, package_scorers

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import math
 import pickle
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +19,7 @@ from engine.genomics.encode import Preprocessor
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, report
 from engine.mil.splits import Fold
 from engine.runs import stop_requested
-from engine.train.runfolder import EventLog, load_checkpoint, save_torch, write_state
-
-
-class RunLog:
-    """Event log with ``step`` events thinned to about one a second, and ``state.json``."""
-
-    def __init__(self, run: Path) -> None:
-        self.run = run
-        self._log = EventLog(run)
-        self._last = 0.0
-
-    def event(self, kind: str, **payload: Any) -> None:
-        self._log.write(kind, **payload)
-
-    def step(self, **payload: Any) -> None:
-        now = time.monotonic()
-        if now - self._last >= 1.0 or payload.get("step") == payload.get("steps"):
-            self._last = now
-            self._log.write("step", **payload)
-
-    def state(self, status: str, **payload: Any) -> None:
-        write_state(self.run, status, **payload)
+from engine.train.runfolder import RunLog, load_checkpoint, save_torch
 
 
 def _finite(x: float | None) -> float | None:

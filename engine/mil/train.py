@@ -37,13 +37,12 @@ from engine.mil.splits import Fold, kfold_splits, single_split
 from engine.runs import stop_requested
 from engine.train.runfolder import (
     CONFIG_NAME,
-    EventLog,
+    RunLog,
     load_checkpoint,
     load_run_config,
     prepare_new_run,
     run_lock,
     save_torch,
-    write_state,
 )
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -181,28 +180,6 @@ def load_mil_config(run: Path) -> MILTrainConfig:
 
 
 # -- run folder bookkeeping ----------------------------------------------------------------------
-
-
-class _RunLog:
-    """The run's event log (:class:`engine.train.runfolder.EventLog`) and ``state.json``, with
-    ``step`` events thinned to about one a second (big cohorts have thousands of bags an epoch)."""
-
-    def __init__(self, run: Path) -> None:
-        self.run = run
-        self._log = EventLog(run)
-        self._last_step = 0.0
-
-    def event(self, kind: str, **payload: Any) -> None:
-        self._log.write(kind, **payload)
-
-    def step(self, **payload: Any) -> None:
-        now = time.monotonic()
-        if now - self._last_step >= 1.0 or payload.get("step") == payload.get("steps"):
-            self._last_step = now
-            self._log.write("step", **payload)
-
-    def state(self, status: str, **payload: Any) -> None:
-        write_state(self.run, status, **payload)
 
 
 def _finite(x: float) -> float | None:
@@ -345,7 +322,7 @@ def _train_locked(
     from engine.mil.evaluate import write_evaluation
 
     (run / "checkpoints").mkdir(exist_ok=True)
-    log = _RunLog(run)
+    log = RunLog(run)
 
     cohort = load_cohort(cfg.manifest, cfg.labels, cfg.categorical)
     cohort.check_columns(cfg.clinical)
@@ -456,7 +433,7 @@ class _FoldTrainer:
         extraction: dict[str, Any],
         device: str,
         run: Path,
-        log: _RunLog,
+        log: RunLog,
     ) -> None:
         self.cfg, self.fold, self.by_id, self.store, self.cohort = cfg, fold, by_id, store, cohort
         self.extraction, self.device, self.run_dir, self.log = extraction, device, run, log

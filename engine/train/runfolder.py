@@ -103,6 +103,29 @@ def write_state(run_dir: Path, status: str, **fields: Any) -> None:
     )
 
 
+class RunLog:
+    """A run's event log and ``state.json`` for trainers that log every batch: ``step`` events are
+    thinned to about one a second (the last step of an epoch is always written). Used by the MIL,
+    genomics and one-shot expression trainers."""
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+        self._log = EventLog(run)
+        self._last = 0.0
+
+    def event(self, kind: str, **payload: Any) -> None:
+        self._log.write(kind, **payload)
+
+    def step(self, **payload: Any) -> None:
+        now = time.monotonic()
+        if now - self._last >= 1.0 or payload.get("step") == payload.get("steps"):
+            self._last = now
+            self._log.write("step", **payload)
+
+    def state(self, status: str, **payload: Any) -> None:
+        write_state(self.run, status, **payload)
+
+
 def read_state(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     p = Path(run_dir) / STATE_NAME
     try:
