@@ -70,8 +70,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
                                    description="Train dense, dense_embed or gbm on a cBioPortal study (patient-grouped splits).")
     t.add_argument("--study", default=None, help="study folder (not needed with --resume)")
     t.add_argument("--out", required=True, metavar="RUN_DIR")
-    t.add_argument("--model", choices=("dense", "dense_embed", "gbm"), default="dense",
-                   help="dense (default: best in 5-fold CV on msk_met_2021), dense_embed, or gbm (boosted trees)")
+    t.add_argument("--model", choices=("dense", "dense_embed", "gbm"), default="gbm",
+                   help="gbm (boosted trees, default: best in 5-fold CV on msk_met_2021), dense or dense_embed")
     t.add_argument("--folds", type=int, default=0, help="K >= 2: K-fold CV with pooled out-of-fold results (default: one split)")
     t.add_argument("--epochs", type=int, default=0, help="epochs (default dense 40; gbm 12 x 25 boosting iterations)")
     t.add_argument("--features", choices=("clinical", "mutations", "all"), default="all")

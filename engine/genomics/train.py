@@ -40,7 +40,7 @@ class GenomicsTrainConfig:
     """Settings of a genomics run (saved in ``config.json``)."""
 
     study: str
-    model: str = "dense"
+    model: str = "gbm"
     features: str = "all"
     label_column: str = "SAMPLE_TYPE"
     positive: str | None = None
