@@ -43,10 +43,10 @@ MODEL_TASK_LABELS = {
 }
 
 PREDICTION_COLUMNS = ("sample", "truth", "predicted", "score", "group", "correct")
-GENOMICS_MODELS = (
+GENOMICS_MODELS = (  # first = the wizard's default (best in the 5-fold CV on MSK-MET, benchmarks/RESULTS.md)
+    ("gbm", "Gradient-boosted trees (histogram GBM, native categories)"),
     ("dense", "Dense network (clinical + mutation features)"),
     ("dense_embed", "Dense network + learned tumour-subtype embedding"),
-    ("gbm", "Gradient-boosted trees (scikit-learn baseline)"),
 )
 
 
