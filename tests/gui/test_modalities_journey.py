@@ -22,8 +22,8 @@ WAIT_MS = 240_000
 
 @pytest.mark.slow  # a real (tiny) training run: ~20 s
 def test_genomics_journey_in_the_main_window(qtbot, window, tmp_path: Path) -> None:  # noqa: ANN001
-    if not has_command(["train", "genomics"]) or window.training_view is None:
-        pytest.skip("the genomics engine or training is not built in")
+    assert has_command(["train", "genomics"]), "metascope has the command"
+    assert window.training_view is not None
     study = write_study(tmp_path / "study", n=48)
     DatasetStore().upsert({"path": str(study), "kind": GENOMICS_STUDY, "name": "study", "report": {"samples": 48}})
     window.show_view("Datasets")
@@ -72,8 +72,7 @@ def test_genomics_journey_in_the_main_window(qtbot, window, tmp_path: Path) -> N
 
 @pytest.mark.slow  # a real (tiny) training run, cancelled and resumed: ~30 s
 def test_genomics_run_cancel_and_resume(qtbot, tmp_path: Path) -> None:  # noqa: ANN001
-    if not has_command(["train", "genomics"]):
-        pytest.skip("the genomics engine is not built in")
+    assert has_command(["train", "genomics"]), "metascope has the command"
     from engine.runs import new_run_dir
     from gui.views.training_view import TrainingView
     from gui.wizard.page_modality import ModalityRequest
@@ -118,8 +117,7 @@ def _train(qtbot, view, kind: str, args: tuple[str, ...], run: Path) -> None:  #
 
 @pytest.mark.slow  # a real (tiny) Siamese run, then a one-shot test and a classification: ~60 s
 def test_siamese_run_oneshot_and_classify(qtbot, tmp_path: Path) -> None:  # noqa: ANN001
-    if not has_command(["train", "siamese"]):
-        pytest.skip("the expression engine is not built in")
+    assert has_command(["train", "siamese"]), "metascope has the command"
     from engine.runs import new_run_dir
     from gui.modalities import EXPRESSION_MATRIX
     from gui.views.oneshot_panel import OneShotPanel
@@ -159,8 +157,7 @@ def test_siamese_run_oneshot_and_classify(qtbot, tmp_path: Path) -> None:  # noq
 
 @pytest.mark.slow  # a real (tiny) WGAN-GP run, then generation and the realism report: ~60 s
 def test_wgan_run_generate_and_realism(qtbot, tmp_path: Path) -> None:  # noqa: ANN001
-    if not has_command(["train", "wgan"]):
-        pytest.skip("the synthetic expression engine is not built in")
+    assert has_command(["train", "wgan"]), "metascope has the command"
     from engine.runs import new_run_dir
     from gui.views.generator_view import GeneratorView
     from gui.views.training_view import TrainingView
