@@ -337,7 +337,7 @@ def portable_path(value: str, root: str | os.PathLike[str] | None = None) -> str
             try:
                 rel = path.relative_to(base)
             except ValueError:
-                pass
+                pass  # not under the dataset root: only the file name is kept (below)
             else:
                 return str(type(path)(base.name, rel)) if str(rel) != "." else base.name
     return path.name or str(value).strip("/\\")

@@ -126,7 +126,7 @@ def parse_json_output(stdout: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
-        pass
+        pass  # not one JSON document: look for the block below
     # a summary line before or after the JSON: take the largest parseable block from a "{" line
     lines = text.splitlines()
     for i, line in enumerate(lines):

@@ -52,7 +52,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], nam
         try:
             metrics["ways"] = json.loads(mpath.read_text(encoding="utf-8")).get("ways", {})
         except (OSError, json.JSONDecodeError):
-            pass
+            pass  # a damaged metrics.json: the package goes out without the N-way results (the run folder keeps them)
     meta = ModelMetadata(
         name=name or f"Siamese {run.name}", task=TASK, class_names=tuple(split["train_types"]),
         positive_class=0, output="probabilities", arch="cancer_siamese_1dcnn", input_name="expression",

@@ -202,7 +202,7 @@ def chosen_fold(run: Path) -> int:
         try:
             return int(json.loads(m.read_text(encoding="utf-8"))["best_fold"])
         except (ValueError, KeyError, TypeError):
-            pass
+            pass  # an unfinished or older metrics.json: the fold files below say the same
     done = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(run.glob("fold_*.json"))]
     if not done:
         raise ConfigError(f"{run} has no finished fold to export (training not finished; resume it with --resume)")

@@ -188,7 +188,7 @@ def read_tiles_tolerant(
         tiles = read_tiles(reader, plan, xy, out=out, check=check)
         return tiles, ok
     except SlideOpenError:
-        pass
+        pass  # some tile of the batch is damaged: read them one by one below and record which
     size = plan.config.tile_size_px
     tiles = out if out is not None else np.empty((n, size, size, 3), dtype=np.uint8)
     for j in range(n):
