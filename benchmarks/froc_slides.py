@@ -33,9 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name, write_results_section  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Slide-scale evaluation on real-patch slides (issue 14)"
 STARTER = ROOT / "resources" / "models" / "pcam-starter.onnx"
 PCAM = ROOT.parent / "shared" / "data" / "pcam" / "valid"
@@ -156,20 +155,9 @@ def main() -> int:
     text = report(m, args.grid)
     print(text)
     if args.write_results:
-        write_section(text)
+        write_results_section(SECTION, text)
     return 0
 
-
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md."""
-    import re
-
-    from engine.fileio import atomic_write_text
-
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text.rstrip() + "\n\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + text
-    atomic_write_text(RESULTS, new.rstrip() + "\n")
 
 
 if __name__ == "__main__":

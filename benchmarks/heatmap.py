@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,6 @@ from engine.infer.preprocess import Preprocessor  # noqa: E402
 from engine.infer.session import ModelSession, available_cores, load_model  # noqa: E402
 from engine.slides.synthetic import Ellipse, write_synthetic_slide  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Heatmap pipeline (issue 2)"
 BIG = 40_000
 MPP = 0.5
@@ -397,15 +395,6 @@ def report_markdown(tp: dict[str, Any], mem: dict[str, Any] | None, cfg: Inferen
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving other sections alone."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text.rstrip() + "\n\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + text
-    from engine.fileio import atomic_write_text
-
-    atomic_write_text(RESULTS, new.rstrip() + "\n")
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -441,7 +430,9 @@ def main() -> int:
     text = report_markdown(tp, mem, cfg, args.note)
     print(text)
     if args.write_results:
-        write_section(text)
+        from machine import write_results_section  # benchmarks/machine.py
+
+        write_results_section(SECTION, text)
     return 0
 
 

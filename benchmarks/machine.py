@@ -15,3 +15,18 @@ def cpu_name() -> str:
     except OSError:
         pass  # not Linux: fall back below
     return platform.processor() or platform.machine()
+
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def write_results_section(section: str, text: str) -> None:
+    """Replace (or append) one benchmark's ``## ...`` section of RESULTS.md, leaving the others alone."""
+    import re
+
+    from engine.fileio import atomic_write_text
+
+    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmark results\n\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    new = pattern.sub(lambda _: text.rstrip() + "\n\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + text
+    atomic_write_text(RESULTS, new.rstrip() + "\n")

@@ -38,12 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.heatmap import seed_cnn_onnx, sparse_slide  # noqa: E402
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name, write_results_section  # noqa: E402
 from engine.infer.pipeline import InferenceConfig, compute_heatmap  # noqa: E402
 from engine.infer.session import available_cores, load_model  # noqa: E402
 from engine.slides.qc import sharpness  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Slide QC (issue 16)"
 STARTER = ROOT / "resources" / "models" / "pcam-starter.onnx"
 PCAM_NEG = ROOT.parent / "shared" / "data" / "pcam" / "valid" / "0"
@@ -363,20 +362,9 @@ def main() -> int:
     text = report(cost, benefit, load, flags)
     print(text)
     if args.write_results:
-        write_section(text)
+        write_results_section(SECTION, text)
     return 0
 
-
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md."""
-    import re
-
-    from engine.fileio import atomic_write_text
-
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text.rstrip() + "\n\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + text
-    atomic_write_text(RESULTS, new.rstrip() + "\n")
 
 
 if __name__ == "__main__":
