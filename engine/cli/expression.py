@@ -148,17 +148,14 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from engine.cli.options import read_config_file
     from engine.errors import ConfigError
     from engine.expression.siamese_train import SiameseTrainConfig, train_siamese
 
     cfg = None
     if not args.resume:
         if args.config:
-            try:
-                raw = json.loads(Path(args.config).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"cannot read --config {args.config}: {exc}") from exc
-            cfg = SiameseTrainConfig.from_dict(raw.get("config", raw) if isinstance(raw, dict) else {})
+            cfg = SiameseTrainConfig.from_dict(read_config_file(args.config))
         else:
             if not args.matrix or not args.label_column:
                 raise ConfigError("train siamese needs --matrix and --label-column (or --resume / --config)")

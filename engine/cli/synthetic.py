@@ -164,6 +164,7 @@ def _realism(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from engine.cli.options import read_config_file
     from engine.errors import ConfigError
     from engine.expression.realism import summary_line
     from engine.expression.wgan_train import WganTrainConfig, train_wgan
@@ -171,11 +172,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = None
     if not args.resume:
         if args.config:
-            try:
-                raw = json.loads(Path(args.config).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"cannot read --config {args.config}: {exc}") from exc
-            cfg = WganTrainConfig.from_dict(raw.get("config", raw) if isinstance(raw, dict) else {})
+            cfg = WganTrainConfig.from_dict(read_config_file(args.config))
         else:
             if not args.matrix:
                 raise ConfigError("train wgan needs --matrix (or --resume / --config)")
