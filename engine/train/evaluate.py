@@ -141,7 +141,8 @@ def evaluate(
 
     Writes into ``out_dir``: ``metrics.json`` (metrics, 95 % CIs, confusion matrix, model and
     data identity; ``ci_resampling`` names the unit the bootstrap resampled: whole patients /
-    slides when the data has groups, else ``"case"``), ``predictions.csv`` (id, label, one probability column per class),
+    slides when the data has groups, else ``"case"``), ``predictions.csv`` (id, label, one probability column per class,
+    predicted, source file and dataset index of each patch),
     ``roc.png`` and ``calibration.png`` (binary models; multi-class: positive class vs rest).
 
     Raises:
@@ -189,22 +190,38 @@ def evaluate(
         "duration_s": round(time.monotonic() - t0, 2),
     }
     files = [out / "metrics.json", out / "predictions.csv"]
-    _write_predictions(out / "predictions.csv", ds.ids, probs, meta.class_names, [meta.class_names[i] for i in y])
+    _write_predictions(out / "predictions.csv", ds, probs, meta.class_names, [meta.class_names[i] for i in y])
     files += _plots(out, y == positive, probs[:, positive], meta.class_names[positive], m["auc"], cis["auc"])
     atomic_write_json(out / "metrics.json", result)
     report(progress, ProgressEvent("metrics", 1, 1, f"AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}"))
     return EvaluationResult(out, result, files)
 
 
-def _write_predictions(path: Path, ids: list[str], probs: np.ndarray, class_names: tuple[str, ...], labels: list[str] | None) -> None:
+def _patch_sources(ds: Any) -> list[str]:
+    """Where each patch's pixels are: its image file, the HDF5 file or slide it comes from, or ``""``."""
+    n = len(ds)
+    if getattr(ds, "paths", None) is not None:
+        return [str(Path(p).resolve()) for p in ds.paths]
+    if getattr(ds, "x_path", None):
+        return [str(Path(ds.x_path).resolve())] * n
+    slides, which = getattr(ds, "slide_paths", None), getattr(ds, "slide_index", None)
+    if slides is not None and which is not None:
+        return [str(Path(slides[int(s)]).resolve()) for s in which]
+    return [""] * n
+
+
+def _write_predictions(path: Path, ds: Any, probs: np.ndarray, class_names: tuple[str, ...], labels: list[str] | None) -> None:
+    """``id``, ``label`` (evaluation), ``p_<class>``..., ``predicted`` (argmax), then ``source`` (the
+    image, HDF5 or slide file holding the patch) and ``index`` (the patch's row in the dataset)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     head = ["id"] + (["label"] if labels is not None else []) + [f"p_{c}" for c in class_names] + ["predicted"]
-    w.writerow(head)
+    w.writerow(head + ["source", "index"])
     pred = probs.argmax(1)
-    for i, pid in enumerate(ids):
+    sources = _patch_sources(ds)
+    for i, pid in enumerate(ds.ids):
         row: list[Any] = [pid] + ([labels[i]] if labels is not None else [])
-        row += [f"{p:.6f}" for p in probs[i]] + [class_names[pred[i]]]
+        row += [f"{p:.6f}" for p in probs[i]] + [class_names[pred[i]], sources[i], i]
         w.writerow(row)
     atomic_write_text(path, buf.getvalue())
 
@@ -294,5 +311,5 @@ def predict(
             w.writerow([pid, int(p > 0.5) if labels else f"{p:.6f}"])
         atomic_write_text(out, buf.getvalue())
         return PredictionResult(out, "submission labels" if labels else "submission", len(ds))
-    _write_predictions(out, list(ds.ids), probs, meta.class_names, None)
+    _write_predictions(out, ds, probs, meta.class_names, None)
     return PredictionResult(out, "probabilities", len(ds))

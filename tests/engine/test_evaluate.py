@@ -60,7 +60,8 @@ def test_evaluate_writes_metrics_plots_and_predictions(model: Path, tmp_path: Pa
     for png in ("roc.png", "calibration.png"):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").read_text().splitlines()))
-    assert len(rows) == 40 and set(rows[0]) == {"id", "label", "p_normal", "p_tumor", "predicted"}
+    assert len(rows) == 40 and set(rows[0]) == {"id", "label", "p_normal", "p_tumor", "predicted", "source", "index"}
+    assert all(Path(r["source"]).is_file() for r in rows) and [int(r["index"]) for r in rows] == list(range(40))
     tumour = [float(r["p_tumor"]) for r in rows if r["label"] == "tumor"]
     assert np.mean(tumour) > 0.8
 
