@@ -96,6 +96,9 @@ def model_card(
             lo_hi = ci.get(key)
             ci_text = f"{lo_hi[0]:.3f}–{lo_hi[1]:.3f}" if lo_hi and all(v == v for v in lo_hi) else ""
             lines.append(f"| {key.upper() if key == 'auc' else key} | {m[key]:.3f} | {ci_text} |")
+    section = threshold_section(_run_calibration(run))
+    if section:
+        lines += [""] + section[:-1]
     lines += [
         "",
         "Validation metrics are estimated on held-out patches of the same dataset (the split that chose ",
@@ -103,6 +106,69 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+THRESHOLD_HEADING = "## Operating threshold"
+_RULE_TEXT = {
+    "specificity": "the lowest threshold flagging at most {miss:.0%} of the tumour-free validation patches (specificity >= {target:.2f})",
+    "sensitivity": "the highest threshold keeping sensitivity >= {target:.2f} on the validation patches",
+    "youden": "the threshold maximising sensitivity + specificity - 1 (Youden) on the validation patches",
+    "fixed": "a fixed threshold",
+}
+
+
+def _run_calibration(run: Path) -> dict[str, Any]:
+    """The run's fitted calibration and threshold (``calibration.json``), or ``{}``."""
+    try:
+        data = json.loads((run / "calibration.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def threshold_section(extra: dict[str, Any]) -> list[str]:
+    """The card's lines about the operating threshold and calibration (package ``extra`` keys
+    ``operating_threshold``, ``threshold_rule``, ``calibration``); ``[]`` when there is none."""
+    thr = extra.get("operating_threshold")
+    if not isinstance(thr, (int, float)):
+        return []
+    lines = [THRESHOLD_HEADING, ""]
+    rule = extra.get("threshold_rule") if isinstance(extra.get("threshold_rule"), dict) else {}
+    lines.append(f"- Operating threshold: **{thr:.4f}** (calibrated tumour probability; the app and the CLI use it by default)")
+    if rule:
+        target = float(rule.get("target", 0.95))
+        how = _RULE_TEXT.get(str(rule.get("rule")), str(rule.get("rule"))).format(miss=1 - target, target=target)
+        lines.append(f"- Chosen as {how}")
+        lines.append(
+            f"- At this threshold on {rule.get('n_val', '?')} validation patches: sensitivity "
+            f"{float(rule.get('sensitivity', float('nan'))):.3f}, specificity {float(rule.get('specificity', float('nan'))):.3f}"
+        )
+    cal = extra.get("calibration") if isinstance(extra.get("calibration"), dict) else {}
+    if cal.get("method") in ("temperature", "isotonic"):
+        text = f"temperature scaling (T = {float(cal.get('temperature', 1.0)):.3f})"
+        if cal["method"] == "isotonic":
+            text += " followed by an isotonic map"
+        if "ece_before" in cal and "ece_after" in cal:
+            text += f"; validation ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}"
+        lines.append(f"- Calibration: {text}")
+    return lines + [""]
+
+
+def update_card_threshold(path: str | os.PathLike[str], extra: dict[str, Any]) -> Path:
+    """Replace (or add) the operating-threshold section of an existing card, atomically."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == THRESHOLD_HEADING), None)
+    if start is not None:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        if end == len(lines):  # last section: keep the closing remarks that follow its list
+            end = next((j for j in range(start + 2, len(lines)) if lines[j] and not lines[j].startswith("- ")), len(lines))
+        lines = lines[:start] + threshold_section(extra) + lines[end:]
+    else:
+        lines = lines + [""] + threshold_section(extra)
+    atomic_write_text(p, "\n".join(lines).rstrip("\n") + "\n")
+    return p
 
 
 def write_model_card(

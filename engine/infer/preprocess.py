@@ -109,17 +109,91 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return x
 
 
-def to_probabilities(outputs: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
+def to_probabilities(outputs: np.ndarray, metadata: ModelMetadata, calibrated: bool = True) -> np.ndarray:
     """Model outputs ``(N, C)`` -> class probabilities ``(N, C)`` float32.
 
-    A single-logit binary model (``C == 1`` with two class names) gives ``[1 - p, p]``.
+    A single-logit binary model (``C == 1`` with two class names) gives ``[1 - p, p]``. With
+    ``calibrated`` (the default) the package's calibration (``extra["calibration"]``, fitted on
+    validation data by :mod:`engine.train.calibration`) is applied, so every consumer (heatmaps,
+    ``evaluate``, ``predict``) reads calibrated probabilities that the package's operating
+    threshold refers to. ``calibrated=False`` gives the raw softmax (for fitting a calibration).
+
+    Raises:
+        ModelPackageError: a malformed calibration entry.
     """
     out = np.asarray(outputs, dtype=np.float32)
     if out.ndim == 1:
         out = out[:, None]
-    if out.shape[1] == 1 and len(metadata.class_names) == 2:
-        p = out[:, 0] if metadata.output == "probabilities" else 1.0 / (1.0 + np.exp(-out[:, 0]))
-        return np.stack([1.0 - p, p], axis=1).astype(np.float32)
+    cal = calibration_of(metadata) if calibrated else None
+    if cal is None:
+        if out.shape[1] == 1 and len(metadata.class_names) == 2:
+            p = out[:, 0] if metadata.output == "probabilities" else 1.0 / (1.0 + np.exp(-out[:, 0]))
+            return np.stack([1.0 - p, p], axis=1).astype(np.float32)
+        return out if metadata.output == "probabilities" else softmax(out)
+    # calibrated: float64 throughout, so an isotonic table's steep steps map exactly
+    x = out.astype(np.float64)
     if metadata.output == "probabilities":
-        return out
-    return softmax(out)
+        p = np.clip(x, 1e-12, 1.0)
+        x = np.log(np.stack([1.0 - p[:, 0], p[:, 0]], axis=1)) if x.shape[1] == 1 else np.log(p)
+    elif x.shape[1] == 1:
+        x = np.stack([np.zeros_like(x[:, 0]), x[:, 0]], axis=1)  # sigmoid(z) == softmax([0, z])[1]
+    x = x / cal["temperature"]
+    x -= x.max(axis=1, keepdims=True)
+    probs = np.exp(x)
+    probs /= probs.sum(axis=1, keepdims=True)
+    if cal.get("isotonic") is not None and probs.shape[1] == 2:
+        tx, ty = cal["isotonic"]
+        k = int(metadata.positive_class)
+        pk = np.interp(probs[:, k], tx, ty)
+        probs[:, k] = pk
+        probs[:, 1 - k] = 1.0 - pk
+    return probs.astype(np.float32)
+
+
+#: calibration methods a package may name in ``extra["calibration"]["method"]``
+CALIBRATION_METHODS = ("none", "temperature", "isotonic")
+
+
+def calibration_of(metadata: ModelMetadata) -> dict[str, object] | None:
+    """The package's calibration as ``{"temperature": T, "isotonic": (x, y) or None}``, or
+    ``None`` when it has none.
+
+    ``extra["calibration"]`` is ``{"method": "temperature", "temperature": T, ...}`` (softmax of
+    ``logits / T``) or ``{"method": "isotonic", "temperature": T, "isotonic": {"x": [...],
+    "y": [...]}}`` (then the positive-class probability is mapped through the piecewise-linear
+    table; binary models only).
+
+    Raises:
+        ModelPackageError: a malformed entry (unknown method, T not positive, a bad table).
+    """
+    from engine.errors import ModelPackageError
+
+    extra = metadata.extra if isinstance(metadata.extra, dict) else {}
+    cal = extra.get("calibration")
+    if cal is None:
+        return None
+    if not isinstance(cal, dict) or cal.get("method") not in CALIBRATION_METHODS:
+        raise ModelPackageError(f"model calibration must name a method ({', '.join(CALIBRATION_METHODS)}), got {cal!r:.80}")
+    if cal["method"] == "none":
+        return None
+    try:
+        t = float(cal.get("temperature", 1.0))
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not (np.isfinite(t) and 1e-3 <= t <= 1e3):
+        raise ModelPackageError(f"model calibration temperature must be a positive number, got {cal.get('temperature')!r}")
+    table = None
+    if cal["method"] == "isotonic":
+        iso = cal.get("isotonic")
+        try:
+            x = np.asarray(iso["x"], dtype=np.float64)  # type: ignore[index]
+            y = np.asarray(iso["y"], dtype=np.float64)  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            raise ModelPackageError("isotonic calibration needs a table {'x': [...], 'y': [...]}") from None
+        ok = x.ndim == 1 and x.shape == y.shape and x.size >= 2 and np.all(np.diff(x) >= 0)
+        if not ok or not np.all(np.isfinite(y)) or y.min() < 0 or y.max() > 1:
+            raise ModelPackageError("isotonic calibration table must be sorted x with probabilities y of equal length")
+        if len(metadata.class_names) != 2:
+            raise ModelPackageError("isotonic calibration applies to binary models only")
+        table = (x, y)
+    return {"temperature": t, "isotonic": table}
