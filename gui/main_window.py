@@ -106,9 +106,26 @@ class MainWindow(QMainWindow):
             self.datasets_view.set_training_available(False)
         self.add_view("Models", icon("models"), self.models_view)
         self.models_view.library_changed.connect(self.slide_view.refresh_models)
+        self._add_patch_review_view()
         from gui.modality_views import add_modality_views
 
         add_modality_views(self)  # Samples and Generator (genomics / expression)
+
+    def _add_patch_review_view(self) -> None:
+        """Patch review: an evaluation's patches, errors first (File > Review Evaluation…)."""
+        from gui.views.patch_review_view import PatchReviewView
+
+        self.patch_review_view = PatchReviewView(self)
+        self.add_view("Patch review", icon("label"), self.patch_review_view)
+        action = QAction(icon("label"), "Review &Evaluation…", self)
+        action.setStatusTip("The patches of a `metascope evaluate` folder, false positives and negatives first")
+        action.triggered.connect(lambda: (self.show_view("Patch review"), self.patch_review_view.open_dialog()))
+        self.file_menu.insertAction(self.recent_menu.menuAction(), action)
+
+    def review_evaluation(self, path: str | os.PathLike[str]) -> Worker:
+        """Show the Patch review view with the evaluation at ``path`` (read in a worker)."""
+        self.show_view("Patch review")
+        return self.patch_review_view.load(path)
 
     def _on_datasets_view_train_requested(self, dataset: dict) -> None:
         if self.training_view is None:
@@ -155,7 +172,7 @@ class MainWindow(QMainWindow):
     # -- menus -----------------------------------------------------------------------------
     def _build_menus(self) -> None:
         mb = self.menuBar()
-        file_menu = mb.addMenu("&File")
+        file_menu = self.file_menu = mb.addMenu("&File")
         self.open_action = QAction(icon("open"), "&Open Slide…", self)
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
         self.open_action.triggered.connect(self.slide_view.open_dialog)
