@@ -20,7 +20,8 @@ from engine.errors import ConfigError, DatasetError, ModelPackageError
 
 @dataclass(slots=True)
 class Synthetic:
-    """Generated profiles: ``values`` (n x genes, log scale), ids, genes, covariates, notes."""
+    """Generated profiles: ``values`` (n x genes, on the training matrix's scale: log values stay
+    log, counts / linear values are written back as such), ids, genes, covariates, notes."""
 
     values: np.ndarray
     samples: list[str]
@@ -146,6 +147,10 @@ def generate(
         if "codes" in inputs:
             feed["codes"] = codes[start:stop]
         out[start:stop] = sess.run(["expression"], feed)[0]
+    from engine.expression.matrix import inverse_value_transform
+
+    # back on the training matrix's own scale (e.g. counts or TPM when it was read as such)
+    out = inverse_value_transform(out, extra.get("value_transform"))
     width = max(4, len(str(total)))
     samples = [f"synthetic_{i + 1:0{width}d}" for i in range(total)]
     rows.index = pd.Index(samples, name="sample")

@@ -270,7 +270,14 @@ def _to_numeric(block: pd.DataFrame) -> np.ndarray:
     return arr
 
 
+#: A log-scale matrix (log2 / ln / log10 of counts, intensities, TPM) never goes above this.
+LOG_MAX = 30.0
+
+
 def _detect_scale(values: np.ndarray, log: str) -> tuple[np.ndarray, str]:
+    """``(values on a log scale, what was done)``. Linear-scale data (raw or normalised counts,
+    TPM / FPKM, microarray intensities) get log2(x+1); the ``scale`` text starts with ``counts``
+    or ``linear`` then (see :func:`value_transform`), ``log`` when the values were kept."""
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         raise DatasetError("the matrix holds no numeric values")
@@ -283,11 +290,38 @@ def _detect_scale(values: np.ndarray, log: str) -> tuple[np.ndarray, str]:
         return values, "log (as given)"
     sample = finite[:: max(1, finite.size // 200_000)]
     integer = float(np.mean(np.abs(sample - np.round(sample)) < 1e-6))
-    if vmin >= 0 and integer > 0.99 and vmax > 100:
+    if vmin >= 0 and integer > 0.99 and vmax > LOG_MAX:
         return np.log2(values + 1.0), "counts: log2(x+1) applied"
-    if vmin >= 0 and vmax > 1000:
-        return np.log2(values + 1.0), "linear (max > 1000): log2(x+1) applied"
+    if vmin >= 0 and vmax > LOG_MAX:
+        return np.log2(values + 1.0), f"linear (max {vmax:.4g} > {LOG_MAX:g}): log2(x+1) applied"
+    positive = sample[sample > 0]
+    if vmin >= 0 and vmax > 8 and positive.size > 20:
+        # a low-valued linear matrix (e.g. TPM of a few genes): strongly right-skewed, unlike logs
+        sd = float(positive.std())
+        skew = float(np.mean(((positive - positive.mean()) / sd) ** 3)) if sd > 0 else 0.0
+        if skew > 3.0:
+            return np.log2(values + 1.0), f"linear (skewness {skew:.1f}): log2(x+1) applied"
     return values, "log (as given)"
+
+
+def value_transform(scale: str) -> dict:
+    """How the reader changed the values (from the report's ``scale`` text), so that generated
+    values can be written back on the matrix's own scale: ``{"kind": "log2p1", "integer": bool}``
+    (log2(x+1) applied; ``integer``: the input was counts) or ``{"kind": "none"}``."""
+    if "log2(x+1) applied" in (scale or ""):
+        return {"kind": "log2p1", "integer": str(scale).startswith("counts")}
+    return {"kind": "none"}
+
+
+def inverse_value_transform(values: np.ndarray, transform: dict | None) -> np.ndarray:
+    """Log-scale values back on the input matrix's scale (exact inverse of :func:`_detect_scale`:
+    ``2**x - 1``, never below 0, rounded to whole numbers for counts)."""
+    if not transform or transform.get("kind") != "log2p1":
+        return values
+    out = np.maximum(np.exp2(np.asarray(values, np.float64)) - 1.0, 0.0)
+    if transform.get("integer"):
+        out = np.round(out)
+    return out.astype(np.float32)
 
 
 def _collapse_duplicates(values: np.ndarray, genes: list[str]) -> tuple[np.ndarray, list[str], int]:

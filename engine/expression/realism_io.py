@@ -22,11 +22,28 @@ from engine.errors import ConfigError, DatasetError
 
 
 def _columns(m: Any, genes: list[str], what: str) -> np.ndarray:
-    index = {g: i for i, g in enumerate(m.genes)}
-    absent = [g for g in genes if g not in index]
+    from engine.expression.wgan_train import match_genes
+
+    cols, absent = match_genes(m.genes, genes)
     if absent:
         raise DatasetError(f"{len(absent)} gene(s) are not in the {what} set (e.g. {', '.join(absent[:5])})")
-    return m.values[:, [index[g] for g in genes]].astype(np.float64)
+    return m.values[:, cols].astype(np.float64)
+
+
+def same_scale(x_real: np.ndarray, x_syn: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """The synthetic values on the real set's log scale: profiles generated from a counts / TPM
+    matrix are written on that linear scale, while the real matrix is read on a log scale
+    (log2(x+1), :mod:`engine.expression.matrix`). log2(x+1) is applied to the synthetic values
+    when they are non-negative and their per-gene medians then match the real ones better."""
+    if not np.isfinite(x_syn).all() or x_syn.min() < 0:
+        return x_syn, None
+    logged = np.log2(x_syn + 1.0)
+    med = np.median(x_real, axis=0)
+    as_is = float(np.median(np.abs(np.median(x_syn, axis=0) - med)))
+    as_log = float(np.median(np.abs(np.median(logged, axis=0) - med)))
+    if as_log < as_is:
+        return logged, "synthetic values are on a linear scale (counts / TPM): log2(x+1) applied, as to the real matrix"
+    return x_syn, None
 
 
 def realism_from_files(
@@ -50,7 +67,7 @@ def realism_from_files(
     from engine.expression.wgan_train import parse_where
 
     rm = read_matrix(real, samples)
-    sm = read_matrix(synthetic, log="no")  # profiles are written on the log scale of the training matrix
+    sm = read_matrix(synthetic, log="no")  # put on the real set's scale by same_scale below
     split: dict[str, Any] | None = None
     if run:
         p = Path(run) / "split.json"
@@ -62,8 +79,10 @@ def realism_from_files(
     elif split is not None:
         gene_list = list(split["genes"])
     else:
-        have = set(rm.genes)
-        gene_list = [g for g in sm.genes if g in have]
+        from engine.expression.wgan_train import match_genes
+
+        absent = set(match_genes(rm.genes, list(sm.genes))[1])
+        gene_list = [g for g in sm.genes if g not in absent]
         if len(gene_list) < 3:
             raise DatasetError("the real and synthetic sets share fewer than 3 genes")
     keep = np.ones(len(rm.samples), dtype=bool)
@@ -72,8 +91,9 @@ def realism_from_files(
         keep &= np.isin(rm.labels(col), values)
     x_real = _columns(rm, gene_list, "real")
     x_syn = _columns(sm, gene_list, "synthetic")
+    x_syn, scale_note = same_scale(x_real, x_syn)
     pos = {s: i for i, s in enumerate(rm.samples)}
-    notes: list[str] = []
+    notes: list[str] = [scale_note] if scale_note else []
     if split is not None:
         held = [pos[s] for s in split["heldout"] if s in pos]
         train = [pos[s] for s in split["train"] if s in pos]

@@ -200,6 +200,94 @@ class GeneScaler:
         return cls(np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64))
 
 
+@dataclass(frozen=True, slots=True)
+class GroupScaler:
+    """Per-gene standardisation within the groups of one categorical covariate (e.g. cancer type)
+    and its exact inverse: ``z = (x - mean[g]) / std[g]`` with ``g`` the sample's category code.
+
+    Row 0 (missing / unseen category) holds the pooled statistics; a group's mean and variance are
+    shrunk towards the pooled ones by ``SHRINK`` pseudo-samples (small groups stay stable). Without
+    a grouping column the table has one row and this is :class:`GeneScaler`.
+    """
+
+    mean: np.ndarray  # (groups, genes)
+    std: np.ndarray  # (groups, genes)
+    column: str | None = None
+    code_index: int = 0  # position of ``column`` among the categorical covariates
+
+    SHRINK = 2.0
+
+    @classmethod
+    def fit(cls, x: np.ndarray, codes: np.ndarray | None = None, cardinality: int = 1,
+            column: str | None = None, code_index: int = 0) -> GroupScaler:
+        x = np.asarray(x, np.float64)
+        base = GeneScaler.fit(x)
+        mean = np.tile(base.mean, (max(1, cardinality), 1))
+        std = np.tile(base.std, (max(1, cardinality), 1))
+        if codes is not None and column is not None:
+            for g in range(1, cardinality):
+                rows = x[codes == g]
+                n = len(rows)
+                if n == 0:
+                    continue
+                w = n / (n + cls.SHRINK)
+                m = w * rows.mean(0) + (1 - w) * base.mean
+                v = w * rows.var(0) + (1 - w) * base.std**2
+                mean[g], std[g] = m, np.sqrt(np.maximum(v, 1e-12))
+            std = np.where(std > 1e-6, std, 1.0)
+        return cls(mean, std, column if codes is not None else None, code_index)
+
+    def _rows(self, codes: np.ndarray | None, n: int) -> np.ndarray:
+        if self.column is None or codes is None:
+            return np.zeros(n, dtype=int)
+        return np.asarray(codes)[:, self.code_index].astype(int)
+
+    def transform(self, x: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+        g = self._rows(codes, len(x))
+        return ((np.asarray(x, np.float64) - self.mean[g]) / self.std[g]).astype(np.float32)
+
+    def inverse(self, z: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+        g = self._rows(codes, len(z))
+        return (np.asarray(z, np.float64) * self.std[g] + self.mean[g]).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "column": self.column, "code_index": int(self.code_index),
+            "mean": np.asarray(self.mean, float).tolist(), "std": np.asarray(self.std, float).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GroupScaler:
+        return cls(np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64), d.get("column"),
+                   int(d.get("code_index", 0)))
+
+
+def choose_group_column(x: np.ndarray, spec: CovariateSpec, codes: np.ndarray, min_r2: float = 0.1) -> int | None:
+    """The categorical covariate (index among ``spec.categorical``) that explains the most
+    expression variance (mean over genes of the adjusted R^2 of a one-way ANOVA), when that is at
+    least ``min_r2`` (e.g. cancer type across a pan-cancer cohort); else ``None``."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    total = ((x - x.mean(0)) ** 2).sum(0)
+    total = np.where(total > 1e-12, total, 1.0)
+    best, best_r2 = None, min_r2
+    for k, card in enumerate(spec.cardinalities):
+        within = np.zeros(x.shape[1])
+        groups = 0
+        for g in range(card):
+            rows = x[codes[:, k] == g]
+            if len(rows):
+                groups += 1
+                within += ((rows - rows.mean(0)) ** 2).sum(0)
+        if groups < 2 or n - groups < 2:
+            continue
+        r2 = 1.0 - (within / total) * (n - 1) / (n - groups)
+        score = float(np.mean(r2))
+        if score >= best_r2:
+            best, best_r2 = k, score
+    return best
+
+
 def detect_floor(values: np.ndarray, min_fraction: float = 0.005) -> float | None:
     """The matrix's detection floor: the most frequent value among its lowest 10 % when at least
     ``min_fraction`` of all values sit exactly there (e.g. 0 of log2(x+1) counts, -2 of a floored

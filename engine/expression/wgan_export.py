@@ -2,10 +2,13 @@
 
 The ONNX graph takes ``noise (N, noise_dim)`` float32, then ``numeric (N, Kn)`` float32 and
 ``codes (N, Kc)`` int64 when the generator has numeric / categorical covariates, and returns
-``expression (N, G)``: log-scale profiles (the per-gene standardisation is inverted inside the
-graph, then values are clipped at the training matrix's detection floor when it has one). The
-metadata (``extra``) carries everything :mod:`engine.expression.generate` needs without torch: genes, covariate spec (category maps, scaling), gene scaler, noise dim, input
-names and a sample of the training covariate rows (the default covariate distribution).
+``expression (N, G)``: log-scale profiles (the per-gene standardisation, per group of the
+grouping covariate when there is one, is inverted inside the graph, then values are clipped at
+the training matrix's detection floor when it has one). The metadata (``extra``) carries
+everything :mod:`engine.expression.generate` needs without torch: genes, covariate spec
+(category maps, scaling), gene scaler, ``value_transform`` (how to put log values back on the
+matrix's own scale: counts, TPM), noise dim, input names and a sample of the training covariate
+rows (the default covariate distribution).
 """
 
 from __future__ import annotations
@@ -51,8 +54,11 @@ def _export_onnx(gen: Any, ck: dict[str, Any], path: str) -> list[str]:
     from engine.expression.wgan import CovariateSpec
 
     spec = CovariateSpec.from_dict(ck["covariate_spec"])
-    mean = torch.tensor(ck["scaler"]["mean"], dtype=torch.float32)
-    std = torch.tensor(ck["scaler"]["std"], dtype=torch.float32)
+    group = ck.get("group_scaler") or {"column": None, "code_index": 0, "mean": [ck["scaler"]["mean"]],
+                                        "std": [ck["scaler"]["std"]]}
+    mean = torch.tensor(group["mean"], dtype=torch.float32)  # (groups, genes)
+    std = torch.tensor(group["std"], dtype=torch.float32)
+    group_k = int(group["code_index"]) if group.get("column") is not None else None
     has_num, has_codes = spec.numeric_dim > 0, bool(spec.cardinalities)
     floor = ck.get("floor")
     n = 3
@@ -69,7 +75,12 @@ def _export_onnx(gen: Any, ck: dict[str, Any], path: str) -> list[str]:
             num = cond[k] if has_num else noise.new_zeros((noise.shape[0], 0))
             k += int(has_num)
             codes = cond[k] if has_codes else torch.zeros((noise.shape[0], 0), dtype=torch.int64)
-            x = self.gen(noise, num, codes) * self.std + self.mean
+            z = self.gen(noise, num, codes)
+            if group_k is None:
+                x = z * self.std[0] + self.mean[0]
+            else:  # per-group inverse standardisation: the group's row of the tables
+                g = codes[:, group_k]
+                x = z * self.std[g] + self.mean[g]
             return x if floor is None else torch.clamp(x, min=floor)
 
     names = ["noise"]
@@ -130,10 +141,12 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], nam
                 "genes": list(ck["genes"]),
                 "covariates": spec.to_dict(),
                 "scaler": ck["scaler"],
+                "group_scaler": {k: v for k, v in (ck.get("group_scaler") or {}).items() if k in ("column", "code_index")},
+                "value_transform": ck.get("value_transform") or {"kind": "none"},
                 "floor": ck.get("floor"),
                 "noise_dim": int(ck["model_config"]["noise_dim"]),
                 "inputs": inputs,
-                "output_scale": "log (as the training matrix)",
+                "output_scale": "as the training matrix (see value_transform)",
                 "training_covariates": split.get("train_covariates", []),
                 "model_config": ck["model_config"],
             },

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from engine.errors import Cancelled
-from engine.expression.wgan import CovariateSpec, GeneScaler, build_models, detect_floor
+from engine.expression.wgan import (
+    CovariateSpec,
+    GeneScaler,
+    GroupScaler,
+    build_models,
+    choose_group_column,
+    detect_floor,
+)
 from engine.expression.wgan_train import WganData, WganTrainConfig, finite
 from engine.fileio import atomic_write_json
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, report
@@ -39,16 +46,17 @@ class WganLoop:
         tr = data.train_idx
         self.spec = CovariateSpec.fit(data.covariates.iloc[tr], list(cfg.covariates), cfg.categorical)
         self.scaler = GeneScaler.fit(data.values[tr])
+        num, codes, _ = self.spec.encode(data.covariates.iloc[tr].reset_index(drop=True))
+        self.group = self._group_scaler(data.values[tr], codes)
         self.floor = detect_floor(data.values[tr])
-        # the floor per gene in standardised units: generated values are clipped there in training
-        # too (straight-through gradient), so the critic compares point masses with point masses
+        # the floor per group and gene in standardised units: generated values are clipped there in
+        # training too (straight-through gradient), so the critic compares point masses with point masses
         self.floor_z = (
-            torch.from_numpy(((self.floor - self.scaler.mean) / self.scaler.std).astype(np.float32))
+            torch.from_numpy(((self.floor - self.group.mean) / self.group.std).astype(np.float32))
             if self.floor is not None and cfg.floor_clip
             else None
         )
-        self.x = torch.from_numpy(self.scaler.transform(data.values[tr]))
-        num, codes, _ = self.spec.encode(data.covariates.iloc[tr].reset_index(drop=True))
+        self.x = torch.from_numpy(self.group.transform(data.values[tr], codes))
         self.num, self.codes = torch.from_numpy(num), torch.from_numpy(codes)
         torch.manual_seed(cfg.seed)
         self.gen, self.critic = build_models(len(data.genes), self.spec, cfg.model_config())
@@ -63,6 +71,25 @@ class WganLoop:
         if (run / CHECKPOINT).is_file():
             self._load(load_checkpoint(run / CHECKPOINT))
 
+    def _group_scaler(self, x: np.ndarray, codes: np.ndarray) -> GroupScaler:
+        """Standardisation within the groups of the covariate that explains most of the variance
+        (``group_scale`` "auto"), of a named covariate, or over all samples ("off")."""
+        cats = [c["name"] for c in self.spec.categorical]
+        choice = self.cfg.group_scale
+        if choice == "off" or not cats:
+            k = None
+        elif choice == "auto":
+            k = choose_group_column(x, self.spec, codes)
+        elif choice in cats:
+            k = cats.index(choice)
+        else:
+            from engine.errors import ConfigError
+
+            raise ConfigError(f"group_scale {choice!r} is not a categorical covariate ({', '.join(cats)})")
+        if k is None:
+            return GroupScaler.fit(x)
+        return GroupScaler.fit(x, codes[:, k], self.spec.cardinalities[k], cats[k], k)
+
     # -- checkpoints -----------------------------------------------------------------------------
 
     def payload(self, epoch: int) -> dict[str, Any]:
@@ -76,7 +103,9 @@ class WganLoop:
             "genes": list(self.data.genes),
             "covariate_spec": self.spec.to_dict(),
             "scaler": self.scaler.to_dict(),
+            "group_scaler": self.group.to_dict(),
             "floor": self.floor,
+            "value_transform": self.data.transform,
             "model_config": self.cfg.model_config(),
             "history": self.history,
             "numpy_rng": self.rng.bit_generator.state,
@@ -111,7 +140,8 @@ class WganLoop:
         x = self.gen(self._noise(len(num)), num, codes)
         if self.floor_z is None:
             return x
-        return x + (self.torch.maximum(x, self.floor_z) - x).detach()
+        g = codes[:, self.group.code_index] if self.group.column is not None else self.torch.zeros(len(x), dtype=self.torch.long)
+        return x + (self.torch.maximum(x, self.floor_z[g]) - x).detach()
 
     def critic_step(self) -> tuple[float, float, float]:
         torch = self.torch
@@ -190,7 +220,8 @@ class WganLoop:
             "run_started", epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, device="cpu",
             resumed=self.start_epoch > 0, start_epoch=self.start_epoch, train_samples=int(len(self.data.train_idx)),
             heldout_samples=int(len(self.data.heldout_idx)), genes=len(self.data.genes),
-            covariates=self.spec.names,
+            covariates=self.spec.names, scale=self.data.notes[0] if self.data.notes else None,
+            group_scale=self.group.column,
         )
         for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
             write_state(self.run, "running", epoch=epoch, epochs=cfg.epochs)
@@ -222,7 +253,7 @@ class WganLoop:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             z = gen(torch.randn(n, self.cfg.noise_dim, generator=g), self.num[idx], self.codes[idx]).numpy()
-        x = self.scaler.inverse(z)
+        x = self.group.inverse(z, self.codes[idx].numpy())
         return x if self.floor is None else np.maximum(x, np.float32(self.floor))
 
     def live_gamma(self) -> float | None:

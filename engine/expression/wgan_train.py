@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,9 @@ class WganTrainConfig:
         batch_size, n_critic, gp_lambda, lr, beta1, beta2: WGAN-GP settings (Gulrajani et al.).
         noise_dim, hidden, embed_dim: model sizes.
         ema: exponential moving average of the generator weights (0: off); the average is exported.
+        group_scale: standardise each gene within the groups of one categorical covariate
+            ("auto": the one explaining most of the expression variance, when its mean adjusted
+            R^2 >= 0.1, e.g. cancer type in a pan-cancer cohort; a covariate name; "off").
         floor_clip: when the matrix has a detection floor (e.g. -2 or 0, see
             :func:`engine.expression.wgan.detect_floor`), clip generated values there during
             training too (straight-through gradient); generated profiles are always clipped.
@@ -92,6 +95,7 @@ class WganTrainConfig:
     embed_dim: int = 4
     ema: float = 0.999
     floor_clip: bool = True
+    group_scale: str = "auto"
     gamma_every: int = 5
     seed: int = 0
     cpu_threads: int = 1
@@ -182,10 +186,33 @@ class WganData:
     train_idx: np.ndarray
     heldout_idx: np.ndarray
     notes: list[str]
+    #: how the reader put the matrix on a log scale (:func:`engine.expression.matrix.value_transform`)
+    transform: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})
+
+
+def match_genes(have: list[str], wanted: list[str]) -> tuple[list[int], list[str]]:
+    """Positions in ``have`` of the ``wanted`` genes, matched exactly, then without an Ensembl
+    version / ``|ENTREZ`` part, then ignoring case; ``(positions, absent)``."""
+    from engine.expression.matrix import clean_gene_id
+
+    exact = {g: i for i, g in enumerate(have)}
+    loose: dict[str, int] = {}
+    for i, g in enumerate(have):
+        loose.setdefault(clean_gene_id(g).upper(), i)
+    cols: list[int] = []
+    absent: list[str] = []
+    for g in wanted:
+        i = exact.get(g, loose.get(clean_gene_id(g).upper()))
+        if i is None:
+            absent.append(g)
+        else:
+            cols.append(i)
+    return cols, absent
 
 
 def load_subset(cfg: WganTrainConfig) -> tuple[np.ndarray, list[str], list[str], pd.DataFrame, list[str]]:
-    """Read the matrix, apply ``--where`` and the gene list; ``(values, samples, genes, table, notes)``.
+    """Read the matrix, apply ``--where`` and the gene list; ``(values, samples, genes, table, notes)``;
+    ``notes[0]`` is the reader's scale report (how values were put on a log scale).
 
     Raises:
         DatasetError / ConfigError: unreadable input, unknown columns, genes absent, no sample left.
@@ -194,7 +221,7 @@ def load_subset(cfg: WganTrainConfig) -> tuple[np.ndarray, list[str], list[str],
     from engine.expression.matrix import read_matrix
 
     m = read_matrix(cfg.matrix, cfg.samples or None)
-    notes: list[str] = []
+    notes: list[str] = [str(m.report.get("scale", ""))]
     keep = np.ones(len(m.samples), dtype=bool)
     for w in cfg.where:
         col, values = parse_where(w)
@@ -204,14 +231,14 @@ def load_subset(cfg: WganTrainConfig) -> tuple[np.ndarray, list[str], list[str],
     if cfg.covariates and m.sample_table is None:
         raise ConfigError("covariates need a sample table (--samples) or annotation columns in the matrix")
     if cfg.genes:
-        wanted = read_gene_list(cfg.genes)
-        index = {g: i for i, g in enumerate(m.genes)}
-        absent = [g for g in wanted if g not in index]
+        wanted = list(dict.fromkeys(read_gene_list(cfg.genes)))
+        cols, absent = match_genes(m.genes, wanted)
         if absent:
             raise DatasetError(
-                f"{len(absent)} of {len(wanted)} listed genes are not in the matrix (e.g. {', '.join(absent[:5])})"
+                f"{len(absent)} of {len(wanted)} listed genes are not in the matrix (e.g. {', '.join(absent[:5])}; "
+                f"matrix genes e.g. {', '.join(m.genes[:3])})"
             )
-        cols = [index[g] for g in wanted]
+        cols = list(dict.fromkeys(cols))
     else:
         if len(m.genes) > MAX_GENES_WITHOUT_LIST:
             raise ConfigError(
@@ -277,7 +304,9 @@ def prepare_data(cfg: WganTrainConfig, run: Path, resume: bool) -> tuple[WganDat
             f"covariate(s) {', '.join(absent)} not a column of the sample table (columns: {', '.join(map(str, table.columns))})"
         )
     covs = table.reindex(samples)[list(cfg.covariates)] if cfg.covariates else pd.DataFrame(index=samples)
-    data = WganData(values, samples, genes, covs, train_idx, held_idx, notes)
+    from engine.expression.matrix import value_transform
+
+    data = WganData(values, samples, genes, covs, train_idx, held_idx, notes, value_transform(notes[0]))
     return data, split
 
 
@@ -349,6 +378,7 @@ def _train_locked(
         loop = WganLoop(cfg, data, run, log)
         split["covariate_spec"] = loop.spec.to_dict()
         split["train_covariates"] = training_rows(data)
+        split["value_transform"] = data.transform
         atomic_write_json(run / SPLIT_NAME, split)
         loop.train(progress, cancel)
         metrics = loop.final_realism()

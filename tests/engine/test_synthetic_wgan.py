@@ -13,7 +13,7 @@ import pytest
 
 from engine.cli import main
 from engine.errors import Cancelled, ConfigError, DatasetError
-from engine.expression.wgan import CovariateSpec, GeneScaler
+from engine.expression.wgan import CovariateSpec, GeneScaler, GroupScaler
 from engine.jobs import CancelToken
 from engine.train.runfolder import RunFolderError, read_events
 
@@ -138,7 +138,7 @@ def test_train_export_generate_round_trip(tmp_path: Path) -> None:
     )[0]
     with torch.no_grad():
         z = gen(torch.from_numpy(noise), torch.from_numpy(num), torch.from_numpy(codes)).numpy()
-    np.testing.assert_allclose(onnx_out, GeneScaler.from_dict(ck["scaler"]).inverse(z), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(onnx_out, GroupScaler.from_dict(ck["group_scaler"]).inverse(z, codes), rtol=1e-4, atol=1e-4)
 
     # generation runs with onnxruntime only: no torch import in a fresh interpreter
     out = tmp_path / "syn.tsv"
