@@ -58,6 +58,14 @@ _REGISTRY: dict[str, _Entry] = {
         "VGG-style 8 conv (32-256) with batch norm and global pooling, small and fast",
         "engine.models.vgg", "VGGSmall", 16, True,
     ),
+    "pcam_resnet_s": _Entry(
+        "compact ResNet for 96 px patches: stride-2 stem, 4 residual stages 16-128 ch, global pooling (CPU-fast)",
+        "engine.models.pcam_net", "pcam_resnet_s", 32, True,
+    ),
+    "pcam_resnet_m": _Entry(
+        "compact ResNet for 96 px patches: stride-2 stem, 4 residual stages 24-192 ch, global pooling",
+        "engine.models.pcam_net", "pcam_resnet_m", 32, True,
+    ),
     "resnet18": _Entry(
         "ResNet-18, torchvision-compatible weights (ImageNet checkpoints load)",
         "engine.models.resnet", "resnet18", 32, False,
