@@ -181,6 +181,8 @@ def iter_tile_outputs(
         if len(idx) == batch_size:  # recycled buffers all come from full batches of this model
             with free_lock:
                 buf = free.pop() if free else None
+            if buf is None:  # pinned host memory on CUDA (fast copies to the GPU); None on the CPU
+                buf = session.input_buffer(batch_size)
         return preprocess(tiles, out=buf), ok
 
     starts = iter(range(0, total, batch_size))
@@ -515,12 +517,13 @@ def compute_heatmap(
             on_start(plan, grid)
 
         t0 = time.perf_counter()
+        batch_size, read_workers = device_batching(session, cfg)
         for idx, outputs in iter_tile_outputs(
             reader,
             plan,
             session,
-            batch_size=cfg.batch_size,
-            read_workers=cfg.resolved_read_workers,
+            batch_size=batch_size,
+            read_workers=read_workers,
             progress=progress,
             cancel=cancel,
             stage="heatmap",
@@ -585,6 +588,17 @@ def compute_heatmap(
         config=cfg.to_dict(),
         plan=plan,
     )
+
+
+def device_batching(session: ModelSession, cfg: InferenceConfig) -> tuple[int, int]:
+    """``(batch_size, read_workers)`` for the session's device: the configured ones on the CPU;
+    on CUDA a batch sized for the GPU and (automatic choice) a reader thread per core but one."""
+    if session.io_binding is None:
+        return cfg.batch_size, cfg.resolved_read_workers
+    from engine.infer.gpu import choose_read_workers
+
+    workers = choose_read_workers("cuda", cfg.read_workers, cfg.resolved_read_workers, available_cores())
+    return session.batch_size_for(cfg.batch_size), workers
 
 
 def _slide_dict(info: SlideInfo) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from engine.modelpkg import ModelMetadata, read_metadata
 if TYPE_CHECKING:
     import onnxruntime as ort
 
+    from engine.infer.gpu import BoundRunner
+
 DEVICES = ("auto", "cpu", "cuda")
 IMAGE_TASKS = ("patch_classification", "feature_extractor")
 
@@ -68,6 +70,8 @@ class ModelSession:
         input: the image input specification (``None`` for non-image models such as MIL aggregators).
         output_name: ONNX output tensor used.
         intra_op_threads: onnxruntime intra-op thread count (CPU provider).
+        io_binding: on CUDA, the :class:`~engine.infer.gpu.BoundRunner` that feeds the GPU
+            (device buffers reused, pinned host buffers); ``None`` on the CPU.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class ModelSession:
         input_name: str,
         output_name: str,
         intra_op_threads: int,
+        io_binding: BoundRunner | None = None,
     ) -> None:
         self.path = path
         self.metadata = metadata
@@ -90,6 +95,7 @@ class ModelSession:
         self.output_name = output_name
         self.intra_op_threads = intra_op_threads
         self.provider = session.get_providers()[0]
+        self.io_binding = io_binding
 
     @property
     def name(self) -> str:
@@ -111,6 +117,8 @@ class ModelSession:
             Graphs with a fixed batch size are fed in chunks of that size.
         """
         fixed = self.input.batch if self.input is not None else None
+        if self.io_binding is not None:
+            return self._run_bound(batch, fixed)
         if fixed is None or batch.shape[0] == fixed:
             return np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0])
         parts = []
@@ -122,6 +130,38 @@ class ModelSession:
                 chunk = np.concatenate([chunk, pad])
             parts.append(np.asarray(self.session.run([self.output_name], {self.input_name: chunk})[0])[:n])
         return np.concatenate(parts)
+
+    def _run_bound(self, batch: np.ndarray, fixed: int | None) -> np.ndarray:
+        """:meth:`run` through I/O binding (CUDA): same chunking and padding for fixed-batch graphs."""
+        assert self.io_binding is not None
+        if fixed is None or batch.shape[0] == fixed:
+            return self.io_binding.run(batch)
+        parts = []
+        for start in range(0, batch.shape[0], fixed):
+            chunk = batch[start : start + fixed]
+            n = chunk.shape[0]
+            if n < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), dtype=chunk.dtype)])
+            parts.append(self.io_binding.run(chunk)[:n])
+        return np.concatenate(parts)
+
+    def batch_size_for(self, requested: int) -> int:
+        """Tiles per inference call on this session's device: ``requested`` on the CPU; on CUDA
+        at least :data:`~engine.infer.gpu.CUDA_DEFAULT_BATCH`, within the GPU's free memory."""
+        if self.io_binding is None or self.input is None:
+            return requested
+        from engine.infer.gpu import choose_batch_size, cuda_free_bytes
+
+        return choose_batch_size("cuda", requested, self.input.size, cuda_free_bytes(self.io_binding.device_id))
+
+    def input_buffer(self, n: int) -> np.ndarray | None:
+        """A float32 host buffer for a batch of ``n`` preprocessed tiles in pinned memory (CUDA),
+        or ``None`` (CPU, or no pinned memory available): the caller then allocates its own."""
+        if self.io_binding is None or self.input is None:
+            return None
+        s = self.input.size
+        shape = (n, 3, s, s) if self.input.layout == "NCHW" else (n, s, s, 3)
+        return self.io_binding.host_buffer(shape)
 
     def describe(self) -> dict[str, Any]:
         """Model identity for result files: name, file, sha256, provider."""
@@ -180,7 +220,23 @@ def load_model(
     input_name, output_name = _io_names(session, meta, p)
     spec = _check_input(session, meta, input_name, p) if meta.task in IMAGE_TASKS else None
     _check_output(session, meta, output_name, p)
-    return ModelSession(p, meta, digest, session, spec, input_name, output_name, threads)
+    binding = _cuda_binding(session, input_name, output_name) if spec is not None else None
+    return ModelSession(p, meta, digest, session, spec, input_name, output_name, threads, binding)
+
+
+def _cuda_binding(session: ort.InferenceSession, input_name: str, output_name: str) -> BoundRunner | None:
+    """I/O binding for an image model that runs on CUDA; ``None`` on the CPU (plain ``run``)."""
+    if session.get_providers()[0] != _CUDA:
+        return None
+    from engine.infer.gpu import BoundRunner
+
+    try:
+        return BoundRunner(session, input_name, output_name, "cuda", 0)
+    except Exception as exc:  # onnxruntime's own exception types; plain session.run still works
+        import logging
+
+        logging.getLogger(__name__).warning("CUDA I/O binding unavailable, using plain run: %s", exc)
+        return None
 
 
 def _verify_library(path: Path, digest: str) -> None:
@@ -284,8 +340,7 @@ def _check_input(session: ort.InferenceSession, meta: ModelMetadata, name: str, 
     for d in spatial:
         if _dim(d) is not None and d != meta.input_size:
             raise ModelPackageError(
-                f"{path.name}: input is {spatial[0]}x{spatial[1]} px but the metadata says input_size "
-                f"{meta.input_size}"
+                f"{path.name}: input is {spatial[0]}x{spatial[1]} px but the metadata says input_size {meta.input_size}"
             )
     return InputSpec(name=name, layout=meta.input_layout, size=meta.input_size, batch=_dim(shape[0]))
 
