@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "engine.cli.expression",  # expression matrices, one-shot CancerSiamese
     "engine.cli.synthetic",  # expression deg / generate / realism, WGAN-GP
     "engine.cli.evaluate_slides",  # heatmaps vs tumour annotations: tile AUC, FROC, slide AUC
+    "engine.cli.review",  # an evaluation's patches, errors first
 )
 
 

@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.data.base import IMAGE_EXTS
 from engine.errors import MetaScopeError
 from engine.infer.review import KINDS, PatchImages, Review, ReviewRow, export_csv, filter_rows, load_review
 from engine.jobs import check_cancel
@@ -88,6 +89,10 @@ def read_patch(images: PatchImages, row: ReviewRow, progress: Any = None, cancel
                partial: Any = None) -> np.ndarray:
     """The full patch of ``row`` (worker function)."""
     return images.read(row)
+
+
+def _is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTS)
 
 
 def _load(path: str, progress: Any = None, cancel: Any = None, partial: Any = None) -> Review:
@@ -200,7 +205,7 @@ class PatchPreview(QDialog):
             f"{KIND_NAMES[row.kind]}</span><br>truth <b>{html.escape(row.truth)}</b>, called "
             f"<b>{html.escape(row.predicted)}</b>, probability {row.probability:.4f}<br>"
             f"<span style='color:#666'>{html.escape(row.source)}"
-            + (f" [{row.index}]" if row.index >= 0 else "") + "</span>"
+            + (f" [{row.index}]" if row.index >= 0 and not _is_image_file(row.source) else "") + "</span>"
         )
         info.setWordWrap(True)
         info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)

@@ -163,3 +163,17 @@ def test_real_evaluate_output_is_reviewable(demo_onnx: Path, tmp_path: Path) -> 
     images = PatchImages(rev)
     assert all(images.read(r).shape == (96, 96, 3) for r in rev.rows)
     assert all(isinstance(r, ReviewRow) and Path(r.source).is_file() for r in rev.rows)
+
+
+def test_cli_prints_top_errors_and_writes_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    folder = write_evaluation(tmp_path / "ev", ROWS)
+    out = tmp_path / "fp.csv"
+    assert main(["review", str(folder), "--errors", "1", "--kind", "FP", "--csv", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "2 false positives, 1 false negatives" in text and "fp_sure" in text and "fp_mild" not in text
+    assert [r["id"] for r in csv.DictReader(out.read_text().splitlines())] == ["fp_sure", "fp_mild"]
+    assert main(["review", str(folder), "--kind", "XY"]) == 2
+    assert main(["review", str(tmp_path / "nothing")]) == 2
+    assert "error: " in capsys.readouterr().err
