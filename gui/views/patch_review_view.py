@@ -373,8 +373,8 @@ class PatchReviewView(QWidget):
         m = review.metrics
         auc = f" · AUC {m['auc']:.3f}" if isinstance(m.get("auc"), int | float) else ""
         self.source_label.setText(
-            f"<b>{html.escape(review.folder.name)}</b> · {html.escape(review.positive_class)} positive at "
-            f"probability ≥ {review.threshold:g}{auc}"
+            f"<b>{html.escape(review.folder.name)}</b> · positive class <b>{html.escape(review.positive_class)}</b>"
+            f" at probability ≥ {review.threshold:g}{auc}"
         )
         self.source_label.setToolTip(str(review.folder))
         counts = review.counts()

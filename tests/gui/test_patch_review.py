@@ -68,7 +68,7 @@ def test_errors_first_filters_and_export(qtbot, view: PatchReviewView, tmp_path:
     assert 0 < n_err < 40 and all(r.is_error for r in rows[:n_err])
     assert [r.confidence for r in rows[:n_err]] == sorted((r.confidence for r in rows[:n_err]), reverse=True)
     assert view.kind_checks["FP"].text() == f"FP ({sum(r.kind == 'FP' for r in rows)})"
-    assert "tumor positive" in view.source_label.text() and view.export_button.isEnabled()
+    assert "positive class <b>tumor</b>" in view.source_label.text() and view.export_button.isEnabled()
 
     view.kind_checks["TP"].setChecked(False)
     view.kind_checks["TN"].setChecked(False)
@@ -147,3 +147,31 @@ def test_registered_in_the_main_window(qtbot, window, tmp_path: Path) -> None:  
         window.review_evaluation(folder)
     assert window.stack.currentWidget() is view and len(view.visible_rows()) == 8
     qtbot.waitUntil(lambda: not view.thumbnails_busy(), timeout=WAIT_MS)
+
+
+@pytest.mark.realdata
+def test_3000_real_pcam_patches_stay_responsive(qtbot, view: PatchReviewView, shared_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The 3,000 real PCam validation JPEGs: the table opens at once and reads only the thumbnails on screen."""
+    import time
+
+    files = sorted((shared_data / "pcam" / "valid").glob("*/*.jpg"))
+    assert len(files) >= 3000
+    rng = np.random.default_rng(1)
+    out = tmp_path / "eval"
+    out.mkdir()
+    with (out / "predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label", "p_0", "p_1", "predicted", "source", "index"])
+        for i, p in enumerate(files):
+            p1 = float(np.clip(rng.normal(0.75 if p.parent.name == "1" else 0.25, 0.2), 0, 1))
+            w.writerow([p.stem, p.parent.name, f"{1 - p1:.6f}", f"{p1:.6f}", "1" if p1 > 0.5 else "0", p, i])
+    (out / "metrics.json").write_text(json.dumps({"positive_class": "1", "threshold": 0.5}))
+    t0 = time.perf_counter()
+    load(qtbot, view, out)
+    assert time.perf_counter() - t0 < 5.0 and len(view.visible_rows()) == len(files)
+    assert view.visible_rows()[0].is_error
+    qtbot.waitUntil(lambda: all(view.model.has_thumbnail(k) for k in view.visible_keys()), timeout=WAIT_MS)
+    assert not view.model.errors and 0 < len(view.model.pixmaps) < 100
+    view.table.verticalScrollBar().setValue(view.table.verticalScrollBar().maximum() // 2)
+    qtbot.waitUntil(lambda: all(view.model.has_thumbnail(k) for k in view.visible_keys()), timeout=WAIT_MS)
+    assert len(view.model.pixmaps) < 200
