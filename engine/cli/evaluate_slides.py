@@ -14,6 +14,7 @@ from typing import Any
 from engine.cli.options import add_device_option
 from engine.cli.progress import TerminalProgress
 from engine.cli.qc import add_qc_options, qc_config
+from engine.cli.ray_options import add_ray_options, ray_settings
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
@@ -52,18 +53,20 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--workers", type=int, default=0, help="tile-reading threads (default 0: automatic)")
     add_qc_options(p)
     p.add_argument("--json", action="store_true", help="print metrics.json instead of the summary")
+    add_ray_options(p)
     p.set_defaults(handler=_evaluate_slides)
 
 
 def _evaluate_slides(args: argparse.Namespace) -> int:
+    from engine.cohort.tasks import model_session
     from engine.errors import ConfigError
     from engine.fileio import ensure_writable_dir
     from engine.infer.lesions import operating_threshold
     from engine.infer.pipeline import InferenceConfig
-    from engine.infer.session import load_model
     from engine.infer.slide_eval import TUMOUR_CLASSES, evaluate_slides, resolve_cases
     from engine.slides.open import validate_mpp
 
+    ray = ray_settings(args)  # bad --ray values or a missing Ray fail first
     if args.manifest and args.slides:
         raise ConfigError("give --slides or --manifest, not both")
     cases = resolve_cases(args.slides, args.annotations, args.manifest)
@@ -75,7 +78,7 @@ def _evaluate_slides(args: argparse.Namespace) -> int:
     except re.error as exc:
         raise ConfigError(f"--tumour-class is not a valid regular expression: {exc}") from None
     out = ensure_writable_dir(args.out)
-    session = load_model(args.model, args.device)
+    session = model_session(args.model, args.device)
     cfg = InferenceConfig(
         batch_size=args.batch_size, read_workers=args.workers, device=args.device,
         threshold=operating_threshold(session.metadata, args.threshold), slide_mpp=validate_mpp(args.slide_mpp),
@@ -83,8 +86,16 @@ def _evaluate_slides(args: argparse.Namespace) -> int:
     )
     err = sys.stderr
     progress = TerminalProgress(err)
+    unexpected = 0
     try:
-        m = evaluate_slides(cases, session, cfg, Path(out), pattern, progress=progress)
+        if ray is None:
+            m = evaluate_slides(cases, session, cfg, Path(out), pattern, progress=progress)
+        else:  # one Ray task per slide; finished heatmaps in OUT/heatmaps are reused
+            from engine.cohort.drivers import evaluate_slides_on_ray
+
+            m, unexpected = evaluate_slides_on_ray(
+                cases, args.model, args.device, session, cfg, Path(out), pattern, ray, progress=progress
+            )
     finally:
         progress.close()
     for f in m["failed"]:
@@ -101,4 +112,6 @@ def _evaluate_slides(args: argparse.Namespace) -> int:
             f"{m['slides']} slides ({m['positive_slides']} with tumour, {m['lesions']} lesions): tile AUC "
             f"{fmt(m['tile_auc'])}, FROC {fmt(m['froc_score'])}, slide AUC {fmt(m['slide_auc'])} -> {out}"
         )
+    if unexpected:
+        return 1  # a slide whose worker died (or hit a bug) on every attempt
     return 2 if m["failed"] else 0

@@ -16,6 +16,7 @@ from typing import Any
 
 from engine.cli.options import add_device_option
 from engine.cli.progress import TerminalProgress
+from engine.cli.ray_options import add_ray_options, ray_settings
 
 
 def _cols(text: str | None) -> tuple[str, ...]:
@@ -77,6 +78,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
 
     add_qc_options(p, stain=False)  # --max-unreadable, --no-qc, --keep-qc-failed
     labels_opt(p)
+    add_ray_options(p)
     p.set_defaults(handler=_features)
 
     p = msub.add_parser(
@@ -173,6 +175,7 @@ def _features(args: argparse.Namespace) -> int:
     from engine.mil.cohort import load_cohort
     from engine.mil.features import FeatureConfig, extract_cohort
 
+    ray = ray_settings(args)  # bad --ray values or a missing Ray fail first
     cohort = load_cohort(args.manifest, args.labels, _cols(args.categorical))
     for prob in cohort.problems:
         print(f"warning: row {prob.row} {prob.slide}: {prob.message}", file=sys.stderr)
@@ -195,13 +198,19 @@ def _features(args: argparse.Namespace) -> int:
         extractor = str(resources_dir() / "models" / "colour-texture-stats.onnx")
         print(f"note: no --extractor given: using the built-in colour/texture statistics extractor {extractor}", file=sys.stderr)
     bar = TerminalProgress()
+    unexpected = 0
     try:
-        rep = extract_cohort(cohort, extractor, args.out, cfg, progress=bar)
+        if ray is None:
+            rep = extract_cohort(cohort, extractor, args.out, cfg, progress=bar)
+        else:  # one Ray task per slide; bags with the same fingerprint are skipped
+            from engine.cohort.drivers import extract_cohort_on_ray
+
+            rep, unexpected = extract_cohort_on_ray(cohort, extractor, args.out, cfg, ray, progress=bar)
     finally:
         bar.close()
     print("\n".join(rep.lines()))
     print(f"features: {Path(args.out)}")
-    return 0
+    return 1 if unexpected else 0  # a slide whose worker died on every attempt is a failure of the run
 
 
 def _train(args: argparse.Namespace) -> int:

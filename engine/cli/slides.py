@@ -15,7 +15,7 @@ from typing import Any
 from engine.cli.options import add_device_option
 from engine.cli.progress import TerminalProgress
 from engine.cli.qc import add_qc_options, qc_config
-from engine.errors import MetaScopeError
+from engine.cli.ray_options import add_ray_options
 
 # The self-test passes when the demo heatmap separates tumour from non-tumour tiles this well.
 # A plumbing check (slide reading, tiling, inference, result files), not a measure of model
@@ -81,6 +81,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         help="reuse heatmaps the app (or an earlier --cache run) computed with the same slide, model and "
         "settings, and store new ones in the app's heatmap cache",
     )
+    add_ray_options(hm)
     hm.set_defaults(handler=_heatmap)
 
     st = sub.add_parser(
@@ -135,15 +136,19 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _heatmap(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from engine.cli.ray_options import ray_settings
+    from engine.cohort.tasks import HeatmapJob, model_session, named_slides
     from engine.fileio import ensure_writable_dir
     from engine.infer.lesions import operating_threshold
     from engine.infer.pipeline import InferenceConfig
-    from engine.infer.session import load_model
     from engine.slides.open import validate_mpp
 
+    ray = ray_settings(args)  # bad --ray values or a missing Ray fail first
     roi = _roi_source(args.roi)
     out = ensure_writable_dir(args.out)  # before any work: an unwritable folder fails at once
-    session = load_model(args.model, args.device)
+    session = model_session(args.model, args.device)
     cfg = InferenceConfig(
         batch_size=args.batch_size,
         read_workers=args.workers,
@@ -156,30 +161,31 @@ def _heatmap(args: argparse.Namespace) -> int:
     )
     err = sys.stderr
     print(f"model: {session.name} (sha256 {session.sha256[:12]}) on {session.device}", file=err)
-
-    from engine.errors import Cancelled
-
+    job = HeatmapJob(str(Path(args.model).absolute()), args.device, cfg, out, roi, args.skip_existing, args.cache)
     counts = {"done": 0, "skipped": 0, "bad input": 0, "unexpected": 0}
-    used: set[str] = set()
-    for slide in args.slides:
-        progress = TerminalProgress(err)
+    bar = TerminalProgress(err)
+
+    def on_outcome(_i: int, outcome: Any) -> None:
+        bar.close()  # the bar's line ends before a slide's lines
+        for line in outcome.lines:
+            print(line)
+        for note in outcome.notes:
+            print(note, file=err)
+        counts[outcome.status] += 1
+
+    if ray is None:
+        _heatmap_loop(job, args.slides, on_outcome)
+    else:  # one Ray task per slide; a rerun resumes, so finished slides are skipped
+        from engine.cohort.ray_runner import run_on_ray
+        from engine.cohort.tasks import heatmap_slide
+
+        cfg = dataclasses.replace(cfg, read_workers=args.workers or ray.threads)
+        job = dataclasses.replace(job, cfg=cfg, skip_existing=True, threads=ray.threads)
+        items = named_slides([str(Path(s).absolute()) for s in args.slides])
         try:
-            counts[_heatmap_one(args, slide, session, cfg, roi, out, used, progress)] += 1
-        except MetaScopeError as exc:
-            progress.close()
-            msg = " ".join(str(exc).split())
-            # most slide errors already name the file; name it once
-            if str(slide) not in msg and Path(slide).name not in msg and Path(slide).stem not in msg:
-                msg = f"{slide}: {msg}"
-            print(f"error: {msg}", file=err)
-            counts["bad input"] += 1
-        except (Cancelled, KeyboardInterrupt):
-            progress.close()
-            raise
-        except Exception as exc:  # noqa: BLE001 - one slide's crash never stops the batch
-            progress.close()
-            print(f"error: {slide}: unexpected failure ({type(exc).__name__}: {' '.join(str(exc).split())})", file=err)
-            counts["unexpected"] += 1
+            run_on_ray(heatmap_slide, job, items, list(args.slides), ray, on_outcome, bar)
+        finally:
+            bar.close()
     failed = counts["bad input"] + counts["unexpected"]
     if len(args.slides) > 1 or failed:
         parts = [f"{n} {k}" for k, n in counts.items() if n]
@@ -187,6 +193,24 @@ def _heatmap(args: argparse.Namespace) -> int:
     if counts["unexpected"]:
         return 1
     return 2 if counts["bad input"] else 0
+
+
+def _heatmap_loop(job: Any, slides: list[str], on_outcome: Any) -> None:
+    """The slides of a heatmap batch one after the other, each with its own progress bar."""
+    from engine.cohort.tasks import heatmap_slide, named_slides, unexpected_outcome
+    from engine.errors import Cancelled
+
+    for i, item in enumerate(named_slides(slides)):
+        progress = TerminalProgress(sys.stderr)
+        try:
+            outcome = heatmap_slide(job, item, progress)
+        except (Cancelled, KeyboardInterrupt):
+            progress.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - one slide's crash never stops the batch
+            outcome = unexpected_outcome(item.slide, f"{type(exc).__name__}: {exc}")
+        progress.close()
+        on_outcome(i, outcome)
 
 
 def _roi_source(roi: str | None) -> Path | None:
@@ -203,82 +227,6 @@ def _roi_source(roi: str | None) -> Path | None:
         raise DatasetError(f"region of interest {roi} not found")
     read_region_rings(p)  # an unreadable ROI fails before any slide is analysed
     return p
-
-
-def _slide_roi(roi: Path | None, slide: str) -> str | None:
-    if roi is None or not roi.is_dir():
-        return None if roi is None else str(roi)
-    from engine.errors import DatasetError
-
-    path = roi / f"{Path(slide).stem}.geojson"
-    if not path.is_file():
-        raise DatasetError(f"{slide}: no region of interest {path.name} in {roi}")
-    return str(path)
-
-
-def _heatmap_one(
-    args: argparse.Namespace, slide: str, session: Any, cfg: Any, roi: Path | None, out: Path, used: set[str],
-    progress: TerminalProgress,
-) -> str:
-    """Analyse one slide of a ``heatmap`` batch; ``"done"`` or ``"skipped"``."""
-    import dataclasses
-
-    from engine.infer.batch import finished_result
-    from engine.infer.cache import cached_heatmap
-    from engine.infer.outputs import safe_name, write_heatmap_outputs
-    from engine.infer.pipeline import compute_heatmap
-    from engine.slides.open import open_slide
-    from engine.slides.qc_summary import summary_line
-
-    err = sys.stderr
-    cfg = dataclasses.replace(cfg, roi=_slide_roi(roi, slide))
-    with open_slide(slide, mpp=cfg.slide_mpp) as reader:
-        name = _unique(safe_name(reader.info.name), used)
-        if args.skip_existing and finished_result(out / name, slide, session.sha256, cfg):
-            progress.close()
-            print(f"{reader.info.name}: already done with this model and settings -> {out / name}")
-            return "skipped"
-        if args.cache:
-            result, from_cache = cached_heatmap(reader, slide, session, cfg, progress=progress)
-        else:
-            result, from_cache = compute_heatmap(reader, session, cfg, progress=progress), False
-        folder = write_heatmap_outputs(result, out, reader=reader, folder_name=name)
-    progress.close()
-    s = result.summary
-    timing = "from the cache" if from_cache else (
-        f"{result.timing['total_s']:.1f} s ({result.timing['tiles_per_s']:.0f} tiles/s)"
-    )
-    for warning in s.get("warnings", []):
-        print(f"warning: {warning}", file=err)
-    top = "n/a" if s["max_probability"] is None else f"{s['max_probability']:.3f}"
-    print(
-        f"{result.slide_name}: max {top}, {s['fraction_above_threshold']:.1%} of "
-        f"{s['tiles_analysed']} tissue tiles >= {cfg.threshold:g}{summary_line(s)}{_lesion_text(folder)}, "
-        f"{timing} -> {folder}"
-    )
-    return "done"
-
-
-def _lesion_text(folder: Path) -> str:
-    """``, 2 lesions, largest 1.30 mm: micrometastasis`` from a result folder's heatmap.json."""
-    try:
-        les = json.loads((folder / "heatmap.json").read_text(encoding="utf-8"))["lesions"]
-    except (OSError, ValueError, KeyError):
-        return ""
-    if not les["count"]:
-        return f", no lesion: {les['category']}"
-    size = "" if les["largest_diameter_mm"] is None else f", largest {les['largest_diameter_mm']:.2f} mm"
-    return f", {les['count']} lesion(s){size}: {les['category']}"
-
-
-def _unique(name: str, used: set[str]) -> str:
-    """``name``, or ``name-2``, ``name-3``... when two slides share a file name."""
-    candidate, n = name, 2
-    while candidate in used:
-        candidate = f"{name}-{n}"
-        n += 1
-    used.add(candidate)
-    return candidate
 
 
 # ------------------------------------------------------------------------------------ selftest

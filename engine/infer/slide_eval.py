@@ -122,21 +122,33 @@ def tumour_polygons(path: Path | None, pattern: str = TUMOUR_CLASSES) -> list[tu
         return []  # valid GeoJSON without any polygon: a tumour-free slide
 
 
-def slide_heatmap(case: SlideCase, session: Any, cfg: Any, out: Path, used: set[str], **compute: Any) -> Any:
+def heatmap_names(slides: list[Path] | list[str]) -> list[str]:
+    """The result folder name of each slide: its file name made safe, ``-2``, ``-3``... when
+    two slides share one (decided before any slide is computed, so a cohort on several
+    machines names them as one process would)."""
+    from engine.infer.outputs import safe_name
+
+    used: set[str] = set()
+    names = []
+    for s in slides:
+        base = name = safe_name(Path(s).stem)
+        n = 2
+        while name in used:
+            name, n = f"{base}-{n}", n + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def slide_heatmap(case: SlideCase, session: Any, cfg: Any, out: Path, name: str, **compute: Any) -> Any:
     """The heatmap of one slide: reused from ``out/<name>`` when finished with this model and
     settings, else computed and written there."""
     from engine.infer.batch import finished_result
-    from engine.infer.outputs import load_heatmap_result, safe_name, write_heatmap_outputs
+    from engine.infer.outputs import load_heatmap_result, write_heatmap_outputs
     from engine.infer.pipeline import compute_heatmap
     from engine.slides.open import open_slide
 
     with open_slide(case.slide, mpp=cfg.slide_mpp) as reader:
-        name = safe_name(reader.info.name)
-        n = 2
-        base = name
-        while name in used:
-            name, n = f"{base}-{n}", n + 1
-        used.add(name)
         if finished_result(out / name, case.slide, session.sha256, cfg):
             return load_heatmap_result(out / name), True
         result = compute_heatmap(reader, session, cfg, **compute)
@@ -189,31 +201,58 @@ def evaluate_slides(
     Returns:
         The metrics (also in ``out/metrics.json``).
     """
-    from engine.infer.lesions import find_lesions, lesion_summary
-
-    used: set[str] = set()
+    names = heatmap_names([c.slide for c in cases])
     rows, scored, failed = [], [], []
-    for i, case in enumerate(cases):
+    for i, (case, name) in enumerate(zip(cases, names, strict=True)):
         check_cancel(cancel)
         report(progress, ProgressEvent("slides", i, len(cases), case.slide.name))
-        try:
-            polys = tumour_polygons(case.annotation, pattern)
-            result, reused = slide_heatmap(case, session, cfg, out / "heatmaps", used, cancel=cancel)
-        except MetaScopeError as exc:
-            failed.append({"slide": str(case.slide), "error": " ".join(str(exc).split())})
-            continue
-        s = score_slide(result, polys)
-        les = lesion_summary(result, find_lesions(result))
-        scored.append((case, result, s))
-        rows.append({
-            "slide": result.slide_name, "path": str(case.slide),
-            "annotation": "" if case.annotation is None else str(case.annotation),
-            "positive": int(bool(polys)), "score": round(s["score"], 6), "tiles": int(len(s["truth"])),
-            "tumour_tiles": int(s["truth"].sum()), "lesions": s["lesions"], "ignored_lesions": s["ignored_lesions"],
-            "lesions_detected": int(np.isfinite(s["lesion_scores"]).sum()), "detections": len(s["hit"]),
-            "predicted_lesions": les["count"], "category": les["category"], "heatmap_reused": int(reused),
-        })
+        r = evaluate_case(case, name, session, cfg, out / "heatmaps", pattern, cancel=cancel)
+        add_case(r, rows, scored, failed)
     report(progress, ProgressEvent("slides", len(cases), len(cases), "scoring"))
+    return finish_evaluation(out, scored, rows, failed, session, cfg)
+
+
+def evaluate_case(
+    case: SlideCase, name: str, session: Any, cfg: Any, heatmaps: Path, pattern: str = TUMOUR_CLASSES,
+    cancel: CancelToken | None = None,
+) -> dict[str, Any]:
+    """Heatmap (computed or reused in ``heatmaps/<name>``) and scores of one slide: the one
+    per-slide step of :func:`evaluate_slides` and of a cohort on Ray.
+
+    Returns:
+        ``{"failed": {...}}`` for a slide with bad input, else ``{"row": ..., "scored": (case, result, scores)}``.
+    """
+    from engine.infer.lesions import find_lesions, lesion_summary
+
+    try:
+        polys = tumour_polygons(case.annotation, pattern)
+        result, reused = slide_heatmap(case, session, cfg, heatmaps, name, cancel=cancel)
+    except MetaScopeError as exc:
+        return {"failed": {"slide": str(case.slide), "error": " ".join(str(exc).split())}}
+    s = score_slide(result, polys)
+    les = lesion_summary(result, find_lesions(result))
+    row = {
+        "slide": result.slide_name, "path": str(case.slide),
+        "annotation": "" if case.annotation is None else str(case.annotation),
+        "positive": int(bool(polys)), "score": round(s["score"], 6), "tiles": int(len(s["truth"])),
+        "tumour_tiles": int(s["truth"].sum()), "lesions": s["lesions"], "ignored_lesions": s["ignored_lesions"],
+        "lesions_detected": int(np.isfinite(s["lesion_scores"]).sum()), "detections": len(s["hit"]),
+        "predicted_lesions": les["count"], "category": les["category"], "heatmap_reused": int(reused),
+    }
+    return {"row": row, "scored": (case, result, s)}
+
+
+def add_case(r: dict[str, Any], rows: list, scored: list, failed: list) -> None:
+    """Append one :func:`evaluate_case` outcome to the cohort's lists."""
+    if "failed" in r:
+        failed.append(r["failed"])
+    else:
+        rows.append(r["row"])
+        scored.append(r["scored"])
+
+
+def finish_evaluation(out: Path, scored: list, rows: list, failed: list, session: Any, cfg: Any) -> dict[str, Any]:
+    """The cohort's metrics from its slides, written into ``out``."""
     metrics = _metrics(scored, rows, failed, session, cfg)
     _write_files(out, scored, rows, metrics)
     return metrics

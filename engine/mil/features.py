@@ -30,7 +30,7 @@ from engine.errors import ConfigError, MetaScopeError, ModelPackageError, NoTiss
 from engine.fileio import atomic_write_json, ensure_writable_dir
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
 from engine.mil.bags import Bag, bag_path, fingerprint_changes, write_bag
-from engine.mil.cohort import Cohort
+from engine.mil.cohort import Cohort, CohortEntry
 from engine.slides.tiling import TISSUE_MASK_PX_PER_TILE, TissueSettings
 
 if TYPE_CHECKING:
@@ -164,8 +164,12 @@ class Extractor:
         return {"name": self.name, "sha256": self.sha256, "output": self.output_name, "feature_dim": self.feature_dim}
 
 
-def load_extractor(path: str | os.PathLike[str], device: str = "auto") -> Extractor:
+def load_extractor(
+    path: str | os.PathLike[str], device: str = "auto", intra_op_threads: int | None = None
+) -> Extractor:
     """Load a backbone package (feature extractor, or patch classifier exposing its features).
+
+    ``intra_op_threads``: onnxruntime CPU threads (default: all cores of this process).
 
     Raises:
         ModelPackageError: not a usable backbone (e.g. a MIL aggregator, or a patch model with no
@@ -173,7 +177,7 @@ def load_extractor(path: str | os.PathLike[str], device: str = "auto") -> Extrac
     """
     from engine.infer.session import load_model
 
-    session = load_model(path, device=device)
+    session = load_model(path, device=device, intra_op_threads=intra_op_threads)
     task = session.metadata.task
     if task == "feature_extractor":
         return Extractor(session, session.output_name)
@@ -389,6 +393,75 @@ class ExtractionReport:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class SlideExtraction:
+    """Outcome of :func:`extract_entry` for one slide: ``status`` is ``done``, ``skipped``,
+    ``no_tissue`` or ``failed`` (``detail`` says why); ``recomputed`` names the settings that
+    changed when an older bag was replaced."""
+
+    slide_id: str
+    status: str
+    detail: str = ""
+    recomputed: str = ""
+    tiles: int = 0
+
+    def add_to(self, rep: ExtractionReport) -> None:
+        """Record this outcome in a cohort's report."""
+        if self.recomputed:
+            rep.recomputed[self.slide_id] = self.recomputed
+        if self.status == "done":
+            rep.done.append(self.slide_id)
+            rep.tiles += self.tiles
+        elif self.status == "skipped":
+            rep.skipped.append(self.slide_id)
+        elif self.status == "no_tissue":
+            rep.no_tissue[self.slide_id] = self.detail
+        else:
+            rep.failed[self.slide_id] = self.detail
+
+
+def extract_entry(
+    entry: CohortEntry,
+    ex: Extractor,
+    cfg: FeatureConfig,
+    out: Path,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> SlideExtraction:
+    """Extract one cohort slide into ``out/<slide_id>.h5`` unless a bag with the same
+    fingerprint is there. The one per-slide step of :func:`extract_cohort` and of a cohort on Ray.
+
+    Raises:
+        Cancelled: ``cancel`` was set (nothing is written).
+    """
+    from engine.slides.open import open_slide
+
+    tile_size, mpp = resolve_tiling(ex, cfg)
+    sid = entry.slide_id
+    target = bag_path(out, sid)
+    try:
+        fp = bag_fingerprint(ex.sha256, tile_size, mpp, cfg, entry.slide_path, entry.roi_path)
+    except MetaScopeError as exc:  # unreadable ROI
+        return SlideExtraction(sid, "failed", str(exc))
+    changed = fingerprint_changes(target, fp)
+    if changed == []:
+        return SlideExtraction(sid, "skipped")
+    recomputed = ", ".join(changed) if changed else ""
+    try:
+        with open_slide(entry.slide_path, mpp=cfg.slide_mpp) as reader:
+            bag = extract_slide(reader, ex, cfg, entry.roi_path, progress, cancel)
+    except NoTissueError as exc:
+        return SlideExtraction(sid, "no_tissue", str(exc), recomputed)
+    except MetaScopeError as exc:  # does not open, no resolution, unreadable ROI, ...
+        return SlideExtraction(sid, "failed", str(exc), recomputed)
+    except (OSError, ValueError) as exc:  # a damaged slide can fail inside a decoder mid-read
+        return SlideExtraction(sid, "failed", f"{type(exc).__name__}: {exc}", recomputed)
+    bag.attrs["slide_id"] = sid
+    bag.attrs["fingerprint"] = json.dumps(fp, sort_keys=True)
+    write_bag(target, bag)
+    return SlideExtraction(sid, "done", recomputed=recomputed, tiles=bag.n)
+
+
 def extract_cohort(
     cohort: Cohort,
     extractor: Extractor | str | os.PathLike[str],
@@ -413,52 +486,30 @@ def extract_cohort(
     Raises:
         Cancelled: ``cancel`` was set (finished slides are kept; run again to resume).
     """
-    from engine.slides.open import open_slide
-
     cfg = cfg or FeatureConfig()
     ex = extractor if isinstance(extractor, Extractor) else load_extractor(extractor, cfg.device)
-    tile_size, mpp = resolve_tiling(ex, cfg)
+    resolve_tiling(ex, cfg)  # no resolution: fail before the first slide
     out = ensure_writable_dir(out_dir)
     rep = ExtractionReport()
     t0 = time.perf_counter()
     n = len(cohort.entries)
     for i, e in enumerate(cohort.entries):
         check_cancel(cancel)
-        target = bag_path(out, e.slide_id)
-        try:
-            fp = bag_fingerprint(ex.sha256, tile_size, mpp, cfg, e.slide_path, e.roi_path)
-        except MetaScopeError as exc:  # unreadable ROI
-            rep.failed[e.slide_id] = str(exc)
-            report(progress, ProgressEvent("features", i + 1, n, e.slide_id))
-            continue
-        changed = fingerprint_changes(target, fp)
-        if changed == []:
-            rep.skipped.append(e.slide_id)
-            report(progress, ProgressEvent("features", i + 1, n, f"{e.slide_id}: already done"))
-            continue
-        if changed:
-            rep.recomputed[e.slide_id] = ", ".join(changed)
 
         def tile_progress(ev: ProgressEvent, _i: int = i, _sid: str = e.slide_id) -> None:
             report(progress, ProgressEvent("features", _i, n, f"{_sid}: {ev.step}/{ev.total} tiles", ev.metrics))
 
-        try:
-            with open_slide(e.slide_path, mpp=cfg.slide_mpp) as reader:
-                bag = extract_slide(reader, ex, cfg, e.roi_path, tile_progress, cancel)
-        except NoTissueError as exc:
-            rep.no_tissue[e.slide_id] = str(exc)
-        except MetaScopeError as exc:  # does not open, no resolution, unreadable ROI, ...
-            rep.failed[e.slide_id] = str(exc)
-        except (OSError, ValueError) as exc:  # a damaged slide can fail inside a decoder mid-read
-            rep.failed[e.slide_id] = f"{type(exc).__name__}: {exc}"
-        else:
-            bag.attrs["slide_id"] = e.slide_id
-            bag.attrs["fingerprint"] = json.dumps(fp, sort_keys=True)
-            write_bag(target, bag)
-            rep.done.append(e.slide_id)
-            rep.tiles += bag.n
-        report(progress, ProgressEvent("features", i + 1, n, e.slide_id))
+        r = extract_entry(e, ex, cfg, out, tile_progress, cancel)
+        r.add_to(rep)
+        report(progress, ProgressEvent("features", i + 1, n, f"{e.slide_id}: already done" if r.status == "skipped" else e.slide_id))
     rep.seconds = time.perf_counter() - t0
+    write_extraction_record(out, ex, cfg, cohort, rep)
+    return rep
+
+
+def write_extraction_record(out: Path, ex: Extractor, cfg: FeatureConfig, cohort: Cohort, rep: ExtractionReport) -> None:
+    """``out/extraction.json``: extractor, tiling, settings and the cohort's outcome."""
+    tile_size, mpp = resolve_tiling(ex, cfg)
     atomic_write_json(
         out / "extraction.json",
         {
@@ -470,4 +521,3 @@ def extract_cohort(
             **rep.to_dict(),
         },
     )
-    return rep
