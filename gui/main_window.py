@@ -121,6 +121,7 @@ class MainWindow(QMainWindow):
         action.setStatusTip("The patches of a `metascope evaluate` folder, false positives and negatives first")
         action.triggered.connect(lambda: (self.show_view("Patch review"), self.patch_review_view.open_dialog()))
         self.file_menu.insertAction(self.recent_menu.menuAction(), action)
+        self.models_view.review_patches_requested.connect(self.review_evaluation)
 
     def review_evaluation(self, path: str | os.PathLike[str]) -> Worker:
         """Show the Patch review view with the evaluation at ``path`` (read in a worker)."""

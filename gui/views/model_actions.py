@@ -1,5 +1,6 @@
 """What a genomics / expression model in the library can do, below its model card.
 
+* ``patch_classification``: evaluate on a patch dataset, then review its patches (Patch review view).
 * ``genomics_classifier``: evaluate on a study (metrics, plots, samples) or predict a study.
 * ``expression_embedding``: the one-shot panel (N-way test, classify, markers).
 * ``expression_generator``: open it in the Generator view (generate + realism).
@@ -23,12 +24,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from gui.modalities import GENOMICS_STUDY, dataset_kind, read_json
+from gui.modalities import GENOMICS_STUDY, PATCHES, dataset_kind, read_json
 from gui.views.cli_runner import CliRunner
 from gui.views.modality_results import PngGallery, metrics_table_html, per_group_html
 from gui.views.oneshot_panel import OneShotPanel, results_dir
 
-ACTION_TASKS = ("genomics_classifier", "expression_embedding", "expression_generator")
+ACTION_TASKS = ("patch_classification", "genomics_classifier", "expression_embedding", "expression_generator")
 
 
 def _datasets() -> list[dict[str, Any]]:
@@ -124,6 +125,76 @@ class GenomicsActions(QWidget):
             self.review_samples_requested.emit(str(self._out / "predictions.csv"))
 
 
+class PatchActions(QWidget):
+    """Evaluate a patch classifier on a labelled patch dataset (``metascope evaluate``), then
+    review its patches, the most confident errors first."""
+
+    review_patches_requested = Signal(str)  # the evaluation folder
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model: Path | None = None
+        self._out: Path | None = None
+        self.dataset_combo = QComboBox()
+        self.evaluate_button = QPushButton("Evaluate on dataset")
+        self.evaluate_button.setToolTip("AUC with CI, ROC, calibration and every patch's probability (needs labels)")
+        self.evaluate_button.clicked.connect(self.evaluate)
+        self.review_button = QPushButton("Review patches")
+        self.review_button.setToolTip("The patches, false positives and false negatives first, with their images")
+        self.review_button.setEnabled(False)
+        self.review_button.clicked.connect(self._on_review_clicked)
+        self.runner = CliRunner()
+        self.runner.finished.connect(self._on_finished)
+        self.runner.busy_changed.connect(lambda busy: self.evaluate_button.setEnabled(not busy))
+        self.metrics_label = QLabel()
+        self.metrics_label.setTextFormat(Qt.TextFormat.RichText)
+        self.gallery = PngGallery(min_height=220)
+        form = QFormLayout()
+        form.addRow("Dataset:", self.dataset_combo)
+        row = QHBoxLayout()
+        for b in (self.evaluate_button, self.review_button):
+            row.addWidget(b)
+        row.addStretch(1)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(form)
+        lay.addLayout(row)
+        lay.addWidget(self.runner)
+        lay.addWidget(self.metrics_label)
+        lay.addWidget(self.gallery, 1)
+
+    def set_model(self, model: Path, datasets: list[dict[str, Any]]) -> None:
+        self.model = model
+        self.dataset_combo.clear()
+        for d in datasets:
+            if dataset_kind(d) == PATCHES:
+                self.dataset_combo.addItem(d.get("name") or Path(d["path"]).name, d)
+
+    def evaluate(self) -> Any:
+        item = self.dataset_combo.currentData()
+        if not item or self.model is None:
+            self.runner.message.show_message("Import a labelled patch dataset in the Datasets view first.", "error")
+            return None
+        self._out = results_dir("evaluate", self.model)
+        args = ["evaluate", str(self.model), "--data", str(item["path"]), "--out", str(self._out)]
+        if item.get("fmt") and item["fmt"] != "auto":
+            args += ["--format", str(item["fmt"])]
+        if item.get("mpp"):
+            args += ["--mpp", str(item["mpp"])]
+        return self.runner.start("evaluate", args, "Evaluating…")
+
+    def _on_finished(self, _tag: str, _result: Any) -> None:
+        if self._out is None:
+            return
+        self.metrics_label.setText(metrics_table_html(read_json(self._out / "metrics.json")))
+        self.gallery.set_folder(self._out)
+        self.review_button.setEnabled((self._out / "predictions.csv").is_file())
+
+    def _on_review_clicked(self) -> None:
+        if self._out is not None:
+            self.review_patches_requested.emit(str(self._out))
+
+
 class GeneratorActions(QWidget):
     """A generator model: generation and realism live in the Generator view."""
 
@@ -147,16 +218,19 @@ class ModelActionsPanel(QWidget):
     """The actions of the selected model's task (hidden for tasks without any)."""
 
     review_samples_requested = Signal(str)
+    review_patches_requested = Signal(str)
     generator_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.patches = PatchActions()
         self.genomics = GenomicsActions()
         self.oneshot = OneShotPanel()
         self.generator = GeneratorActions()
         self.stack = QStackedWidget()
-        for w in (self.genomics, self.oneshot, self.generator):
+        for w in (self.patches, self.genomics, self.oneshot, self.generator):
             self.stack.addWidget(w)
+        self.patches.review_patches_requested.connect(self.review_patches_requested)
         self.genomics.review_samples_requested.connect(self.review_samples_requested)
         self.oneshot.review_samples_requested.connect(self.review_samples_requested)
         self.generator.generator_requested.connect(self.generator_requested)
@@ -173,7 +247,10 @@ class ModelActionsPanel(QWidget):
             return
         datasets = _datasets()
         self.title.setText("<b>Use this model</b>")
-        if task == "genomics_classifier":
+        if task == "patch_classification":
+            self.patches.set_model(model, datasets)
+            self.stack.setCurrentWidget(self.patches)
+        elif task == "genomics_classifier":
             self.genomics.set_model(model, datasets)
             self.stack.setCurrentWidget(self.genomics)
         elif task == "expression_embedding":

@@ -138,6 +138,8 @@ class ModelsView(QWidget):
     library_changed = Signal()
     #: A ``predictions.csv`` to review in the Samples view (from a model action).
     review_samples_requested = Signal(str)
+    #: An evaluation folder to review in the Patch review view (from a patch classifier's action).
+    review_patches_requested = Signal(str)
     #: A generator model to open in the Generator view.
     generator_requested = Signal(str)
 
@@ -200,9 +202,10 @@ class ModelsView(QWidget):
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.table)
         splitter.addWidget(self.card)
-        # genomics / expression models: evaluate, one-shot test, classify, generate...
+        # patch / genomics / expression models: evaluate, review, one-shot test, classify, generate...
         self.actions = ModelActionsPanel()
         self.actions.review_samples_requested.connect(self.review_samples_requested)
+        self.actions.review_patches_requested.connect(self.review_patches_requested)
         self.actions.generator_requested.connect(self.generator_requested)
         splitter.addWidget(self.actions)
         splitter.setStretchFactor(2, 3)

@@ -70,9 +70,9 @@ def test_genomics_model_evaluate_and_review(qtbot, tmp_path: Path, demo_onnx: Pa
     with qtbot.waitSignal(actions.runner.finished, timeout=WAIT_MS):
         actions.predict()
     assert fake[-1][:2] == ["genomics", "predict"]
-    # a patch model has no such actions
+    # a patch model offers its own: evaluate on a patch dataset, review the patches
     _select(view, next(e.name for e in view.entries if e.metadata.task == "patch_classification"))
-    assert not view.actions.isVisible()
+    assert view.actions.isVisible() and view.actions.stack.currentWidget() is view.actions.patches
 
 
 def test_embedding_model_oneshot_classify_markers(qtbot, tmp_path: Path, demo_onnx: Path, fake) -> None:  # noqa: ANN001

@@ -175,3 +175,43 @@ def test_3000_real_pcam_patches_stay_responsive(qtbot, view: PatchReviewView, sh
     view.table.verticalScrollBar().setValue(view.table.verticalScrollBar().maximum() // 2)
     qtbot.waitUntil(lambda: all(view.model.has_thumbnail(k) for k in view.visible_keys()), timeout=WAIT_MS)
     assert len(view.model.pixmaps) < 200
+
+
+def test_models_view_evaluates_a_patch_model_and_opens_the_review(qtbot, window, tmp_path: Path, demo_onnx: Path,  # type: ignore[no-untyped-def]
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models view > patch classifier > Evaluate on dataset runs `metascope evaluate`; Review patches opens it."""
+    import gui.views.cli_runner as cli_runner
+    from engine.library import ModelLibrary
+    from gui.cli_job import CliResult
+    from gui.views.datasets_view import DatasetStore
+
+    calls: list[list[str]] = []
+
+    def fake_run_cli(args, json_output=False, **_kw):  # type: ignore[no-untyped-def]  # writes what evaluate writes
+        args = [str(a) for a in args]
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        made = make_evaluation(tmp_path / "made", 10)
+        out.mkdir(parents=True)
+        for f in made.iterdir():
+            (out / f.name).write_bytes(f.read_bytes())
+        return CliResult(tuple(args), "", "", None)
+
+    monkeypatch.setattr(cli_runner, "run_cli", fake_run_cli)
+    DatasetStore().upsert({"path": str(tmp_path / "patches"), "fmt": "folders", "mpp": 0.5, "name": "patches"})
+    entry = ModelLibrary().add(demo_onnx)
+    models = window.models_view
+    window.show_view("Models")
+    models.refresh(select=entry.path)
+    qtbot.waitUntil(lambda: models.actions.isVisible(), timeout=WAIT_MS)
+    actions = models.actions.patches
+    assert models.actions.stack.currentWidget() is actions and actions.dataset_combo.count() == 1
+    with qtbot.waitSignal(actions.runner.finished, timeout=WAIT_MS):
+        actions.evaluate()
+    assert calls[-1][:2] == ["evaluate", str(entry.path)] and calls[-1][calls[-1].index("--format") + 1] == "folders"
+    assert actions.review_button.isEnabled()
+    view = window.patch_review_view
+    with qtbot.waitSignal(view.loaded, timeout=WAIT_MS):
+        actions.review_button.click()
+    assert window.stack.currentWidget() is view and len(view.visible_rows()) == 10
+    qtbot.waitUntil(lambda: not view.thumbnails_busy(), timeout=WAIT_MS)
