@@ -569,7 +569,7 @@ def compute_heatmap(
         origin_level0=(int(plan.origin_level0[0]), int(plan.origin_level0[1])),
         slide_mpp=float(plan.slide_mpp),
         slide_mpp_source="user" if plan.slide_mpp_from_user else "file",
-        slide=_slide_dict(info),
+        slide=_slide_dict(info, reader),
         model={
             **session.describe(),
             "input_size": meta.input_size,
@@ -601,7 +601,9 @@ def device_batching(session: ModelSession, cfg: InferenceConfig) -> tuple[int, i
     return session.batch_size_for(cfg.batch_size), workers
 
 
-def _slide_dict(info: SlideInfo) -> dict[str, Any]:
+def _slide_dict(info: SlideInfo, reader: SlideReader) -> dict[str, Any]:
+    from engine.slides.fast_reader import reader_backend
+
     return {
         "path": info.path,
         "name": info.name,
@@ -610,6 +612,8 @@ def _slide_dict(info: SlideInfo) -> dict[str, Any]:
         "level_count": info.level_count,
         "mpp": list(info.mpp) if info.mpp is not None else None,
         "objective_power": info.objective_power,
+        # which backend decoded the pixels (tifffile where proven identical to OpenSlide)
+        "reader": reader_backend(reader),
     }
 
 

@@ -47,7 +47,10 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, *, probe:
     """Open a whole-slide image or a plain image.
 
     OpenSlide handles every format it recognises (SVS, NDPI, MRXS, SCN, BIF, VMS, tiled TIFF,
-    DICOM); other files are tried as plain images (PNG, JPEG, BMP, non-pyramidal TIFF).
+    DICOM); other files are tried as plain images (PNG, JPEG, BMP, non-pyramidal TIFF). For SVS
+    and generic tiled TIFF, the levels whose pixels tifffile + imagecodecs decode identically
+    (checked on this file) are read that way, which is faster
+    (:mod:`engine.slides.fast_reader`; ``METASCOPE_FAST_DECODE=0`` turns it off).
 
     Args:
         path: the slide file.
@@ -170,7 +173,7 @@ def _open_with_openslide(p: Path, vendor: str, is_tiff: bool) -> SlideReader:
             raise
         return _tifffile_fallback(p, exc)
     if not (is_tiff and vendor == "generic-tiff" and reader.info.level_count == 1):
-        return reader
+        return _faster(reader, p, is_tiff)
     levels, _pixels, planes = _tiff_shape(p)
     if planes is not None:
         # OpenSlide would show the first channel as if it were the slide
@@ -185,7 +188,16 @@ def _open_with_openslide(p: Path, vendor: str, is_tiff: bool) -> SlideReader:
             return reader
         reader.close()
         return better
-    return reader
+    return _faster(reader, p, is_tiff)
+
+
+def _faster(reader: SlideReader, p: Path, is_tiff: bool) -> SlideReader:
+    """OpenSlide's reader, with tifffile decoding the levels where that is proven identical."""
+    from engine.slides.fast_reader import fast_decode_enabled, open_fast
+
+    if not is_tiff or not fast_decode_enabled():
+        return reader
+    return open_fast(reader, p)
 
 
 def _tifffile_fallback(p: Path, openslide_error: SlideOpenError) -> SlideReader:

@@ -16,6 +16,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,16 @@ class _Level:
         self.separate = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and self.samples > 1
         self.photometric = int(page.photometric)
         self.colormap = page.colormap if page.photometric == tifffile.PHOTOMETRIC.PALETTE else None
+        # decoded samples are already RGB uint8 (tifffile converts JPEG's YCbCr while decoding)
+        self.rgb_bytes = (
+            self.samples == 3
+            and not self.separate
+            and page.dtype == np.uint8
+            and (
+                page.photometric == tifffile.PHOTOMETRIC.RGB
+                or (page.photometric == tifffile.PHOTOMETRIC.YCBCR and int(page.compression) == 7)
+            )
+        )
         self.tiled = bool(page.is_tiled)
         if self.tiled:
             self.seg_h, self.seg_w = int(page.tilelength), int(page.tilewidth)
@@ -143,16 +154,24 @@ class TiffFileReader(SlideReader):
     Args:
         path: the TIFF file (``.tif``, ``.tiff``, ``.svs``, ``.ome.tif``, ...).
         cache_bytes: size of the decoded-segment cache.
+        level_pages: indices of the top-level pages that are the pyramid levels, largest first
+            (the caller knows them, e.g. from OpenSlide's view of the file); default: found here.
 
     Raises:
         SlideOpenError: not a TIFF tifffile can read, or an image layout MetaScope cannot show
             (multi-channel fluorescence, z-stacks, segments too large to decode piecewise).
     """
 
-    def __init__(self, path: str | os.PathLike[str], cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        level_pages: Sequence[int] | None = None,
+    ) -> None:
         import tifffile
 
         self._path = os.fspath(path)
+        self._level_pages = None if level_pages is None else [int(i) for i in level_pages]
         try:
             self._tf = tifffile.TiffFile(self._path)
         except Exception as exc:  # tifffile raises many types for damaged files
@@ -171,11 +190,16 @@ class TiffFileReader(SlideReader):
         self._cache_bytes = 0
         self._cache_limit = int(cache_bytes)
         self._lock = threading.Lock()
+        # segments being decoded right now: a second thread that needs one waits for it instead
+        # of decoding it again (neighbouring model tiles share stored tiles)
+        self._decoding: dict[tuple[int, int], threading.Event] = {}
 
     # ---------------------------------------------------------------------- structure
 
     def _find_levels(self) -> list[_Level]:
         tf = self._tf
+        if self._level_pages is not None:
+            return [_Level(tf.pages[i], self._fd, self._path) for i in self._level_pages]
         if not tf.series:
             raise SlideOpenError(f"{self._path}: the TIFF holds no image")
         series = tf.series[0]
@@ -275,20 +299,30 @@ class TiffFileReader(SlideReader):
 
     def _segment(self, level: int, index: int) -> np.ndarray:
         key = (level, index)
-        with self._lock:
-            seg = self._cache.get(key)
-            if seg is not None:
-                self._cache.move_to_end(key)
-                return seg
-        seg = self._levels[level].decode_segment(index)
-        with self._lock:
-            if key not in self._cache:
+        while True:
+            with self._lock:
+                seg = self._cache.get(key)
+                if seg is not None:
+                    self._cache.move_to_end(key)
+                    return seg
+                busy = self._decoding.get(key)
+                if busy is None:
+                    done = self._decoding[key] = threading.Event()
+                    break
+            busy.wait()  # another thread decodes it; a failed decode is retried (and reported) here
+        try:
+            seg = self._levels[level].decode_segment(index)
+            with self._lock:
                 self._cache[key] = seg
                 self._cache_bytes += seg.nbytes
                 # keep at least the newest segment, however large
                 while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
                     _, old = self._cache.popitem(last=False)
                     self._cache_bytes -= old.nbytes
+        finally:
+            with self._lock:
+                self._decoding.pop(key, None)
+            done.set()
         return seg
 
     def _raw_region(self, lv: _Level, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -322,17 +356,37 @@ class TiffFileReader(SlideReader):
             ValueError: ``level`` does not exist or ``size`` is not positive.
         """
         w, h = checked_region_size(self.info, level, size)
-        lv = self._levels[level]
         ds = self.info.level_downsamples[level]
         x = int(math.floor(level0_xy[0] / ds))
         y = int(math.floor(level0_xy[1] / ds))
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        return self.read_level_region(level, (x, y), (w, h))
+
+    def read_level_region(self, level: int, xy: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+        """RGB ``uint8`` ``(h, w, 3)`` of ``[x, x+w) x [y, y+h)`` in pixels *of that level*.
+
+        Areas outside the level are white. ``size`` must be positive (not checked here).
+
+        Raises:
+            SlideOpenError: the slide data cannot be decoded (damaged or truncated file).
+        """
+        lv = self._levels[level]
+        x, y = int(xy[0]), int(xy[1])
+        w, h = int(size[0]), int(size[1])
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, lv.width), min(y + h, lv.height)
-        if x1 > x0 and y1 > y0:
+        inside = x1 > x0 and y1 > y0
+        if lv.rgb_bytes and inside and (x0, y0, x1, y1) == (x, y, x + w, y + h):
+            # the whole region lies inside and decodes to RGB bytes: no white canvas, no copy
+            return self._raw_region(lv, level, x, y, w, h)
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        if inside:
             raw = self._raw_region(lv, level, x0, y0, x1 - x0, y1 - y0)
             out[y0 - y : y1 - y, x0 - x : x1 - x] = tiff_to_rgb(raw, lv.photometric, lv.colormap)
         return out
+
+    def level_page(self, level: int) -> Any:
+        """The tifffile page that holds ``level``."""
+        return self._levels[level].page
 
     def thumbnail(self, max_size: int) -> np.ndarray:
         """See :meth:`SlideReader.thumbnail`; reads large levels in strips (bounded memory)."""

@@ -19,6 +19,7 @@ from PIL import Image
 from engine.errors import ConfigError, MetaScopeError, MissingMppError, NoTissueError, SlideOpenError
 from engine.slides import TilingConfig, detect_tissue, open_slide, plan_tiles, read_tile
 from engine.slides.image_reader import ImageReader
+from engine.slides.fast_reader import FastTiffReader
 from engine.slides.openslide_reader import OpenSlideReader
 from engine.slides.synthetic import make_texture
 from engine.slides.tifffile_reader import TiffFileReader
@@ -69,12 +70,13 @@ def check_opens_like(path: Path, rgb: np.ndarray, truth: np.ndarray, max_mean_di
 @pytest.mark.parametrize(
     ("codec", "backend", "tolerance"),
     [
-        ("none", OpenSlideReader, 0.0),
-        ("lzw", OpenSlideReader, 0.0),
-        ("zlib", OpenSlideReader, 0.0),
+        # OpenSlide's view, decoded by tifffile where proven identical (engine/slides/fast_reader.py)
+        ("none", FastTiffReader, 0.0),
+        ("lzw", FastTiffReader, 0.0),
+        ("zlib", FastTiffReader, 0.0),
         ("packbits", OpenSlideReader, 0.0),
         ("zstd", OpenSlideReader, 0.0),
-        ("jpeg", OpenSlideReader, 3.0),
+        ("jpeg", FastTiffReader, 3.0),
         # codecs OpenSlide lacks: read through tifffile + imagecodecs
         ("jpeg2000", TiffFileReader, 0.0),
         ("webp", TiffFileReader, 3.0),
@@ -112,7 +114,8 @@ def test_aperio_jpeg2000_variants(tmp_path: Path, texture_rgb: tuple[np.ndarray,
             description=aperio_description(codec="J2K/YUV16 Q=70"), metadata=None,
         )
         backend = check_opens_like(path, rgb, truth, 1.0)
-        assert backend is (TiffFileReader if name == "std" else OpenSlideReader)
+        # RGB JPEG 2000 decodes identically with tifffile; OpenSlide's own YCbCr conversion does not
+        assert backend is {"rgb": FastTiffReader, "ycc": OpenSlideReader, "std": TiffFileReader}[name]
         with open_slide(path) as r:
             assert r.info.vendor == "aperio"
             assert r.info.mpp == pytest.approx((0.5, 0.5))
@@ -133,7 +136,7 @@ def test_bigtiff(tmp_path: Path, texture_rgb: tuple[np.ndarray, np.ndarray]) -> 
     rgb, truth = texture_rgb
     path = tmp_path / "big.tif"
     tifffile.imwrite(path, rgb, tile=TILE, photometric="rgb", compression="jpeg", bigtiff=True, metadata=None)
-    assert check_opens_like(path, rgb, truth, 3.0) is OpenSlideReader
+    assert check_opens_like(path, rgb, truth, 3.0) is FastTiffReader
 
 
 # ---------------------------------------------------------------------------- layouts
@@ -411,7 +414,7 @@ def test_unicode_spaces_and_read_only(tmp_path: Path, texture_rgb: tuple[np.ndar
     for p in (svs, png):
         os.chmod(p, 0o444)
     try:
-        assert check_opens_like(svs, rgb, truth, 3.0) is OpenSlideReader
+        assert check_opens_like(svs, rgb, truth, 3.0) is FastTiffReader
         assert check_opens_like(png, rgb, truth, 0.0) is ImageReader
         with open_slide(svs) as r:
             assert r.info.name == "Fall 12 ü" and r.info.mpp == pytest.approx((0.5, 0.5))
