@@ -261,6 +261,7 @@ class PatchImages:
         self._h5: dict[str, Any] = {}
         self._dataset: Any = None
         self._id_index: dict[str, int] | None = None
+        self._slides = (review.metrics.get("data") or {}).get("format") == "annotated_slides"
 
     def read(self, row: ReviewRow) -> np.ndarray:
         """``uint8`` RGB ``(H, W, 3)`` of ``row``'s patch.
@@ -270,6 +271,8 @@ class PatchImages:
         """
         src = row.source
         low = src.lower()
+        if self._slides:  # the source is the slide: the tile is cut again as the dataset cut it
+            return self._from_dataset(row)
         if src and low.endswith(H5_EXTS) and row.index >= 0:
             try:
                 return self._h5_file(src).read(row.index)

@@ -177,3 +177,19 @@ def test_cli_prints_top_errors_and_writes_csv(tmp_path: Path, capsys: pytest.Cap
     assert main(["review", str(folder), "--kind", "XY"]) == 2
     assert main(["review", str(tmp_path / "nothing")]) == 2
     assert "error: " in capsys.readouterr().err
+
+
+def test_slide_tiles_are_read_through_the_reopened_dataset(demo_onnx: Path, annotated_slide_dataset: Path,
+                                                           tmp_path: Path) -> None:
+    """Annotated slides: `source` names the slide; the tile is cut again from the dataset the evaluation opened."""
+    from engine.data import open_dataset
+    from engine.train.evaluate import evaluate
+
+    ds = open_dataset(annotated_slide_dataset, labelled=True)
+    evaluate(demo_onnx, annotated_slide_dataset, tmp_path / "ev", device="cpu", dataset=ds)
+    rev = load_review(tmp_path / "ev")
+    assert len(rev.rows) == len(ds) and all(r.source.endswith(".tif") for r in rev.rows)
+    row = rev.rows[0]
+    images = PatchImages(rev)
+    assert np.array_equal(images.read(row), ds.read(row.index))
+    images.close()
