@@ -134,3 +134,28 @@ def test_features_and_evaluation_on_ray_equal_the_loop(
     for key in ("slides", "tiles", "tile_auc", "slide_auc", "froc_score", "failed"):
         assert m[0][key] == m[1][key], key
     assert [r["score"] for r in m[0]["per_slide"]] == [r["score"] for r in m[1]["per_slide"]]
+
+
+def test_cancel_stops_the_cohort(cluster, slides: list[Path], demo_onnx: Path, tmp_path: Path) -> None:
+    import time
+
+    from engine.cohort.ray_runner import RaySettings, run_on_ray
+    from engine.cohort.tasks import HeatmapJob, heatmap_slide, named_slides
+    from engine.errors import Cancelled
+    from engine.infer.pipeline import InferenceConfig
+    from engine.jobs import CancelToken
+
+    cancel = CancelToken()
+    cancel.cancel()  # Cancel pressed as the cohort starts
+    job = HeatmapJob(str(demo_onnx), "cpu", InferenceConfig(slide_mpp=0.5), tmp_path / "out", skip_existing=True)
+    finished: list[str] = []
+    with pytest.raises(Cancelled):
+        run_on_ray(heatmap_slide, job, named_slides(list(map(str, slides))), [s.name for s in slides], RaySettings(),
+                   lambda _i, o: finished.append(o.slide), cancel=cancel)
+    assert not finished
+    deadline = time.monotonic() + 60  # the cancelled tasks give their CPUs back
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2
+    for folder in (tmp_path / "out").glob("*"):  # a slide is written whole or not at all
+        assert (folder / "heatmap.json").is_file()
