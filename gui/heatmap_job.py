@@ -39,6 +39,9 @@ class ModelChoice:
     in_library: bool = False
     task: str = "patch_classification"
     mil: Any = None  # gui.mil_job.MilModelInfo for slide-level models
+    #: the model's operating threshold (fitted on validation data, else 0.5): the default
+    #: threshold of heatmaps, lesions and the display, as in ``metascope heatmap``
+    threshold: float = 0.5
 
     @property
     def is_mil(self) -> bool:
@@ -129,12 +132,17 @@ def _describe(path: Path, sha256: str | None = None, in_library: bool = False) -
             f"{path.name} is a {meta.task.replace('_', ' ')} model; slides need a patch classification model "
             "(heatmap) or a slide-level MIL model"
         )
+    from engine.infer.lesions import operating_threshold
+
     parts = [f"{meta.input_size} px", f"{meta.input_mpp:g} µm/px" if meta.input_mpp else "resolution not recorded",
              f"classes: {', '.join(meta.class_names)}"]
     if isinstance(auc, (int, float)):
         parts.append(f"validation AUC {auc:.3f}")
+    threshold = operating_threshold(meta)
+    if "operating_threshold" in (meta.extra or {}):
+        parts.append(f"threshold {threshold:.2f}")
     return ModelChoice(str(path.resolve()), meta.name or path.stem, sha256 or sha256_file(path), " · ".join(parts),
-                       in_library)
+                       in_library, threshold=threshold)
 
 
 def describe_model(path: str, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
@@ -199,7 +207,7 @@ def cache_folder(slide_path: str | os.PathLike[str], model: ModelChoice, mpp: fl
     """Folder holding the cached result of (slide, model), and the user's slide mpp when one was given."""
     from engine.infer import cache
 
-    return cache.cache_folder(slide_path, model.sha256, mpp)
+    return cache.cache_folder(slide_path, model.sha256, mpp, _settings(model, mpp), model_threshold=model.threshold)
 
 
 def load_cached(slide_path: str, model: ModelChoice, mpp: float | None = None) -> HeatmapData | None:
@@ -210,10 +218,18 @@ def load_cached(slide_path: str, model: ModelChoice, mpp: float | None = None) -
     """
     from engine.infer import cache
 
-    hit = cache.load_cached(slide_path, model.sha256, mpp)
+    hit = cache.load_cached(slide_path, model.sha256, mpp, _settings(model, mpp), model_threshold=model.threshold)
     if hit is None:
         return None
     return HeatmapData(hit[0], slide_path, model, str(hit[1]))
+
+
+def _settings(model: ModelChoice, mpp: float | None, ignore_stain: bool = False) -> Any:
+    """The app's heatmap settings: the pipeline defaults at the model's operating threshold, the
+    same result settings ``metascope heatmap`` uses by default (so both share cache entries)."""
+    from engine.infer.pipeline import InferenceConfig
+
+    return InferenceConfig(slide_mpp=mpp, ignore_stain=ignore_stain, threshold=model.threshold)
 
 
 # -- compute ---------------------------------------------------------------------------------
@@ -231,7 +247,7 @@ def run_heatmap(slide_path: str, model: ModelChoice, mpp: float | None = None,
         Cancelled: ``cancel`` was set; nothing is written.
     """
     from engine.infer import cache
-    from engine.infer.pipeline import InferenceConfig, compute_heatmap
+    from engine.infer.pipeline import compute_heatmap
     from engine.slides import open_slide
 
     def on_start(plan: Any, grid: np.ndarray) -> None:
@@ -245,12 +261,13 @@ def run_heatmap(slide_path: str, model: ModelChoice, mpp: float | None = None,
             partial(HeatmapBatch(np.array(rows), np.array(cols), np.array(probs, dtype=np.float32)))
 
     with open_slide(slide_path, mpp=mpp) as reader:
-        cfg = InferenceConfig(slide_mpp=mpp, ignore_stain=ignore_stain)
+        cfg = _settings(model, mpp, ignore_stain)
         result = compute_heatmap(reader, model.path, cfg, progress=progress, cancel=cancel,
                                  on_batch=on_batch, on_start=on_start)
         check_cancel(cancel)
         # the cache is one folder written atomically: a cancel here leaves the old state
-        folder = cache.store(result, slide_path, model.sha256, reader, slide_mpp=mpp, cancel=cancel)
+        folder = cache.store(result, slide_path, model.sha256, reader, slide_mpp=mpp, cfg=cfg, cancel=cancel,
+                             model_threshold=model.threshold)
     # the tile plan (tissue mask included) is not needed for display or export: keep the
     # result that travels back to the GUI process small
     result.plan = None

@@ -22,7 +22,16 @@ from engine.cli.progress import TerminalProgress
 from engine.errors import ConfigError
 from engine.jobs import CancelToken
 from engine.models.registry import architecture_names
-from engine.train.config import CACHE_MODES, CLASS_WEIGHTING, OPTIMIZERS, SCHEDULES, SPLITS
+from engine.train.config import (
+    CACHE_MODES,
+    CALIBRATIONS,
+    CLASS_WEIGHTING,
+    OPTIMIZERS,
+    SCHEDULES,
+    SPLITS,
+    STAIN_NORMS,
+    THRESHOLD_RULES,
+)
 
 DATA_FORMATS = ("auto", "kaggle", "folders", "pcam_h5", "annotated_slides", "images")
 # options of ``train patches`` that map 1:1 onto TrainConfig fields (dest -> field)
@@ -31,7 +40,9 @@ _TRAIN_FIELDS = {
     "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "optimizer": "optimizer", "schedule": "schedule",
     "warmup_epochs": "warmup_epochs", "class_weighting": "class_weighting", "val_fraction": "val_fraction",
     "split": "split", "patience": "patience", "seed": "seed", "device": "device", "workers": "num_workers",
-    "cache": "cache", "dropout": "dropout", "positive_class": "positive_class",
+    "cache": "cache", "dropout": "dropout", "positive_class": "positive_class", "ema": "ema",
+    "stain_norm": "stain_norm", "calibration": "calibration", "threshold_rule": "threshold_rule",
+    "threshold_target": "threshold_target",
 }
 
 
@@ -78,6 +89,11 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--no-augment", action="store_true", help="train without augmentations")
     p.add_argument("--hed", type=float, help="HED stain jitter strength (default 0.03, 0 = off)")
     p.add_argument("--freeze-bn", action="store_true", help="keep batch-norm statistics fixed (fine-tuning)")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999) for validation and export (default off)")
+    p.add_argument("--stain-norm", choices=STAIN_NORMS,
+                   help="stain normalisation fitted on the training patches and stored in the model (default none)")
+    _threshold_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_cmd_train)
 
@@ -90,6 +106,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     e.add_argument("--features", action="store_true", help="export the feature extractor (penultimate embedding, for MIL)")
     e.add_argument("--name", help="display name (default: file name)")
     e.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="ONNX exporter (default dynamo)")
+    e.add_argument("--tta8", action="store_true",
+                   help="fold 8-fold rotation/flip test-time augmentation into the model (8x compute per patch)")
     e.add_argument("--json", action="store_true", help="print the export report as JSON")
     e.set_defaults(handler=_cmd_export)
 
@@ -101,6 +119,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     v.add_argument("--data", required=True, help="labelled dataset")
     v.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _common_inference(v)
+    _threshold_option(v)
     v.set_defaults(handler=_cmd_evaluate)
 
     r = sub.add_parser(
@@ -118,13 +137,46 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     r.add_argument("--labels", action="store_true",
                    help="with --submission: write rounded 0/1 labels (p > 0.5) instead of probabilities, as the competition example did")
     _common_inference(r)
+    _threshold_option(r)
     r.set_defaults(handler=_cmd_predict)
 
+    c = sub.add_parser(
+        "calibrate", help="fit a model's calibration and operating threshold on labelled validation patches",
+        description=(
+            "Run the model on labelled validation patches, fit its calibration (temperature, optionally isotonic) "
+            "and choose its operating threshold (default: at most 5%% of the negative patches flagged); both are "
+            "stored in the model package (and its MODEL.md card) and used by heatmaps, evaluate and predict."
+        ),
+    )
+    c.add_argument("model", metavar="MODEL.onnx")
+    c.add_argument("--data", required=True, help="labelled validation dataset (not the test set)")
+    c.add_argument("--out", metavar="MODEL.onnx", help="write the calibrated package there (default: update MODEL in place)")
+    _common_inference(c, tta=False)
+    _threshold_options(c)
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.set_defaults(handler=_cmd_calibrate)
 
-def _common_inference(p: argparse.ArgumentParser) -> None:
+
+def _threshold_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", choices=CALIBRATIONS,
+                   help="calibration fitted on the validation split (default temperature)")
+    p.add_argument("--threshold-rule", choices=THRESHOLD_RULES,
+                   help="how the operating threshold is chosen on the validation split (default specificity: "
+                        "at most 1 - target of the negatives flagged)")
+    p.add_argument("--threshold-target", type=float, metavar="X",
+                   help="the rule's target: specificity / sensitivity (default 0.95), or the threshold for 'fixed'")
+
+
+def _threshold_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=float, default=None,
+                   help="decision threshold on the positive-class probability (default: the model's operating threshold, else 0.5)")
+
+
+def _common_inference(p: argparse.ArgumentParser, tta: bool = True) -> None:
     p.add_argument("--format", choices=DATA_FORMATS, default="auto", help="dataset format (default: detect)")
     p.add_argument("--mpp", type=float, help="microns per pixel of the patches when the dataset does not say")
-    p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
+    if tta:
+        p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
     add_device_option(p)
     p.add_argument("--batch-size", type=int, default=256, help="patches per inference call (default 256)")
 
@@ -258,7 +310,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     bar = TerminalProgress()
     try:
-        rep = export_onnx(args.run_dir, args.out, progress=bar, features=args.features, name=args.name, exporter=args.exporter)
+        rep = export_onnx(args.run_dir, args.out, progress=bar, features=args.features, name=args.name,
+                          exporter=args.exporter, tta8=args.tta8)
     finally:
         bar.close()
     card = None
@@ -283,7 +336,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     with _cancel_on_signals() as cancel:
         try:
             res = evaluate(args.model, args.data, args.out, fmt=args.format, mpp=args.mpp, tta=args.tta,
-                           device=args.device, batch_size=args.batch_size, progress=bar, cancel=cancel)
+                           device=args.device, batch_size=args.batch_size, progress=bar, cancel=cancel,
+                           threshold=args.threshold)
         finally:
             bar.close()
     m = res.metrics
@@ -291,7 +345,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(
         f"AUC {m['auc']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f}), accuracy {m['accuracy']:.4f}, "
         f"sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f}, F1 {m['f1']:.4f} "
-        f"on {m['n']} patches -> {res.out_dir}"
+        f"at threshold {m['threshold']:.4g} on {m['n']} patches -> {res.out_dir}"
     )
     for note in m["notes"]:
         print(f"note: {note}", file=sys.stderr)
@@ -308,8 +362,33 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         try:
             res = predict(args.model, args.data, args.out, fmt=args.format, mpp=args.mpp, tta=args.tta,
                           submission=True if args.labels else args.submission, labels=args.labels, device=args.device, batch_size=args.batch_size,
-                          progress=bar, cancel=cancel)
+                          progress=bar, cancel=cancel, threshold=args.threshold)
         finally:
             bar.close()
     print(f"wrote {res.kind} for {res.n} patches -> {res.path}")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from engine.train.calibration import DEFAULT_METHOD, DEFAULT_RULE, calibrate_package_on_data
+
+    bar = TerminalProgress()
+    with _cancel_on_signals() as cancel:
+        try:
+            res = calibrate_package_on_data(
+                args.model, args.data, fmt=args.format, mpp=args.mpp, method=args.calibration or DEFAULT_METHOD,
+                rule=args.threshold_rule or DEFAULT_RULE, target=args.threshold_target, device=args.device,
+                batch_size=args.batch_size, out_path=args.out, progress=bar, cancel=cancel,
+            )
+        finally:
+            bar.close()
+    t, cal = res.threshold, res.calibration
+    if args.json:
+        print(json.dumps({"model": args.out or args.model, **res.extra()}, indent=2))
+    else:
+        print(
+            f"operating threshold {t.threshold:.4f} ({t.rule} rule, target {t.target:g}): sensitivity "
+            f"{t.sensitivity:.3f}, specificity {t.specificity:.3f} on {t.n_val} patches; calibration "
+            f"{cal['method']} (T = {cal['temperature']:.3f}) -> {args.out or args.model}"
+        )
     return 0

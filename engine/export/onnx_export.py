@@ -105,12 +105,53 @@ def load_trained(source: str | os.PathLike[str]) -> dict[str, Any]:
             "num_classes": len(stored.get("class_names", [])), "input_size": ck.get("input_size"),
             "positive_class": stored.get("positive_class", 1), "mean": cfg.get("mean"), "std": cfg.get("std"),
             "mpp": data.get("mpp"), "metrics": best, "data": data, "config": cfg, "epoch": ck.get("epoch"),
+            "stain_norm": ck.get("stain_norm"), "calibration": _calibration_file(path.parent),
         }
+    stored_cal = _calibration_file(path.parent)
+    if stored_cal is not None and stored_cal.get("epoch") == ck.get("epoch"):
+        ck["calibration"] = stored_cal  # refitted after training (same best epoch): the newer fit
     missing = [k for k in ("arch", "class_names", "input_size", "mean", "std") if not ck.get(k)]
     if missing:
         raise ConfigError(f"{path} is not a complete MetaScope checkpoint (missing {', '.join(missing)})")
     ck["source"] = str(path)
     return ck
+
+
+def _calibration_file(run: Path) -> dict[str, Any] | None:
+    """The run's ``calibration.json`` (fitted at its best epoch), or ``None``."""
+    from engine.train.calibration import CALIBRATION_FILE
+
+    try:
+        data = json.loads((run / CALIBRATION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class _Dihedral8:
+    """Wraps a classifier so that ``forward`` averages its class probabilities over the 8
+    rotations / reflections of the input (returned as log-probabilities, which are logits:
+    softmax of the output is exactly the mean of the 8 softmaxes)."""
+
+    def __new__(cls, model: Any) -> Any:
+        import math
+
+        import torch
+
+        class Dihedral8(torch.nn.Module):
+            def __init__(self, net: Any) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                t = x.transpose(2, 3)
+                # the dihedral group: identity, rot90, rot180, rot270 and their mirror images
+                views = [x, t.flip(3), x.flip(2).flip(3), t.flip(2), x.flip(3), t, x.flip(2), t.flip(2).flip(3)]
+                out = self.net(torch.cat(views, 0))
+                logp = torch.log_softmax(out.reshape(8, x.shape[0], out.shape[-1]), dim=2)
+                return torch.logsumexp(logp, dim=0) - math.log(8.0)
+
+        return Dihedral8(model).eval()
 
 
 def _build(ck: dict[str, Any]) -> Any:
@@ -180,6 +221,7 @@ def export_onnx(
     features: bool = False,
     name: str | None = None,
     exporter: str = "dynamo",
+    tta8: bool = False,
 ) -> ExportReport:
     """Export a trained run as a verified MetaScope model package.
 
@@ -192,6 +234,9 @@ def export_onnx(
         name: display name in the metadata; default the output file's stem.
         exporter: ``"dynamo"`` (torch.export; falls back to TorchScript if it fails) or
             ``"torchscript"``.
+        tta8: fold 8-fold dihedral test-time augmentation into the graph (the mean of the class
+            probabilities over the 8 rotations / reflections; 8x the compute per patch), recorded
+            as ``extra["tta"]``; every consumer of the package gets it without code changes.
 
     Returns:
         :class:`ExportReport`.
@@ -205,6 +250,8 @@ def export_onnx(
 
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if tta8 and features:
+        raise ConfigError("--tta8 applies to classifiers, not to a feature extractor export")
     t0 = time.monotonic()
     out = Path(out_path)
     if out.suffix.lower() != ".onnx":
@@ -213,7 +260,7 @@ def export_onnx(
     ck = load_trained(source)  # before any progress output: a bad path is a one-line error
     report(progress, ProgressEvent("export", 0, total, "checkpoint loaded"))
     model = _build(ck)
-    module = _Features(model) if features else model
+    module = _Features(model) if features else (_Dihedral8(model) if tta8 else model)
     size = int(ck["input_size"])
     gen = torch.Generator().manual_seed(0)
     # verification inputs look like normalised patches: N(0, 1) per pixel, two batch sizes to
@@ -238,7 +285,7 @@ def export_onnx(
             raise ModelPackageError(
                 f"export verification failed: onnxruntime and torch differ by {diff:.3g} (limit {MAX_ABS_DIFF:g})"
             )
-        meta = _metadata(ck, out, name, features, model, diff, used)
+        meta = _metadata(ck, out, name, features, model, diff, used, tta8)
         _embed(tmp, meta)
         report(progress, ProgressEvent("export", 3, total, "writing"))
     report(progress, ProgressEvent("export", total, total, f"exported {out.name} (max abs diff {diff:.2g})"))
@@ -263,7 +310,9 @@ def _verify(module: Any, path: Path, batches: list[Any], out_name: str) -> float
     return diff
 
 
-def _metadata(ck: dict[str, Any], out: Path, name: str | None, features: bool, model: Any, diff: float, exporter: str) -> ModelMetadata:
+def _metadata(
+    ck: dict[str, Any], out: Path, name: str | None, features: bool, model: Any, diff: float, exporter: str, tta8: bool = False
+) -> ModelMetadata:
     class_names = tuple(str(c) for c in ck["class_names"])
     values = {k: v for k, v in dict(ck.get("metrics") or {}).items() if isinstance(v, (int, float, str))}
     if "val_auc" in values:
@@ -280,6 +329,19 @@ def _metadata(ck: dict[str, Any], out: Path, name: str | None, features: bool, m
     }
     if features:
         extra["classifier_class_names"] = list(class_names)
+    if ck.get("stain_norm"):
+        # the preprocessing training used: engine.infer.preprocess applies it wherever the package runs
+        extra["stain_norm"] = dict(ck["stain_norm"])
+    cal = ck.get("calibration")
+    if not features and isinstance(cal, dict) and "operating_threshold" in cal:
+        extra.update({k: cal[k] for k in ("operating_threshold", "calibration", "threshold_rule") if k in cal})
+    if tta8:
+        extra["tta"] = {
+            "method": "dihedral8", "views": 8, "combine": "mean probability",
+            # the run's calibration was fitted on single-view validation outputs; refit it on the
+            # TTA package's outputs with engine.train.calibration.calibrate_package_on_data
+            "calibration_fitted_with_tta": False,
+        }
     return ModelMetadata(
         name=name or out.stem,
         task="feature_extractor" if features else "patch_classification",

@@ -7,7 +7,10 @@ Results are cached per (slide, model, settings) under ``engine.paths.cache_dir()
 - the model by its sha256;
 - the settings by the user's slide resolution (``slide_mpp``, for a slide that records none) and
   a hash of every other setting that changes the result (tissue threshold, stride, tile cap,
-  threshold and top-k of the summary); default settings add nothing to the folder name.
+  threshold and top-k of the summary); default settings add nothing to the folder name. The
+  default threshold is the model's operating threshold (``extra["operating_threshold"]``, else
+  0.5), the one the app and ``metascope heatmap`` both use unless told otherwise, so both find
+  each other's results.
 
 A cache folder holds the files of :func:`engine.infer.outputs.write_heatmap_outputs`, written
 atomically, so a cancelled or failed run leaves no partial cache.
@@ -62,13 +65,21 @@ def cache_root(slide_path: str | os.PathLike[str], root: str | os.PathLike[str] 
     return (Path(root) if root is not None else default_root()) / slide_key(slide_path)
 
 
-def settings_suffix(cfg: InferenceConfig | None) -> str:
-    """``""`` for the default result settings, else ``-s<hash>`` of those that differ."""
+def settings_suffix(cfg: InferenceConfig | None, model_threshold: float | None = None) -> str:
+    """``""`` for the default result settings, else ``-s<hash>`` of those that differ.
+
+    ``model_threshold`` is the model's operating threshold (the default threshold; ``None``:
+    the pipeline's 0.5).
+    """
     if cfg is None:
         return ""
+    from dataclasses import replace
+
     from engine.infer.pipeline import InferenceConfig
 
     default = InferenceConfig()
+    if model_threshold is not None:
+        default = replace(default, threshold=float(model_threshold))
     changed = {k: getattr(cfg, k) for k in RESULT_SETTINGS if getattr(cfg, k) != getattr(default, k)}
     if not changed:
         return ""
@@ -81,6 +92,7 @@ def cache_folder(
     slide_mpp: float | None = None,
     cfg: InferenceConfig | None = None,
     root: str | os.PathLike[str] | None = None,
+    model_threshold: float | None = None,
 ) -> Path:
     """Folder of the cached result of (slide, model, settings).
 
@@ -90,12 +102,21 @@ def cache_folder(
         slide_mpp: the user's slide resolution, when one was given.
         cfg: the heatmap settings (``None``: defaults).
         root: the cache root (default :func:`default_root`).
+        model_threshold: the model's operating threshold (:func:`model_default_threshold`):
+            a ``cfg.threshold`` equal to it is the default and adds nothing to the name.
 
     Raises:
         OSError: the slide cannot be stat'ed.
     """
     name = model_sha256[:24] if slide_mpp is None else f"{model_sha256[:24]}-mpp{slide_mpp:.6g}"
-    return cache_root(slide_path, root) / (name + settings_suffix(cfg))
+    return cache_root(slide_path, root) / (name + settings_suffix(cfg, model_threshold))
+
+
+def model_default_threshold(metadata: Any) -> float:
+    """The default heatmap threshold of a model: its operating threshold, else 0.5."""
+    from engine.infer.lesions import operating_threshold
+
+    return operating_threshold(metadata)
 
 
 def load_cached(
@@ -104,6 +125,7 @@ def load_cached(
     slide_mpp: float | None = None,
     cfg: InferenceConfig | None = None,
     root: str | os.PathLike[str] | None = None,
+    model_threshold: float | None = None,
 ) -> tuple[HeatmapResult, Path] | None:
     """The cached ``(result, folder)`` of (slide, model, settings), or ``None`` when there is none.
 
@@ -113,7 +135,7 @@ def load_cached(
     from engine.infer.outputs import load_heatmap_result
 
     try:
-        folder = cache_folder(slide_path, model_sha256, slide_mpp, cfg, root)
+        folder = cache_folder(slide_path, model_sha256, slide_mpp, cfg, root, model_threshold)
     except OSError:
         return None
     recover_dir(folder)  # a replacement cut short by a crash: the previous result comes back
@@ -134,6 +156,7 @@ def store(
     cfg: InferenceConfig | None = None,
     root: str | os.PathLike[str] | None = None,
     cancel: CancelToken | None = None,
+    model_threshold: float | None = None,
 ) -> Path:
     """Write ``result`` into its cache folder (atomically: a cancel leaves the old state).
 
@@ -145,7 +168,7 @@ def store(
     """
     from engine.infer.outputs import write_heatmap_outputs
 
-    folder = cache_folder(slide_path, model_sha256, slide_mpp, cfg, root)
+    folder = cache_folder(slide_path, model_sha256, slide_mpp, cfg, root, model_threshold)
     write_heatmap_outputs(result, folder.parent, reader=reader, folder_name=folder.name, cancel=cancel)
     return folder
 
@@ -175,10 +198,12 @@ def cached_heatmap(
     from engine.infer.pipeline import compute_heatmap
     from engine.jobs import check_cancel
 
-    hit = load_cached(slide_path, session.sha256, cfg.slide_mpp, cfg, root)
+    default = model_default_threshold(session.metadata)
+    hit = load_cached(slide_path, session.sha256, cfg.slide_mpp, cfg, root, default)
     if hit is not None:
         return hit[0], True
     result = compute_heatmap(reader, session, cfg, **compute)
     check_cancel(compute.get("cancel"))
-    store(result, slide_path, session.sha256, reader, cfg.slide_mpp, cfg, root, cancel=compute.get("cancel"))
+    store(result, slide_path, session.sha256, reader, cfg.slide_mpp, cfg, root, cancel=compute.get("cancel"),
+          model_threshold=default)
     return result, False

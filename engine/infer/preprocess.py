@@ -16,10 +16,14 @@ class Preprocessor:
 
     ``x = (pixel / 255 - mean) / std`` per channel, fused into one multiply-add; channels reversed
     for ``BGR`` models; laid out ``NCHW`` or ``NHWC``; tiles resized (area-averaged, then
-    bilinear) when their side differs from the model's ``input_size``.
+    bilinear) when their side differs from the model's ``input_size``; stain-normalised first when
+    the package records a stain normalisation (``extra["stain_norm"]``, :mod:`engine.infer.stain`).
+
+    Raises:
+        ModelPackageError: a malformed stain normalisation entry.
     """
 
-    __slots__ = ("_bgr", "_nchw", "_offset", "_scale", "size")
+    __slots__ = ("_bgr", "_nchw", "_offset", "_scale", "size", "stain")
 
     def __init__(self, metadata: ModelMetadata) -> None:
         std = np.asarray(metadata.std, dtype=np.float64)
@@ -29,6 +33,10 @@ class Preprocessor:
         self._bgr = metadata.channel_order == "BGR"
         self._nchw = metadata.input_layout == "NCHW"
         self.size = int(metadata.input_size)
+        from engine.infer.stain import check_target
+
+        extra = metadata.extra if isinstance(metadata.extra, dict) else {}
+        self.stain = check_target(extra.get("stain_norm"))
 
     def __call__(self, tiles: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Preprocess a batch.
@@ -46,6 +54,10 @@ class Preprocessor:
             raise ValueError(f"expected tiles of shape (N, H, W, 3), got {tiles.shape}")
         if tiles.shape[1] != self.size or tiles.shape[2] != self.size:
             tiles = resize_batch(tiles, self.size)
+        if self.stain is not None:
+            from engine.infer.stain import normalise
+
+            tiles = normalise(tiles, self.stain)
         n = tiles.shape[0]
         s = self.size
         shape = (n, 3, s, s) if self._nchw else (n, s, s, 3)

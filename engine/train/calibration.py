@@ -160,7 +160,7 @@ def expected_calibration_error(score: np.ndarray, y_pos: np.ndarray, bins: int =
         sel = which == b
         if sel.any():
             total += sel.sum() * abs(float(s[sel].mean()) - float(y[sel].mean()))
-    return total / max(1, s.size)
+    return float(total / max(1, s.size))
 
 
 @dataclass(frozen=True, slots=True)

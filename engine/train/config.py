@@ -17,6 +17,12 @@ CLASS_WEIGHTING = ("none", "balanced")
 SPLITS = ("auto", "stratified", "grouped")
 DEVICES = ("auto", "cpu", "cuda")
 CACHE_MODES = ("auto", "memory", "none")
+#: calibration fitted on the validation split after training (engine.train.calibration)
+CALIBRATIONS = ("temperature", "isotonic", "none")
+#: how the operating threshold is chosen on the validation split (engine.train.calibration.RULES)
+THRESHOLD_RULES = ("specificity", "sensitivity", "youden", "fixed")
+#: stain normalisation of every patch, fitted on the training patches (engine.infer.stain)
+STAIN_NORMS = ("none", "reinhard", "macenko")
 # ImageNet statistics: the right normalisation for ImageNet-initialised networks and a harmless
 # one for networks trained from scratch (batch norm absorbs the rest)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -109,6 +115,18 @@ class TrainConfig:
         validate_data: run :func:`engine.data.validate_dataset` before training.
         recipe: the named recipe the settings started from (:mod:`engine.train.recipes`), kept
             for the record; options given after it override its values.
+        calibration: calibration fitted on the validation outputs of the best epoch and stored in
+            the exported package: ``"temperature"``, ``"isotonic"`` (temperature, then an
+            isotonic map; binary only) or ``"none"``.
+        threshold_rule: how the package's operating threshold is chosen on the validation split:
+            ``"specificity"`` (at most ``1 - threshold_target`` of the negatives flagged),
+            ``"sensitivity"`` (sensitivity >= target), ``"youden"`` or ``"fixed"`` (the target).
+        threshold_target: the rule's target (``None``: 0.95; 0.5 for ``"fixed"``).
+        ema: decay of an exponential moving average of the weights (e.g. 0.999), used for
+            validation, ``best.pt`` and export; 0 = off.
+        stain_norm: stain normalisation of every patch (training and, through the package, all
+            inference): ``"none"``, ``"reinhard"`` (LAB mean/std) or ``"macenko"``; the target
+            is fitted on training patches.
     """
 
     data: str
@@ -142,6 +160,11 @@ class TrainConfig:
     log_every: int = 20
     validate_data: bool = True
     recipe: str = "metascope"
+    calibration: str = "temperature"
+    threshold_rule: str = "specificity"
+    threshold_target: float | None = None
+    ema: float = 0.0
+    stain_norm: str = "none"
 
     def __post_init__(self) -> None:
         from engine.models.registry import architecture_names
@@ -171,6 +194,13 @@ class TrainConfig:
         _check(self.cache_limit_gb > 0, f"cache_limit_gb must be positive, got {self.cache_limit_gb!r}")
         _check(self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout!r}")
         _check(len(self.mean) == 3 and len(self.std) == 3 and all(s > 0 for s in self.std), "mean and std need 3 values each, std > 0")
+        _check(self.calibration in CALIBRATIONS, f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
+        _check(self.threshold_rule in THRESHOLD_RULES, f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}, got {self.threshold_rule!r}")
+        _check(self.threshold_target is None or (isinstance(self.threshold_target, (int, float)) and 0 < self.threshold_target < 1),
+               f"threshold target must be in (0, 1), got {self.threshold_target!r}")
+        _check(isinstance(self.ema, (int, float)) and (self.ema == 0 or 0.5 <= self.ema < 1),
+               f"ema decay must be 0 (off) or in [0.5, 1), got {self.ema!r}")
+        _check(self.stain_norm in STAIN_NORMS, f"stain normalisation must be one of {', '.join(STAIN_NORMS)}, got {self.stain_norm!r}")
         _check(isinstance(self.log_every, int) and self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
 
     def to_dict(self) -> dict[str, Any]:

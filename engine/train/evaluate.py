@@ -136,6 +136,7 @@ def evaluate(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     dataset: Any | None = None,
+    threshold: float | None = None,
 ) -> EvaluationResult:
     """Score a model package on a labelled dataset.
 
@@ -144,6 +145,9 @@ def evaluate(
     slides when the data has groups, else ``"case"``), ``predictions.csv`` (id, label, one probability column per class,
     predicted, source file and dataset index of each patch),
     ``roc.png`` and ``calibration.png`` (binary models; multi-class: positive class vs rest).
+    Probabilities are the package's calibrated ones; binary decisions (accuracy, sensitivity,
+    specificity, F1, ``predicted``) use ``threshold``, default the package's operating threshold
+    (:func:`engine.infer.lesions.operating_threshold`, else 0.5).
 
     Raises:
         ModelPackageError: not a patch-classifier package.
@@ -166,13 +170,14 @@ def evaluate(
     out = ensure_writable_dir(out_dir)
     probs = predict_probabilities(session, ds, tta=tta, batch_size=batch_size, progress=progress, cancel=cancel)
     positive = int(meta.positive_class)
-    m = classification_metrics(y, probs, positive)
+    thr = _threshold(meta, threshold)
+    m = classification_metrics(y, probs, positive, threshold=thr)
     report(progress, ProgressEvent("metrics", 0, 1, "bootstrap confidence intervals"))
     from engine.data.base import resampling_groups
 
     # patches of one slide / patient are not independent: resample whole groups when known
     groups, unit = resampling_groups(ds)
-    cis = bootstrap_ci95(y, probs, positive, n_boot=N_BOOT, groups=groups)
+    cis = bootstrap_ci95(y, _at_half(probs, positive, thr), positive, n_boot=N_BOOT, groups=groups)
     result: dict[str, Any] = {
         "model": session.describe(),
         "data": {"path": str(data), "patches": int(len(ds)), "format": getattr(ds, "fmt", None), "mpp": ds.mpp,
@@ -180,7 +185,11 @@ def evaluate(
         "class_names": list(meta.class_names),
         "positive_class": meta.class_names[positive],
         "tta": tta,
-        "threshold": 0.5,
+        "threshold": thr,
+        "threshold_source": "option" if threshold is not None else (
+            "model operating threshold" if "operating_threshold" in (meta.extra or {}) else "default 0.5"),
+        "calibration": (meta.extra or {}).get("calibration", {}).get("method", "none")
+        if isinstance((meta.extra or {}).get("calibration"), dict) else "none",
         **{k: m[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "loss", "n")},
         "ci95": cis,
         "ci_resampling": unit,
@@ -190,11 +199,33 @@ def evaluate(
         "duration_s": round(time.monotonic() - t0, 2),
     }
     files = [out / "metrics.json", out / "predictions.csv"]
-    _write_predictions(out / "predictions.csv", ds, probs, meta.class_names, [meta.class_names[i] for i in y])
+    _write_predictions(out / "predictions.csv", ds, probs, meta.class_names, [meta.class_names[i] for i in y], positive, thr)
     files += _plots(out, y == positive, probs[:, positive], meta.class_names[positive], m["auc"], cis["auc"])
     atomic_write_json(out / "metrics.json", result)
     report(progress, ProgressEvent("metrics", 1, 1, f"AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}"))
     return EvaluationResult(out, result, files)
+
+
+def _threshold(meta: Any, override: float | None) -> float:
+    """The decision threshold: ``override``, else the package's operating threshold, else 0.5."""
+    from engine.errors import ConfigError
+    from engine.infer.lesions import operating_threshold
+
+    if override is not None and not (0.0 <= float(override) <= 1.0):
+        raise ConfigError(f"--threshold must be between 0 and 1, got {override}")
+    return operating_threshold(meta, override)
+
+
+def _at_half(probs: np.ndarray, positive: int, thr: float) -> np.ndarray:
+    """Binary probabilities remapped monotonically so that ``thr`` lands on 0.5 (the bootstrap's
+    fixed cut): the same ranking (AUC) and the same decisions at ``thr``."""
+    if probs.shape[1] != 2 or thr == 0.5 or not 0.0 < thr < 1.0:
+        return probs
+    s = probs[:, positive].astype(np.float64)
+    mapped = np.where(s < thr, 0.5 * s / thr, 0.5 + 0.5 * (s - thr) / (1.0 - thr))
+    out = np.empty_like(probs, dtype=np.float64)
+    out[:, positive], out[:, 1 - positive] = mapped, 1.0 - mapped
+    return out
 
 
 def _patch_sources(ds: Any) -> list[str]:
@@ -210,14 +241,20 @@ def _patch_sources(ds: Any) -> list[str]:
     return [""] * n
 
 
-def _write_predictions(path: Path, ds: Any, probs: np.ndarray, class_names: tuple[str, ...], labels: list[str] | None) -> None:
-    """``id``, ``label`` (evaluation), ``p_<class>``..., ``predicted`` (argmax), then ``source`` (the
+def _write_predictions(
+    path: Path, ds: Any, probs: np.ndarray, class_names: tuple[str, ...], labels: list[str] | None,
+    positive: int = 1, threshold: float = 0.5,
+) -> None:
+    """``id``, ``label`` (evaluation), ``p_<class>``..., ``predicted`` (binary: the positive class
+    when its probability is at or above ``threshold``; multi-class: argmax), then ``source`` (the
     image, HDF5 or slide file holding the patch) and ``index`` (the patch's row in the dataset)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     head = ["id"] + (["label"] if labels is not None else []) + [f"p_{c}" for c in class_names] + ["predicted"]
     w.writerow(head + ["source", "index"])
     pred = probs.argmax(1)
+    if probs.shape[1] == 2:
+        pred = np.where(probs[:, positive] >= threshold, positive, 1 - positive)
     sources = _patch_sources(ds)
     for i, pid in enumerate(ds.ids):
         row: list[Any] = [pid] + ([labels[i]] if labels is not None else [])
@@ -277,6 +314,7 @@ def predict(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     dataset: Any | None = None,
+    threshold: float | None = None,
 ) -> PredictionResult:
     """Class probabilities for a folder or CSV of patches.
 
@@ -284,8 +322,10 @@ def predict(
         submission: write the Kaggle submission format ``id,label`` (label = probability of the
             positive class, as the competition's AUC scoring expects); ``None`` = when the data is
             in the Kaggle layout.
-        labels: in the submission, write rounded 0/1 labels (1 when the positive-class
-            probability is above 0.5) instead of probabilities, as the competition's example did.
+        labels: in the submission, write 0/1 labels (1 when the positive-class probability is
+            at or above the threshold) instead of probabilities, as the competition's example did.
+        threshold: the decision threshold of ``predicted`` / ``labels`` (binary models); default
+            the package's operating threshold, else 0.5.
 
     Returns:
         :class:`PredictionResult`. A probabilities CSV has ``id``, one ``p_<class>`` column per
@@ -301,6 +341,7 @@ def predict(
         raise DatasetError(f"no patches found in {data}")
     out = Path(out_csv)
     ensure_writable_dir(out.parent if str(out.parent) else ".")
+    thr = _threshold(meta, threshold)
     probs = predict_probabilities(session, ds, tta=tta, batch_size=batch_size, progress=progress, cancel=cancel)
     kaggle = submission if submission is not None else getattr(ds, "fmt", "") == "kaggle"
     if kaggle:
@@ -308,8 +349,8 @@ def predict(
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["id", "label"])
         for pid, p in zip(ds.ids, probs[:, meta.positive_class], strict=True):
-            w.writerow([pid, int(p > 0.5) if labels else f"{p:.6f}"])
+            w.writerow([pid, int(p >= thr) if labels else f"{p:.6f}"])
         atomic_write_text(out, buf.getvalue())
         return PredictionResult(out, "submission labels" if labels else "submission", len(ds))
-    _write_predictions(out, ds, probs, meta.class_names, None)
+    _write_predictions(out, ds, probs, meta.class_names, None, int(meta.positive_class), thr)
     return PredictionResult(out, "probabilities", len(ds))

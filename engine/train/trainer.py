@@ -27,7 +27,10 @@ from engine.train.ddp import DistInfo, env_dist_info
 from engine.train.metrics import classification_metrics
 
 # fields a resumed run may change; anything else must match the stored config
-RESUME_MUTABLE = ("epochs", "device", "num_workers", "cache", "cache_limit_gb", "log_every", "patience", "validate_data")
+RESUME_MUTABLE = (
+    "epochs", "device", "num_workers", "cache", "cache_limit_gb", "log_every", "patience", "validate_data",
+    "calibration", "threshold_rule", "threshold_target",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +397,9 @@ def _loop(
         model.load_state_dict(ckpt["model"])
     if dist.distributed and run.use_cuda and not cfg.freeze_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ema = _Ema(model, cfg.ema, torch) if cfg.ema > 0 else None
+    if ema is not None and ckpt is not None and ckpt.get("ema") is not None:
+        ema.load_state_dict(ckpt["ema"])
     net = model
     if dist.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -472,7 +478,15 @@ def _loop(
     else:
         events.write("resumed", **info, from_epoch=start_epoch)
 
+    stain_meta = _fit_stain(cfg, ds, train_idx, ckpt)
+    if stain_meta is not None and ckpt is None:
+        events.write("stain_fitted", **stain_meta)
+
     def to_input(xb: Any) -> Any:
+        if stain_meta is not None:  # the same numpy normalisation the package applies at inference
+            from engine.infer.stain import normalise as stain_normalise
+
+            xb = torch.from_numpy(stain_normalise(xb.cpu().numpy(), stain_meta))
         x = xb.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         return x
 
@@ -522,6 +536,8 @@ def _loop(
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if ema is not None:
+                ema.update(model)
             lv = float(wsum.detach()) / max(1, yb.numel())
             loss_sum += lv * yb.numel()
             n_seen += yb.numel()
@@ -551,10 +567,12 @@ def _loop(
         tl_sum, tl_n = ddp.sum_scalars(dist, [loss_sum, float(n_seen)], device)
         train_loss = tl_sum / max(tl_n, 1.0)
 
-        probs, yv = _validate(run, net, val_src, labels_all[val_local], to_input, normalise, torch)
-        parts = ddp.gather_arrays(dist, np.concatenate([probs, yv[:, None].astype(np.float32)], axis=1))
+        eval_net = ema.module if ema is not None else net
+        logits_v, yv = _validate(run, eval_net, val_src, labels_all[val_local], to_input, normalise, torch)
+        parts = ddp.gather_arrays(dist, np.concatenate([logits_v, yv[:, None].astype(np.float32)], axis=1))
         allv = np.concatenate(parts)
-        m = classification_metrics(allv[:, -1].astype(np.int64), allv[:, :-1], positive)
+        val_logits, val_y = allv[:, :-1], allv[:, -1].astype(np.int64)
+        m = classification_metrics(val_y, _softmax(val_logits), positive)
         rec = {
             "epoch": epoch + 1, "train_loss": train_loss, "val_loss": m["loss"], "val_auc": m["auc"],
             "accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
@@ -571,14 +589,16 @@ def _loop(
             best_score, best_epoch, stale = score, epoch + 1, 0
             best_metrics = {k: rec[k] for k in ("val_auc", "val_loss", "accuracy", "sensitivity", "specificity", "f1")}
             best_metrics["epoch"] = epoch + 1
+            calibration = _calibrate(run, val_logits, val_y, positive, epoch + 1)
             if dist.is_main:
                 rf.save_torch(
                     {
-                        "model": model.state_dict(), "arch": cfg.arch, "num_classes": num_classes,
+                        "model": (ema.module if ema is not None else model).state_dict(), "arch": cfg.arch, "num_classes": num_classes,
                         "input_size": size, "class_names": list(class_names), "positive_class": positive,
                         "mean": list(cfg.mean), "std": list(cfg.std), "mpp": data_summary["mpp"],
                         "epoch": epoch + 1, "metrics": best_metrics, "config": cfg.to_dict(),
                         "data": _jsonable(data_summary), "metascope_version": __version__,
+                        "calibration": calibration, "stain_norm": stain_meta,
                     },
                     run.run_dir / rf.BEST_NAME,
                 )
@@ -593,6 +613,7 @@ def _loop(
                     "best_score": list(best_score), "best_epoch": best_epoch, "best_metrics": best_metrics,
                     "stale": stale, "history": history, "fingerprint": fingerprint, "arch": cfg.arch,
                     "class_names": list(class_names), "input_size": size,
+                    "ema": ema.state_dict() if ema is not None else None, "stain_norm": stain_meta,
                 },
                 run.run_dir / rf.CHECKPOINT_NAME,
             )
@@ -622,8 +643,98 @@ def _epoch_msg(rec: dict[str, Any]) -> str:
     )
 
 
+#: training patches the stain-normalisation target is fitted on (a fixed-seed sample)
+STAIN_FIT_PATCHES = 2048
+
+
+def _fit_stain(cfg: TrainConfig, ds: Any, train_idx: np.ndarray, ckpt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's stain-normalisation target: from the checkpoint on resume, else fitted on up to
+    :data:`STAIN_FIT_PATCHES` training patches (a fixed-seed sample)."""
+    if cfg.stain_norm == "none":
+        return None
+    if ckpt is not None and ckpt.get("stain_norm"):
+        return dict(ckpt["stain_norm"])
+    from engine.infer.stain import fit_target
+
+    rng = np.random.default_rng([cfg.seed, 7])
+    pick = np.sort(rng.choice(train_idx, size=min(STAIN_FIT_PATCHES, train_idx.size), replace=False))
+    read_many = getattr(ds, "read_many", None)
+    tiles = read_many(pick) if read_many is not None else np.stack([ds.read(int(i)) for i in pick])
+    return _jsonable(fit_target(np.asarray(tiles, dtype=np.uint8), cfg.stain_norm))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _calibrate(run: _Run, logits: np.ndarray, y: np.ndarray, positive: int, epoch: int) -> dict[str, Any] | None:
+    """Fit the calibration and operating threshold on the validation logits of a new best epoch.
+
+    Returns the package ``extra`` entries (``operating_threshold``, ``calibration``,
+    ``threshold_rule``), also written to ``RUN_DIR/calibration.json``; ``None`` when the
+    validation split cannot define them (one class only).
+    """
+    from engine.train.calibration import CALIBRATION_FILE, fit_calibration
+
+    cfg = run.cfg
+    try:
+        res = fit_calibration(logits, y, positive, method=cfg.calibration, rule=cfg.threshold_rule,
+                              target=cfg.threshold_target, kind="logits")
+    except (DatasetError, ConfigError) as exc:
+        run.events.write("calibration_skipped", epoch=epoch, message=str(exc))
+        return None
+    extra = _jsonable({**res.extra(), "epoch": epoch})  # plain types: best.pt loads with weights_only
+    if run.dist.is_main:
+        from engine.fileio import atomic_write_json
+
+        atomic_write_json(run.run_dir / CALIBRATION_FILE, extra)
+    t = res.threshold
+    run.events.write(
+        "calibrated", epoch=epoch, method=res.calibration["method"], temperature=res.calibration["temperature"],
+        threshold=t.threshold, rule=t.rule, target=t.target, sensitivity=t.sensitivity, specificity=t.specificity,
+    )
+    return extra
+
+
+class _Ema:
+    """Exponential moving average of a model's weights (buffers such as batch-norm statistics are
+    copied). The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so
+    early averages are not dominated by the random initialisation."""
+
+    def __init__(self, model: Any, decay: float, torch: Any) -> None:
+        import copy
+
+        self.torch = torch
+        self.decay = float(decay)
+        self.updates = 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def update(self, model: Any) -> None:
+        torch = self.torch
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            ema_p = [p for p in self.module.parameters()]
+            src_p = [p.detach() for p in model.parameters()]
+            torch._foreach_mul_(ema_p, d)
+            torch._foreach_add_(ema_p, src_p, alpha=1.0 - d)
+            for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
+                b_ema.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state.get("updates", 0))
+
+
 def _validate(run: _Run, net: Any, src: Any, labels: np.ndarray, to_input: Any, normalise: Any, torch: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``(n, C)`` float32 of this rank's validation shard, and its labels."""
+    """Class logits ``(n, C)`` float32 of this rank's validation shard, and its labels."""
     bs = max(run.cfg.batch_size, 128)
     positions = [np.arange(i, min(i + bs, len(src))) for i in range(0, len(src), bs)]
     out = []
@@ -636,10 +747,10 @@ def _validate(run: _Run, net: Any, src: Any, labels: np.ndarray, to_input: Any, 
                 # the DDP wrapper is bypassed for inference: no gradient sync needed
                 module = net.module if hasattr(net, "module") else net
                 logits = module(normalise(to_input(xb)))
-            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            out.append(logits.float().cpu().numpy())
             report(run.progress, ProgressEvent("validate", k + 1, len(positions), "validating"))
-    probs = np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
-    return probs.astype(np.float32), labels
+    logits = np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
+    return logits.astype(np.float32), labels
 
 
 def _get_rng(torch: Any) -> dict[str, Any]:

@@ -326,6 +326,11 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
         choice = self._models.get(path)
         self.heatmap_panel.model_info.setText(choice.description if choice else "")
         self._apply_model_mode(choice)
+        if choice is not None and not choice.is_mil:
+            # the display threshold starts at the model's operating threshold (the one its
+            # heatmaps, lesions and `metascope heatmap` use); the slider still moves it
+            panel = self.heatmap_panel
+            panel.set_overlay_settings(panel.colormap, panel.opacity, choice.threshold, panel.overlay_visible)
         self._update_enabled()
         if not self.running:
             self._show_result(None)

@@ -62,6 +62,11 @@ def test_cache_keys(synthetic_tiff_no_mpp: SyntheticSlide, tmp_path: Path, home:
     assert base.name == sha[:24]  # default settings: the name the app has always used
     assert cache.cache_folder(slide, sha, cfg=InferenceConfig(batch_size=8, read_workers=1)) == base
     assert cache.cache_folder(slide, sha, cfg=InferenceConfig(max_tiles=10)) != base
+    # the model's operating threshold is the default: the app and the CLI share one folder
+    at_model = InferenceConfig(threshold=0.83)
+    assert cache.cache_folder(slide, sha, cfg=at_model, model_threshold=0.83) == base
+    assert cache.cache_folder(slide, sha, cfg=at_model) != base
+    assert cache.cache_folder(slide, sha, cfg=InferenceConfig(threshold=0.5), model_threshold=0.83) != base
     assert cache.load_cached(slide, sha) is None
     st = slide.stat()
     os.utime(slide, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # the slide file changed

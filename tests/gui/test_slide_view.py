@@ -484,3 +484,37 @@ def test_slide_without_mpp_asks_for_the_resolution(open_and_wait, qtbot, window:
     assert view.result.result.slide_mpp == pytest.approx(0.5) and view.result.result.slide_mpp_source == "user"
     open_and_wait(window, synthetic_tiff_no_mpp.path)  # the typed-in resolution finds the cached result
     assert view.result is not None and len(asked) == 2
+
+
+def test_app_uses_the_package_operating_threshold_and_shares_the_cli_cache(
+    open_and_wait, qtbot, window: MainWindow, synthetic_svs: SyntheticSlide, demo_model_path: Path, tmp_path: Path,
+) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from engine.infer import cache
+    from engine.infer.lesions import operating_threshold
+    from engine.infer.pipeline import InferenceConfig
+    from engine.infer.session import load_model
+    from engine.modelpkg import read_metadata, write_metadata
+    from engine.slides import open_slide
+
+    meta = read_metadata(demo_model_path)
+    strict = write_metadata(demo_model_path, replace(meta, extra={**meta.extra, "operating_threshold": 0.8}),
+                            tmp_path / "strict.onnx")
+    view = _view(window)
+    open_and_wait(window, synthetic_svs.path)
+    _select_model(qtbot, view, strict)
+    assert view.heatmap_panel.threshold == pytest.approx(0.8), "the display threshold starts at the model's"
+    _run_and_wait(qtbot, view)
+    assert view.result is not None and view.result.result.threshold == pytest.approx(0.8)
+    # `metascope heatmap --cache` (threshold defaults to the model's) finds the app's result
+    session = load_model(strict)
+    cfg = InferenceConfig(threshold=operating_threshold(session.metadata))
+    assert Path(view.result.cache_folder) == cache.cache_folder(
+        synthetic_svs.path, session.sha256, cfg=cfg, model_threshold=cache.model_default_threshold(session.metadata))
+    with open_slide(synthetic_svs.path) as reader:
+        result, from_cache = cache.cached_heatmap(reader, synthetic_svs.path, session, cfg)
+    assert from_cache and result.threshold == pytest.approx(0.8)
+    # the user's slider still moves the display threshold
+    view.heatmap_panel.threshold_slider.setValue(30)
+    assert view.heatmap_panel.threshold == pytest.approx(0.3)
