@@ -21,6 +21,9 @@ from engine.errors import ConfigError, ModelPackageError
 METHODS = ("reinhard", "macenko")
 OD_TISSUE = 0.15
 MIN_TISSUE_FRACTION = 0.05
+#: Macenko et al.'s reference haematoxylin and eosin OD vectors (unit length)
+_HE_REFERENCE = np.array([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]])
+_HE_REFERENCE = _HE_REFERENCE / np.linalg.norm(_HE_REFERENCE, axis=1, keepdims=True)
 # sRGB (D65) <-> XYZ
 _M_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
 _M_RGB = np.linalg.inv(_M_XYZ)
@@ -149,6 +152,10 @@ def macenko_stains(tiles: np.ndarray, alpha: float = 1.0) -> tuple[np.ndarray, n
     h_first = v1[:, 0] > v2[:, 0]  # haematoxylin absorbs more red
     he = np.where(h_first[:, None, None], np.stack([v1, v2], 1), np.stack([v2, v1], 1))
     he = he / np.maximum(np.linalg.norm(he, axis=2, keepdims=True), 1e-9)
+    # tiles without tissue (or a degenerate estimate): the reference H&E vectors keep the maths finite
+    bad = ~ok | ~np.isfinite(he).all(axis=(1, 2))
+    he[bad] = _HE_REFERENCE
+    ok = ok & ~bad
     conc = _concentrations(od, he)
     cmax = np.stack([_masked_percentile(np.where(w, conc[..., k], np.nan), cnt, 99) for k in range(2)], 1)
     cmax = np.where(np.isfinite(cmax) & (cmax > 1e-6), cmax, 1.0)
