@@ -47,6 +47,7 @@ def model_card(
     name: str | None = None,
     history: RunHistory | None = None,
     evaluation: dict[str, Any] | None = None,
+    package: str | os.PathLike[str] | None = None,
 ) -> str:
     """A Markdown model card for a patch-classifier run's model: data, settings, validation results.
 
@@ -56,6 +57,8 @@ def model_card(
         history: the run's folded events (default: read from ``events.jsonl``).
         evaluation: the run's evaluation (:func:`engine.runs.evaluate_run`); default: the saved
             one when it belongs to the run's current best model.
+        package: the exported ``.onnx``: its operating threshold and calibration are stated
+            (default: the run's ``calibration.json``).
     """
     from engine.modelpkg import portable_path
 
@@ -96,7 +99,7 @@ def model_card(
             lo_hi = ci.get(key)
             ci_text = f"{lo_hi[0]:.3f}–{lo_hi[1]:.3f}" if lo_hi and all(v == v for v in lo_hi) else ""
             lines.append(f"| {key.upper() if key == 'auc' else key} | {m[key]:.3f} | {ci_text} |")
-    section = threshold_section(_run_calibration(run))
+    section = threshold_section(_package_calibration(package) or _run_calibration(run))
     if section:
         lines += [""] + section[:-1]
     lines += [
@@ -124,6 +127,20 @@ def _run_calibration(run: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _package_calibration(package: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The threshold entries of an exported package's metadata, or ``{}``."""
+    if package is None:
+        return {}
+    from engine.errors import ModelPackageError
+    from engine.modelpkg import read_metadata
+
+    try:
+        extra = read_metadata(package).extra
+    except ModelPackageError:
+        return {}
+    return dict(extra) if isinstance(extra, dict) and "operating_threshold" in extra else {}
 
 
 def threshold_section(extra: dict[str, Any]) -> list[str]:
@@ -191,6 +208,7 @@ def write_model_card(
         OutputError: the folder cannot be written.
     """
     path = card_path(onnx_path)
-    text = card if card is not None else model_card(run_dir, name=name, history=history, evaluation=evaluation)
+    text = card if card is not None else model_card(run_dir, name=name, history=history, evaluation=evaluation,
+                                                    package=onnx_path)
     atomic_write_text(path, text)
     return path

@@ -108,6 +108,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     e.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="ONNX exporter (default dynamo)")
     e.add_argument("--tta8", action="store_true",
                    help="fold 8-fold rotation/flip test-time augmentation into the model (8x compute per patch)")
+    e.add_argument("--recalibrate", action="store_true",
+                   help="refit the exported model's calibration and operating threshold on the run's validation split "
+                        "(recommended with --tta8: the run's were fitted without TTA)")
     e.add_argument("--json", action="store_true", help="print the export report as JSON")
     e.set_defaults(handler=_cmd_export)
 
@@ -314,6 +317,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
                           exporter=args.exporter, tta8=args.tta8)
     finally:
         bar.close()
+    if args.recalibrate and not args.features:
+        from engine.train.calibration import calibrate_package_on_run
+
+        bar = TerminalProgress()
+        try:
+            res = calibrate_package_on_run(rep.path, args.run_dir, device="auto", progress=bar)
+        finally:
+            bar.close()
+        t = res.threshold
+        print(f"recalibrated on {t.n_val} validation patches: threshold {t.threshold:.4f} "
+              f"(sensitivity {t.sensitivity:.3f}, specificity {t.specificity:.3f})")
     card = None
     if not args.features:
         from engine.modelcard import write_model_card

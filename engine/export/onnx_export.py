@@ -339,7 +339,7 @@ def _metadata(
         extra["tta"] = {
             "method": "dihedral8", "views": 8, "combine": "mean probability",
             # the run's calibration was fitted on single-view validation outputs; refit it on the
-            # TTA package's outputs with engine.train.calibration.calibrate_package_on_data
+            # TTA package's outputs (engine.train.calibration.calibrate_package_on_run, export --recalibrate)
             "calibration_fitted_with_tta": False,
         }
     return ModelMetadata(

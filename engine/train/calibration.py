@@ -21,7 +21,9 @@ of heatmaps, lesions, the app and the CLI: :func:`engine.infer.lesions.operating
 
 Public entry points: :func:`fit_calibration` (arrays in, result out), :func:`calibrate_package`
 (re-fit and re-embed into an existing ``.onnx``), :func:`package_outputs` (a package's raw,
-uncalibrated outputs on a dataset) and :func:`calibrate_package_on_data` (both in one call).
+uncalibrated outputs on a dataset), :func:`calibrate_package_on_data` (both in one call) and
+:func:`calibrate_package_on_run` (on the validation split of the run the package came from, e.g.
+after ``export --tta8``).
 """
 
 from __future__ import annotations
@@ -370,6 +372,8 @@ def calibrate_package(
         raise DatasetError(f"{width} outputs per patch, but {Path(model_path).name} has {len(meta.class_names)} classes")
     result = fit_calibration(outputs, labels, int(meta.positive_class), method=method, rule=rule, target=target, kind=kind)
     extra = {**dict(meta.extra or {}), **result.extra()}
+    if isinstance(extra.get("tta"), dict):  # fitted on the TTA graph's own outputs now
+        extra["tta"] = {**extra["tta"], "calibration_fitted_with_tta": True}
     dst = write_metadata(model_path, replace(meta, extra=extra), out_path)
     if update_card:
         from engine.modelcard import card_path, update_card_threshold
@@ -450,3 +454,43 @@ def calibrate_package_on_data(
     probs = package_outputs(model_path, dataset, idx, device=device, batch_size=batch_size, progress=progress, cancel=cancel)
     return calibrate_package(model_path, probs, mapping[labels_all[idx]], method=method, rule=rule, target=target,
                              kind="probs", out_path=out_path)
+
+
+def calibrate_package_on_run(
+    model_path: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    *,
+    method: str | None = None,
+    rule: str | None = None,
+    target: float | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    out_path: str | os.PathLike[str] | None = None,
+    progress: Any = None,
+    cancel: Any = None,
+) -> CalibrationResult:
+    """(Re)fit a package exported from ``run_dir`` on that run's own validation split.
+
+    For a package whose outputs differ from the run's validation pass (``export --tta8``): the
+    split is rebuilt exactly as the trainer made it; method, rule and target default to the run's.
+
+    Raises:
+        ConfigError: not a patch-training run folder; DatasetError: the data changed since training.
+    """
+    from engine.data import open_dataset
+    from engine.train.config import TrainConfig
+    from engine.train.runfolder import load_run_config
+    from engine.train.trainer import data_fingerprint, training_split
+
+    stored = load_run_config(Path(run_dir))
+    cfg = TrainConfig.from_dict(stored["config"])
+    opts = {} if cfg.resize is None else {"resize": (cfg.resize, cfg.resize)}
+    ds = open_dataset(cfg.data, fmt=cfg.fmt, mpp=cfg.mpp, labelled=True, **opts)
+    if stored.get("fingerprint") not in (None, data_fingerprint(ds)):
+        raise DatasetError(f"the data at {cfg.data} changed since run {run_dir} was trained; cannot rebuild its validation split")
+    _, val_idx, _ = training_split(cfg, ds)
+    return calibrate_package_on_data(
+        model_path, dataset=ds, indices=val_idx, method=method or cfg.calibration, rule=rule or cfg.threshold_rule,
+        target=target if target is not None else cfg.threshold_target, device=device, batch_size=batch_size,
+        out_path=out_path, progress=progress, cancel=cancel,
+    )

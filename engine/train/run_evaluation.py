@@ -79,7 +79,12 @@ def evaluate_run(
         for start in range(0, len(val_idx), batch_size):
             check_cancel(cancel)
             idx = val_idx[start : start + batch_size]
-            x = torch.from_numpy(ds.read_many(idx)).permute(0, 3, 1, 2).float().div_(255.0)
+            tiles = ds.read_many(idx)
+            if ck.get("stain_norm"):  # the normalisation the run trained with (and its package applies)
+                from engine.infer.stain import normalise
+
+                tiles = normalise(tiles, ck["stain_norm"])
+            x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float().div_(255.0)
             probs[start : start + len(idx)] = torch.softmax(model((x - mean) / std), dim=1).double().numpy()
             done = start + len(idx)
             report(progress, ProgressEvent("evaluate", done, len(val_idx), f"predicting {done}/{len(val_idx)}"))

@@ -137,6 +137,21 @@ def test_tta8_export_equals_the_mean_of_8_transformed_predictions(run: tuple[Pat
     np.testing.assert_allclose(got, mean, atol=1e-5)
     with pytest.raises(ConfigError):
         export_onnx(run[0], tmp_path / "f.onnx", features=True, tta8=True)
+    # refit on the run's own validation split, through the TTA graph
+    from engine.train.calibration import calibrate_package_on_run
+
+    res = calibrate_package_on_run(out, run[0], device="cpu")
+    meta = read_metadata(out)
+    assert meta.extra["tta"]["calibration_fitted_with_tta"] is True
+    assert meta.extra["operating_threshold"] == pytest.approx(res.operating_threshold, abs=1e-6)
+    assert res.threshold.n_val == json.loads((run[0] / "config.json").read_text())["data"]["n_val"]
+
+
+def test_run_evaluation_applies_the_run_stain_normalisation(run: tuple[Path, Path]) -> None:
+    from engine.train.run_evaluation import evaluate_run
+
+    res = evaluate_run(run[0])
+    assert res["metrics"]["auc"] > 0.9
 
 
 def test_ema_averages_weights_with_warmup() -> None:
