@@ -114,7 +114,8 @@ class BoundRunner:
         self.device_id = device_id
         self._binding = session.io_binding()
         self._inputs: OrderedDict[tuple[int, ...], Any] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one run at a time
+        self._pin_lock = threading.Lock()  # reader threads asking for buffers never wait for a run
         self._pinned_alive: dict[int, Any] = {}
         self._pinned_how: str | None = None
         self._pinned_ready = False
@@ -154,7 +155,7 @@ class BoundRunner:
         """A float32 host array of ``shape`` in page-locked memory, or ``None`` where none can be had."""
         if self.device_type != "cuda":
             return None
-        with self._lock:
+        with self._pin_lock:
             if not self._pinned_ready:
                 self._pinned_ready = True
                 self._pinned_how = _pinned_backend(self.device_id)

@@ -107,4 +107,4 @@ def test_two_gpu_nccl_ddp_step(toy_data: Path, tmp_path: Path) -> None:
     events = read_events(tmp_path / "run")[0]
     started = next(e for e in events if e["event"] == "run_started")
     assert started["world_size"] == 2 and started["amp"] is True
-    assert any(e["event"] == "epoch" for e in events) or any(e["event"] == "step" for e in events)
+    assert any(e["event"] == "epoch_ended" for e in events)
