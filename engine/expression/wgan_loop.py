@@ -35,6 +35,41 @@ CHECKPOINT = "checkpoints/last.pt"
 REALISM_DRAWS = 5
 
 
+def calibrate_moments(
+    generate: Any, codes: np.ndarray, x_train: np.ndarray, scaler: GroupScaler, floor: float | None, seed: int = 0,
+    draws: int = 400, prior: float = 10.0,
+) -> GroupScaler:
+    """Match the generated per-gene mean and standard deviation to the training samples', per
+    group of the scaler (or over all samples): an affine correction folded into the inverse
+    standardisation, so generation stays ``z * std[g] + mean[g]`` (then the floor).
+
+    ``generate(rows, seed)`` returns standardised profiles for the covariates of these training
+    rows. Each group gets about ``draws`` profiles; the correction is applied three times (the
+    floor makes the moments non-linear in it) and damped by ``n / (n + prior)`` for a group of
+    ``n`` training samples; the standard deviation moves by a factor in [0.67, 1.5] at most.
+    """
+    mean, std = scaler.mean.copy(), scaler.std.copy()
+    groups = codes[:, scaler.code_index] if scaler.column is not None else np.zeros(len(codes), dtype=int)
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        n = len(rows)
+        if n < 5:
+            continue
+        z = np.asarray(generate(np.tile(rows, int(np.ceil(draws / n))), seed + int(g)), np.float64)
+        real = np.asarray(x_train[rows], np.float64)
+        mr, sr = real.mean(0), real.std(0)
+        w = n / (n + prior)
+        for _ in range(3):
+            x = z * std[g] + mean[g]
+            if floor is not None:
+                x = np.maximum(x, floor)
+            mx, sx = x.mean(0), x.std(0)
+            ds = np.clip(sr / np.maximum(sx, 1e-6), 0.67, 1.5) ** w
+            mean[g] = (mean[g] - mx) * ds + mx + w * (mr - mx)
+            std[g] = std[g] * ds
+    return GroupScaler(mean, std, scaler.column, scaler.code_index)
+
+
 class WganLoop:
     """Models, optimisers and state of one run; :meth:`train` runs the remaining epochs."""
 
@@ -66,6 +101,8 @@ class WganLoop:
         self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=betas)
         self.rng = np.random.default_rng(cfg.seed)
         self.start_epoch = 0
+        self.last_epoch = 0
+        self.train_seconds = 0.0  # optimisation time so far (over resumes): the time budget
         self.history: list[dict[str, Any]] = []
         (run / "checkpoints").mkdir(exist_ok=True)
         if (run / CHECKPOINT).is_file():
@@ -108,6 +145,7 @@ class WganLoop:
             "value_transform": self.data.transform,
             "model_config": self.cfg.model_config(),
             "history": self.history,
+            "train_seconds": self.train_seconds,
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": self.torch.get_rng_state(),
         }
@@ -119,7 +157,8 @@ class WganLoop:
             self.gen_ema.load_state_dict(ck["model"])
         self.opt_g.load_state_dict(ck["opt_g"])
         self.opt_c.load_state_dict(ck["opt_c"])
-        self.start_epoch = int(ck["epoch"])
+        self.start_epoch = self.last_epoch = int(ck["epoch"])
+        self.train_seconds = float(ck.get("train_seconds", 0.0))
         self.history = list(ck.get("history", []))
         self.rng.bit_generator.state = ck["numpy_rng"]
         self.torch.set_rng_state(ck["torch_rng"])
@@ -232,6 +271,8 @@ class WganLoop:
                 m["val_gamma"] = self.live_gamma()
             m["train_loss"] = m["critic_loss"]
             m["seconds"] = round(time.perf_counter() - t0, 3)
+            self.train_seconds += m["seconds"]
+            self.last_epoch = epoch
             self.history.append({"epoch": epoch, **m})
             save_torch(self.payload(epoch), self.run / CHECKPOINT)
             self.log.write("epoch_ended", epoch=epoch, epochs=cfg.epochs, **m)
@@ -240,21 +281,44 @@ class WganLoop:
             if m.get("val_gamma") is not None:
                 msg += f" gamma {m['val_gamma']:.3f}"
             report(progress, ProgressEvent("train", epoch, cfg.epochs, msg, m))
+            if cfg.time_budget_s and self.train_seconds >= cfg.time_budget_s and epoch < cfg.epochs:
+                self.log.write(
+                    "time_budget_reached", epoch=epoch, epochs=cfg.epochs, seconds=round(self.train_seconds, 1),
+                    message=f"stopped after epoch {epoch} of {cfg.epochs}: the {cfg.time_budget_s:g} s training budget is spent",
+                )
+                break
 
     # -- sampling and realism --------------------------------------------------------------------
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         """``n`` profiles (log scale) for covariates drawn from the training rows."""
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(self.x.shape[0], size=n, replace=n > self.x.shape[0])
+        x = self.group.inverse(self._standardised(idx, seed), self.codes.numpy()[idx])
+        return x if self.floor is None else np.maximum(x, np.float32(self.floor))
+
+    def _standardised(self, rows: np.ndarray, seed: int) -> np.ndarray:
+        """Standardised profiles (before the inverse scaling) for the covariates of training rows."""
         torch = self.torch
         gen = self.gen_ema or self.gen
         gen.eval()
-        rng = np.random.default_rng(seed)
-        idx = torch.from_numpy(rng.choice(self.x.shape[0], size=n, replace=n > self.x.shape[0]))
+        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            z = gen(torch.randn(n, self.cfg.noise_dim, generator=g), self.num[idx], self.codes[idx]).numpy()
-        x = self.group.inverse(z, self.codes[idx].numpy())
-        return x if self.floor is None else np.maximum(x, np.float32(self.floor))
+            return gen(torch.randn(len(idx), self.cfg.noise_dim, generator=g), self.num[idx], self.codes[idx]).numpy()
+
+    def calibrate(self) -> None:
+        """Fold the moment calibration (:func:`calibrate_moments`) into the group scaler used for
+        sampling and export, and checkpoint it (``cfg.calibrate``)."""
+        if not self.cfg.calibrate:
+            return
+        self.group = calibrate_moments(
+            self._standardised, self.codes.numpy(), self.data.values[self.data.train_idx], self.group, self.floor,
+            seed=self.cfg.seed + 999,
+        )
+        self.log.write("calibrated", message="generated per-gene mean / sd matched to the training samples"
+                       + (f" within each {self.group.column}" if self.group.column else ""))
+        save_torch(self.payload(self.last_epoch), self.run / CHECKPOINT)
 
     def live_gamma(self) -> float | None:
         from engine.expression.realism import gamma
@@ -273,7 +337,9 @@ class WganLoop:
         metrics, sets = evaluate_realism(d.values[d.heldout_idx], synthetic, real_train, seed=self.cfg.seed)
         metrics["train_samples"] = int(len(d.train_idx))
         metrics["heldout_samples"] = int(len(d.heldout_idx))
-        metrics["epochs"] = self.cfg.epochs
+        metrics["epochs"] = self.last_epoch
+        metrics["epochs_planned"] = self.cfg.epochs
+        metrics["train_seconds"] = round(self.train_seconds, 1)
         metrics["evaluated_on"] = "held-out real samples (never used in training)"
         metrics["history"] = [{k: h.get(k) for k in ("epoch", "wasserstein", "val_gamma")} for h in self.history]
         write_report(metrics, sets, d.genes, self.run / "realism")

@@ -70,6 +70,12 @@ class WganTrainConfig:
         floor_clip: when the matrix has a detection floor (e.g. -2 or 0, see
             :func:`engine.expression.wgan.detect_floor`), clip generated values there during
             training too (straight-through gradient); generated profiles are always clipped.
+        time_budget_s: stop at the end of the epoch where the optimisation time (over resumes)
+            reaches this many seconds, even before ``epochs`` (0: no budget); the realism
+            report and export follow as usual.
+        calibrate: after training, match the generated per-gene mean and standard deviation to
+            the training samples' (within each group when ``group_scale`` found one), folded into
+            the inverse standardisation (:func:`engine.expression.wgan_loop.calibrate_moments`).
         gamma_every: a live gamma on the held-out samples every this many epochs (0: never).
         seed, cpu_threads: random seed and torch threads.
     """
@@ -96,6 +102,8 @@ class WganTrainConfig:
     ema: float = 0.999
     floor_clip: bool = True
     group_scale: str = "auto"
+    time_budget_s: float = 0.0
+    calibrate: bool = True
     gamma_every: int = 5
     seed: int = 0
     cpu_threads: int = 1
@@ -114,6 +122,8 @@ class WganTrainConfig:
             raise ConfigError("lr must be > 0, gp_lambda >= 0, betas in [0, 1)")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError("ema must be in [0, 1)")
+        if self.time_budget_s < 0:
+            raise ConfigError("time_budget_s must be >= 0")
         if self.gamma_every < 0:
             raise ConfigError("gamma_every must be >= 0")
         if len(set(self.covariates)) != len(self.covariates):
@@ -381,6 +391,7 @@ def _train_locked(
         split["value_transform"] = data.transform
         atomic_write_json(run / SPLIT_NAME, split)
         loop.train(progress, cancel)
+        loop.calibrate()
         metrics = loop.final_realism()
         model_path = None
         if export:
@@ -388,7 +399,7 @@ def _train_locked(
 
             model_path = export_run(run, run / "model.onnx")
         log.write("finished", metrics={k: metrics.get(k) for k in ("gamma", "c2st_auc")})
-        write_state(run, "finished", epoch=cfg.epochs, epochs=cfg.epochs, message=_summary(metrics))
+        write_state(run, "finished", epoch=loop.last_epoch, epochs=cfg.epochs, message=_summary(metrics))
         return WganResult(run, metrics, model_path)
     except Cancelled:
         log.write("cancelled", message="stopped by user; resume with --resume")

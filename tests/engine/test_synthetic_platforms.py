@@ -123,3 +123,42 @@ def read_matrix_from(folder: Path, values: np.ndarray):
     pd.DataFrame(values, index=[f"r{i}" for i in range(len(values))],
                  columns=[f"G{j}" for j in range(values.shape[1])]).to_csv(folder / "v.tsv", sep="\t")
     return read_matrix(folder / "v.tsv")
+
+
+def test_calibrate_moments_matches_training_moments() -> None:
+    from engine.expression.wgan_loop import calibrate_moments
+
+    rng = np.random.default_rng(4)
+    codes = np.c_[rng.integers(1, 3, size=80)]
+    x = rng.normal(size=(80, 5)) * 1.5 + (codes[:, 0] == 2)[:, None] * 3.0
+    x = np.maximum(x, -2.0)  # a floor, as in floored RNA-seq
+    scaler = GroupScaler.fit(x, codes[:, 0], 3, "kind", 0)
+
+    def off(rows: np.ndarray, seed: int) -> np.ndarray:  # a generator with the wrong location and spread
+        return np.random.default_rng(seed).normal(0.5, 1.4, size=(len(rows), 5))
+
+    cal = calibrate_moments(off, codes, x, scaler, -2.0, prior=0.0)
+    for g in (1, 2):
+        rows = np.flatnonzero(codes[:, 0] == g)
+        tiled = np.tile(rows, int(np.ceil(400 / len(rows))))  # the draw the calibration saw (seed + group)
+        gen = np.maximum(cal.inverse(off(tiled, g), codes[tiled]), -2.0)
+        np.testing.assert_allclose(gen.mean(0), x[rows].mean(0), atol=0.02)
+        np.testing.assert_allclose(gen.std(0), x[rows].std(0), rtol=0.03)
+        before = np.maximum(scaler.inverse(off(tiled, g), codes[tiled]), -2.0)
+        assert np.abs(before.mean(0) - x[rows].mean(0)).mean() > 0.3  # it was off before
+
+
+def test_time_budget_stops_early(tmp_path: Path) -> None:
+    from engine.expression.wgan_train import WganTrainConfig, train_wgan
+    from engine.train.runfolder import read_events
+
+    x = _log_profiles(30, 5, 5)
+    pd.DataFrame(x, index=pd.Index([f"S{i}" for i in range(30)], name="sample"),
+                 columns=[f"G{j}" for j in range(5)]).to_csv(tmp_path / "m.tsv", sep="\t")
+    cfg = WganTrainConfig(matrix=str(tmp_path / "m.tsv"), epochs=50, steps_per_epoch=2, batch_size=8, hidden=(8,),
+                          noise_dim=4, gamma_every=0, time_budget_s=1e-6)
+    result = train_wgan(cfg, tmp_path / "run", export=False)
+    assert result.metrics["epochs"] == 1 and result.metrics["epochs_planned"] == 50
+    events, _ = read_events(tmp_path / "run")
+    assert [e["event"] for e in events if e["event"] in ("time_budget_reached", "calibrated")] == [
+        "time_budget_reached", "calibrated"]
