@@ -20,7 +20,7 @@ class Preprocessor:
     the package records a stain normalisation (``extra["stain_norm"]``, :mod:`engine.infer.stain`).
 
     Raises:
-        ModelPackageError: a malformed stain normalisation entry.
+        ModelPackageError: a malformed stain normalisation or calibration entry.
     """
 
     __slots__ = ("_bgr", "_nchw", "_offset", "_scale", "size", "stain")
@@ -37,6 +37,8 @@ class Preprocessor:
 
         extra = metadata.extra if isinstance(metadata.extra, dict) else {}
         self.stain = check_target(extra.get("stain_norm"))
+        if metadata.task == "patch_classification":
+            calibration_of(metadata)  # a malformed calibration fails here, before any tile is read
 
     def __call__(self, tiles: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Preprocess a batch.

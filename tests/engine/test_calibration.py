@@ -129,3 +129,13 @@ def test_calibrate_package_embeds_threshold_and_updates_the_card(demo_onnx: Path
         calibrate_package(pkg, z[:, :1].repeat(3, 1), y)  # 3 outputs, the package has 2 classes
     meta2 = read_metadata(pkg)
     assert replace(meta2, extra={}).name == meta.name
+
+
+def test_a_malformed_entry_fails_when_the_preprocessor_is_built() -> None:
+    from engine.infer.preprocess import Preprocessor
+
+    with pytest.raises(ModelPackageError):
+        Preprocessor(_meta({"calibration": {"method": "platt"}}))
+    with pytest.raises(ModelPackageError):
+        Preprocessor(_meta({"stain_norm": {"method": "reinhard", "mean": [1, 2]}}))
+    assert Preprocessor(_meta({"calibration": {"method": "none"}, "stain_norm": {"method": "none"}})).stain is None
