@@ -180,7 +180,8 @@ def _heatmap(args: argparse.Namespace) -> int:
         from engine.cohort.tasks import heatmap_slide
 
         cfg = dataclasses.replace(cfg, read_workers=args.workers or ray.threads)
-        job = dataclasses.replace(job, cfg=cfg, skip_existing=True, threads=ray.threads)
+        # paths absolute: a worker's working directory is not this one
+        job = dataclasses.replace(job, cfg=cfg, out=out.absolute(), skip_existing=True, threads=ray.threads)
         items = named_slides([str(Path(s).absolute()) for s in args.slides])
         try:
             run_on_ray(heatmap_slide, job, items, list(args.slides), ray, on_outcome, bar)

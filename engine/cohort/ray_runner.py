@@ -165,6 +165,7 @@ def run_on_ray(
     board = None
     pending: dict[Any, tuple[int, str]] = {}
     try:
+        _check_resources(ray, settings)
         board = ray.remote(num_cpus=0)(_Board).remote()
         task = ray.remote(_run_slide).options(
             num_cpus=settings.cpus, num_gpus=settings.gpus, max_retries=settings.max_retries, retry_exceptions=True,
@@ -184,6 +185,23 @@ def run_on_ray(
             ray.shutdown()
 
 
+def _check_resources(ray: Any, settings: RaySettings) -> None:
+    """A slide task the cluster can never place would wait forever: say so instead.
+
+    Raises:
+        ConfigError: no node has the CPUs (or the GPU) one slide declares.
+    """
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= settings.cpus and r.get("GPU", 0) >= settings.gpus for r in nodes):
+        return
+    most_cpus = max((r.get("CPU", 0) for r in nodes), default=0)
+    if settings.gpus and not any(r.get("GPU", 0) >= settings.gpus for r in nodes):
+        raise ConfigError("--device cuda: no node of the Ray cluster has a GPU (use --device cpu or auto)")
+    raise ConfigError(
+        f"--ray-cpus {settings.cpus:g}: no node of the Ray cluster has that many CPUs (the largest has {most_cpus:g})"
+    )
+
+
 def _collect(
     ray: Any, pending: dict[Any, tuple[int, str]], board: Any, n: int, settings: RaySettings,
     on_outcome: Callable[[int, SlideOutcome], None], progress: ProgressCallback | None, cancel: CancelToken | None,
@@ -197,6 +215,7 @@ def _collect(
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=PROGRESS_INTERVAL_S)
         for ref in ready:
             i, label = pending.pop(ref)
+            board.finish.remote(label)  # a worker that died could not say so
             on_outcome(i, _outcome(ray, ref, label, settings))
             finished += 1
         report(progress, ProgressEvent("slides", finished, n, _running_text(ray, board) if pending else ""))

@@ -81,8 +81,10 @@ def test_killed_worker_slide_is_retried_and_every_slide_finishes_once(
     marker, log = tmp_path / "killed", tmp_path / "finished.log"
     monkeypatch.setattr(tasks, "heatmap_slide", _crash_once(slides[1].name, marker, log))
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    monkeypatch.chdir(slides[0].parent)  # relative paths: the workers' working directory is not ours
+    rel_out = os.path.relpath(tmp_path / "ray")
     try:
-        rc = main(["heatmap", *map(str, slides), "--out", str(tmp_path / "ray"), *common, "--ray", "auto"])
+        rc = main(["heatmap", *(s.name for s in slides), "--out", rel_out, *common, "--ray", "auto"])
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     out, err = capsys.readouterr()
@@ -159,3 +161,9 @@ def test_cancel_stops_the_cohort(cluster, slides: list[Path], demo_onnx: Path, t
     assert ray.available_resources().get("CPU", 0) == 2
     for folder in (tmp_path / "out").glob("*"):  # a slide is written whole or not at all
         assert (folder / "heatmap.json").is_file()
+
+
+def test_a_slide_no_node_can_take_is_an_error_not_a_hang(cluster, slides: list[Path], demo_onnx, tmp_path, capsys) -> None:
+    argv = ["heatmap", str(slides[0]), "--model", str(demo_onnx), "--out", str(tmp_path / "o"), "--mpp", "0.5"]
+    assert main([*argv, "--ray", "auto", "--ray-cpus", "4"]) == 2
+    assert "error: --ray-cpus 4: no node of the Ray cluster has that many CPUs (the largest has 2)" in capsys.readouterr().err
