@@ -126,6 +126,7 @@ def iter_tile_outputs(
     local = threading.local()
     free: list[np.ndarray] = []
     free_lock = threading.Lock()
+    new_buffer = getattr(session, "input_buffer", None)  # sessions that quack (MIL extractors) have none
 
     def stopped() -> bool:
         return stop.is_set() or (cancel is not None and cancel.cancelled)
@@ -181,8 +182,8 @@ def iter_tile_outputs(
         if len(idx) == batch_size:  # recycled buffers all come from full batches of this model
             with free_lock:
                 buf = free.pop() if free else None
-            if buf is None:  # pinned host memory on CUDA (fast copies to the GPU); None on the CPU
-                buf = session.input_buffer(batch_size)
+            if buf is None and new_buffer is not None:  # pinned host memory on CUDA; None on the CPU
+                buf = new_buffer(batch_size)
         return preprocess(tiles, out=buf), ok
 
     starts = iter(range(0, total, batch_size))

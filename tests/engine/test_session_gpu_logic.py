@@ -159,3 +159,22 @@ def test_pipeline_uses_gpu_batching_and_pinned_buffers(
     np.testing.assert_array_equal(np.isnan(res.grid), np.isnan(ref.grid))
     assert res.summary["tiles_analysed"] >= 16
     assert handed and all(s == (8, 3, 96, 96) for s in handed)
+
+
+def test_pipeline_runs_sessions_without_input_buffers(demo_onnx: Path, array_slide) -> None:  # type: ignore[no-untyped-def]
+    """Objects that quack like a session (MIL feature extractors: metadata and run) still work."""
+    from engine.infer.pipeline import iter_tile_outputs
+    from engine.slides.tiling import TissueSettings, plan_slide
+
+    s = load_model(demo_onnx, device="cpu")
+
+    class _Quacks:
+        metadata = s.metadata
+        input = s.input
+
+        def run(self, batch: np.ndarray) -> np.ndarray:
+            return s.run(batch)
+
+    plan = plan_slide(array_slide, 96, 0.972, TissueSettings())
+    got = list(iter_tile_outputs(array_slide, plan, _Quacks(), batch_size=4))  # type: ignore[arg-type]
+    assert sum(len(i) for i, _ in got) == plan.n_tiles
