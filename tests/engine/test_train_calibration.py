@@ -187,6 +187,15 @@ def test_config_and_cli_options(run: tuple[Path, Path], package: Path, tmp_path:
         TrainConfig(data="x", threshold_rule="specificity", threshold_target=1.0)
     cfg = TrainConfig(data="x", threshold_rule="youden", calibration="isotonic", ema=0.999, stain_norm="macenko")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    from engine.cli import build_parser
+    from engine.cli.patches import _train_config
+
+    args = build_parser().parse_args(["train", "patches", "--data", "x", "--out", str(tmp_path / "r"), "--ema", "0.99",
+                                      "--stain-norm", "reinhard", "--threshold-rule", "sensitivity",
+                                      "--threshold-target", "0.9", "--calibration", "none"])
+    got = _train_config(args)
+    assert (got.ema, got.stain_norm, got.threshold_rule, got.threshold_target, got.calibration) == (
+        0.99, "reinhard", "sensitivity", 0.9, "none")
     pkg = tmp_path / "c.onnx"
     shutil.copy(package, pkg)
     assert main(["calibrate", str(pkg), "--data", str(run[1]), "--threshold-rule", "youden", "--device", "cpu"]) == 0
