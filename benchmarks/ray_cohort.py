@@ -65,18 +65,16 @@ def _job(model: Path, out: Path, threads: int | None) -> Any:
     return HeatmapJob(str(model), "cpu", cfg, out, skip_existing=True, threads=threads)
 
 
-def run_plain(slides: list[Path], model: Path, out: Path, threads: int | None) -> tuple[float, int]:
-    """Seconds for the cohort in this process (model loaded inside, as a CLI run does) and its tiles."""
+def run_plain(slides: list[Path], model: Path, out: Path, threads: int | None) -> float:
+    """Seconds for the cohort in this process (model loaded inside, as a CLI run does)."""
     import engine.cohort.tasks as tasks
 
     tasks._SESSIONS.clear()  # noqa: SLF001 - a fresh process would load the model too
     t0 = time.perf_counter()
-    tiles = 0
     for item in tasks.named_slides([str(s) for s in slides]):
         outcome = tasks.heatmap_slide(_job(model, out, threads), item)
         assert outcome.status == "done", outcome
-        tiles += _tiles(Path(outcome.value))
-    return time.perf_counter() - t0, tiles
+    return time.perf_counter() - t0
 
 
 def run_ray(slides: list[Path], model: Path, out: Path, workers: int) -> tuple[float, float]:
@@ -103,18 +101,24 @@ def run_ray(slides: list[Path], model: Path, out: Path, workers: int) -> tuple[f
     return t1 - t0, t2 - t1
 
 
-def _tiles(folder: Path) -> int:
+def _computed(out: Path) -> tuple[int, float]:
+    """Tiles and seconds of heatmap computation (``timing.total_s``) of a cohort's result folders."""
     import json
 
-    meta = json.loads((folder / "heatmap.json").read_text())
-    READERS.add(str(meta["slide"].get("reader", "?")))
-    return int(meta["summary"]["tiles_analysed"])
+    tiles, seconds = 0, 0.0
+    for folder in out.iterdir():
+        meta = json.loads((folder / "heatmap.json").read_text())
+        READERS.add(str(meta["slide"].get("reader", "?")))
+        tiles += int(meta["summary"]["tiles_analysed"])
+        seconds += float(meta["timing"]["total_s"])
+    return tiles, seconds
 
 
 def measure(slides: list[Path], model: Path, scratch: Path, repeats: int) -> dict[str, Any]:
     """Every configuration ``repeats`` times, interleaved."""
     times: dict[str, list[float]] = {c: [] for c in CONFIGS}
     loads: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    compute: dict[str, list[float]] = {c: [] for c in CONFIGS}
     init: list[float] = []
     run_plain(slides[:1], model, scratch / "warm-up", 1)  # imports, page cache: paid by no configuration
     shutil.rmtree(scratch / "warm-up", ignore_errors=True)
@@ -125,17 +129,17 @@ def measure(slides: list[Path], model: Path, scratch: Path, repeats: int) -> dic
             shutil.rmtree(out, ignore_errors=True)
             load0 = os.getloadavg()[0]
             if c.startswith("plain"):
-                t, tiles = run_plain(slides, model, out, 1 if "1 thread" in c else None)
+                t = run_plain(slides, model, out, 1 if "1 thread" in c else None)
             else:
                 start, t = run_ray(slides, model, out, 1 if "1 worker" in c else 2)
                 init.append(start)
-                for folder in out.iterdir():
-                    _tiles(folder)
+            tiles, computed = _computed(out)
             times[c].append(t)
+            compute[c].append(computed)
             loads[c].append((load0 + os.getloadavg()[0]) / 2)  # before and after
             shutil.rmtree(out, ignore_errors=True)
             print(f"repeat {r + 1}: {c}: {t:.1f} s (load {loads[c][-1]:.1f})", file=sys.stderr, flush=True)
-    return {"times": times, "loads": loads, "init": init, "tiles": tiles}
+    return {"times": times, "compute": compute, "loads": loads, "init": init, "tiles": tiles}
 
 
 def report(m: dict[str, Any], n: int, size: str, repeats: int) -> str:
@@ -144,9 +148,14 @@ def report(m: dict[str, Any], n: int, size: str, repeats: int) -> str:
     for c in CONFIGS:
         rows.append(
             f"| {c} | {med[c]:.1f} | {n * 3600 / med[c]:.0f} | {med['plain loop, 1 thread'] / med[c]:.2f}x | "
-            f"{', '.join(f'{t:.1f}' for t in m['times'][c])} | {statistics.median(m['loads'][c]):.1f} |"
+            f"{', '.join(f'{t:.1f}' for t in m['times'][c])} | {statistics.median(m['compute'][c]):.1f} | "
+            f"{statistics.median(m['loads'][c]):.1f} |"
         )
     overhead = (med["Ray, 1 worker"] - med["plain loop, 1 thread"]) / n
+    # what is not heatmap computation (writing results, loading the model, starting workers, scheduling)
+    outside = {c: statistics.median(t - s for t, s in zip(m["times"][c], m["compute"][c], strict=True))
+               for c in ("plain loop, 1 thread", "Ray, 1 worker")}
+    framework = (outside["Ray, 1 worker"] - outside["plain loop, 1 thread"]) / n
     scale = med["Ray, 1 worker"] / med["Ray, 2 workers"]
     return "\n".join([
         SECTION,
@@ -157,14 +166,17 @@ def report(m: dict[str, Any], n: int, size: str, repeats: int) -> str:
         "(1 min) is beside each row). Ray tasks declare 1 CPU each and run with 1 onnxruntime thread and "
         f"1 tile reader, like the 1-thread plain loop. Slide reader: {', '.join(sorted(READERS))}.",
         "",
-        "| configuration | cohort s | slides/hour | vs plain 1 thread | runs (s) | load avg |",
-        "|---|---|---|---|---|---|",
+        "| configuration | cohort s | slides/hour | speed vs plain 1 thread | runs (s) | heatmap compute s (sum) | load avg |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"- Starting a local Ray cluster (`ray.init`, not in the cohort times): median "
         f"{statistics.median(m['init']):.1f} s.",
-        f"- Per-slide overhead Ray adds (1 worker vs the 1-thread loop, worker start and model load "
-        f"included): {overhead:+.2f} s per slide.",
+        f"- Per-slide overhead Ray adds, wall clock (1 worker vs the 1-thread loop, worker start and model load "
+        f"included): {overhead:+.2f} s per slide; the same without the heatmap computation itself "
+        f"(cohort time - the slides' `timing.total_s`, which swings with the machine's load): "
+        f"{framework:+.2f} s per slide (outside the computation: plain {outside['plain loop, 1 thread']:.1f} s, "
+        f"Ray {outside['Ray, 1 worker']:.1f} s per cohort).",
         f"- 2 Ray workers vs 1: {scale:.2f}x (on 2 cores shared with other sessions; "
         f"the 2-core ideal is 2x).",
     ]) + "\n"
