@@ -151,7 +151,7 @@ def threshold_section(extra: dict[str, Any]) -> list[str]:
         return []
     lines = [THRESHOLD_HEADING, ""]
     rule = extra.get("threshold_rule") if isinstance(extra.get("threshold_rule"), dict) else {}
-    lines.append(f"- Operating threshold: **{thr:.4f}** (calibrated tumour probability; the app and the CLI use it by default)")
+    lines.append(f"- Operating threshold: **{thr:.4f}** (on the calibrated positive-class probability; the app and the CLI use it by default)")
     if rule:
         target = float(rule.get("target", 0.95))
         how = _RULE_TEXT.get(str(rule.get("rule")), str(rule.get("rule"))).format(miss=1 - target, target=target)
