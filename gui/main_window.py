@@ -120,7 +120,9 @@ class MainWindow(QMainWindow):
         action = QAction(icon("label"), "Review &Evaluation…", self)
         action.setStatusTip("The patches of a `metascope evaluate` folder, false positives and negatives first")
         action.triggered.connect(lambda: (self.show_view("Patch review"), self.patch_review_view.open_dialog()))
-        self.file_menu.insertAction(self.recent_menu.menuAction(), action)
+        actions = self.file_menu.actions()  # after Open Slide / Open Recent, before the first separator
+        after_recent = actions[actions.index(self.recent_menu.menuAction()) + 1]
+        self.file_menu.insertAction(after_recent, action)
         self.models_view.review_patches_requested.connect(self.review_evaluation)
 
     def review_evaluation(self, path: str | os.PathLike[str]) -> Worker:
