@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
 
     p = ex.add_parser("oneshot", help="N-way one-shot test of a Siamese model vs 1-NN",
                       description="Seeded random N-way one-shot trials (query + one support sample per type); "
-                                  "accuracy with 95%% CI for the Siamese model and 1-NN (Pearson, Euclidean).")
+                                  "accuracy with 95% CI for the Siamese model and 1-NN (Pearson, Euclidean).")
     p.add_argument("model", metavar="RUN_DIR|MODEL.onnx")
     p.add_argument("--matrix", required=True)
     _matrix_opts(p, samples_required=False)

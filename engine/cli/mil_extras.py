@@ -62,7 +62,7 @@ def register(msub: Any) -> None:
             "Train the BALNMP recipe (tanh attention, random bags of 10 tiles, slide = mean over bags, clinical "
             "fused after pooling, 6:2:2 patient split) for N0 vs N+, N0 vs N+(1-2) and N0 vs N+(>2), each image "
             "only and image + clinical, and write OUT/report.md and report.json: Youden cut-off from validation, "
-            "test AUC and accuracy with 95%% CIs, sensitivity, specificity, the age<50 subgroup and a paired "
+            "test AUC and accuracy with 95% CIs, sensitivity, specificity, the age<50 subgroup and a paired "
             "DeLong test of the AUC difference."
         ),
     )

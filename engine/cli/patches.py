@@ -116,7 +116,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
     v = sub.add_parser(
         "evaluate", help="score a model on labelled patches",
-        description="Accuracy, AUC with bootstrap 95%% CI, sensitivity, specificity, F1, confusion matrix, ROC and calibration plots.",
+        description="Accuracy, AUC with bootstrap 95% CI, sensitivity, specificity, F1, confusion matrix, ROC and calibration plots.",
     )
     v.add_argument("model", metavar="MODEL.onnx")
     v.add_argument("--data", required=True, help="labelled dataset")
@@ -147,7 +147,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         "calibrate", help="fit a model's calibration and operating threshold on labelled validation patches",
         description=(
             "Run the model on labelled validation patches, fit its calibration (temperature, optionally isotonic) "
-            "and choose its operating threshold (default: at most 5%% of the negative patches flagged); both are "
+            "and choose its operating threshold (default: at most 5% of the negative patches flagged); both are "
             "stored in the model package (and its MODEL.md card) and used by heatmaps, evaluate and predict."
         ),
     )
