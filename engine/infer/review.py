@@ -103,6 +103,8 @@ def confidence(probability: float, threshold: float) -> float:
 
 
 def _predictions_path(path: Path) -> Path:
+    if path.is_dir() and not (path / PREDICTIONS_NAME).is_file() and (path / "validation" / PREDICTIONS_NAME).is_file():
+        path = path / "validation"  # a training run folder: its validation patches (engine.train.run_evaluation)
     if path.is_dir():
         path = path / PREDICTIONS_NAME
     if not path.is_file():

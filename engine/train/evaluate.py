@@ -243,11 +243,12 @@ def _patch_sources(ds: Any) -> list[str]:
 
 def _write_predictions(
     path: Path, ds: Any, probs: np.ndarray, class_names: tuple[str, ...], labels: list[str] | None,
-    positive: int = 1, threshold: float = 0.5,
+    positive: int = 1, threshold: float = 0.5, rows: np.ndarray | None = None,
 ) -> None:
     """``id``, ``label`` (evaluation), ``p_<class>``..., ``predicted`` (binary: the positive class
     when its probability is at or above ``threshold``; multi-class: argmax), then ``source`` (the
-    image, HDF5 or slide file holding the patch) and ``index`` (the patch's row in the dataset)."""
+    image, HDF5 or slide file holding the patch) and ``index`` (the patch's row in the dataset).
+    ``rows``: the dataset rows ``probs`` (and ``labels``) belong to, in order (default: all)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     head = ["id"] + (["label"] if labels is not None else []) + [f"p_{c}" for c in class_names] + ["predicted"]
@@ -255,10 +256,10 @@ def _write_predictions(
     pred = probs.argmax(1)
     if probs.shape[1] == 2:
         pred = np.where(probs[:, positive] >= threshold, positive, 1 - positive)
-    sources = _patch_sources(ds)
-    for i, pid in enumerate(ds.ids):
-        row: list[Any] = [pid] + ([labels[i]] if labels is not None else [])
-        row += [f"{p:.6f}" for p in probs[i]] + [class_names[pred[i]], sources[i], i]
+    sources, ids = _patch_sources(ds), list(ds.ids)
+    for i, r in enumerate(range(len(ids)) if rows is None else (int(v) for v in rows)):
+        row: list[Any] = [ids[r]] + ([labels[i]] if labels is not None else [])
+        row += [f"{p:.6f}" for p in probs[i]] + [class_names[pred[i]], sources[r], r]
         w.writerow(row)
     atomic_write_text(path, buf.getvalue())
 

@@ -14,6 +14,7 @@ from typing import Any
 from engine.fileio import atomic_write_json
 
 EVALUATION_NAME = "evaluation.json"
+VALIDATION_DIR = "validation"  # the validation patches for review (predictions.csv, metrics.json)
 
 
 def evaluate_run(
@@ -74,7 +75,7 @@ def evaluate_run(
     model.eval()
     mean = torch.tensor(ck["mean"], dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(ck["std"], dtype=torch.float32).view(1, 3, 1, 1)
-    probs = np.zeros((len(val_idx), len(names)), np.float64)
+    logits = np.zeros((len(val_idx), len(names)), np.float64)
     with torch.inference_mode():
         for start in range(0, len(val_idx), batch_size):
             check_cancel(cancel)
@@ -85,9 +86,10 @@ def evaluate_run(
 
                 tiles = normalise(tiles, ck["stain_norm"])
             x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float().div_(255.0)
-            probs[start : start + len(idx)] = torch.softmax(model((x - mean) / std), dim=1).double().numpy()
+            logits[start : start + len(idx)] = model((x - mean) / std).double().numpy()
             done = start + len(idx)
             report(progress, ProgressEvent("evaluate", done, len(val_idx), f"predicting {done}/{len(val_idx)}"))
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     y = np.asarray(ds.labels, dtype=np.int64)[val_idx]
     m = classification_metrics(y, probs, positive)
     is_pos = y == positive
@@ -110,5 +112,38 @@ def evaluate_run(
         "model_file": Path(ck["source"]).name,
         "model_mtime_ns": model_stamp,
     }
+    _write_review(run, ds, cfg, ck, logits, probs, y, val_idx, result)
     atomic_write_json(run / EVALUATION_NAME, result)
     return result
+
+
+def _write_review(
+    run: Path, ds: Any, cfg: Any, ck: dict[str, Any], logits: Any, probs: Any, y: Any, val_idx: Any,
+    result: dict[str, Any],
+) -> None:
+    """``RUN_DIR/validation/``: the validation patches as ``metascope evaluate`` writes them
+    (``predictions.csv`` + ``metrics.json``), so the Patch review view and ``metascope review``
+    open a training run: calibrated probabilities and the run's operating threshold when it
+    fitted them, else softmax and 0.5."""
+    from engine.train.calibration import calibrated_probabilities
+    from engine.train.evaluate import _write_predictions
+
+    names = result["class_names"]
+    positive = result["positive_class"]
+    cal = ck.get("calibration") if isinstance(ck.get("calibration"), dict) else {}
+    threshold = float(cal.get("operating_threshold", 0.5)) if len(names) == 2 else 0.5
+    if isinstance(cal.get("calibration"), dict) and len(names) == 2:
+        probs = calibrated_probabilities(logits, cal["calibration"], positive)
+    out = run / VALIDATION_DIR
+    out.mkdir(exist_ok=True)
+    _write_predictions(out / "predictions.csv", ds, probs, tuple(names), [names[i] for i in y], positive,
+                       threshold, rows=val_idx)
+    metrics = {k: result[k] for k in ("class_names", "epoch", "n_val", "split")}
+    metrics.update(result["metrics"])
+    metrics.update({
+        "positive_class": names[positive], "threshold": threshold,
+        "threshold_source": "run operating threshold" if "operating_threshold" in cal else "default 0.5",
+        "data": {"path": str(cfg.data), "format": cfg.fmt, "mpp": cfg.mpp},
+        "source": "validation split of a training run",
+    })
+    atomic_write_json(out / "metrics.json", metrics)

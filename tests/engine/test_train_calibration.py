@@ -154,6 +154,28 @@ def test_run_evaluation_applies_the_run_stain_normalisation(run: tuple[Path, Pat
     assert res["metrics"]["auc"] > 0.9
 
 
+def test_training_run_validation_patches_open_in_patch_review(run: tuple[Path, Path]) -> None:
+    """After the run's evaluation its validation patches are reviewable like `metascope evaluate`
+    output: the run folder opens in the review, at the run's operating threshold."""
+    from engine.infer.review import PatchImages, load_review
+    from engine.train.run_evaluation import evaluate_run
+
+    res = evaluate_run(run[0])
+    review = load_review(run[0])
+    cal = json.loads((run[0] / "calibration.json").read_text())
+    assert review.folder == run[0] / "validation"
+    assert len(review.rows) == res["n_val"]
+    assert review.threshold == pytest.approx(cal["operating_threshold"])
+    assert review.metrics["source"] == "validation split of a training run"
+    assert {r.truth for r in review.rows} == set(res["class_names"])
+    assert all(Path(r.source).is_file() for r in review.rows)
+    images = PatchImages(review)
+    try:
+        assert images.read(review.rows[0]).ndim == 3
+    finally:
+        images.close()
+
+
 def test_ema_averages_weights_with_warmup() -> None:
     import torch
 
