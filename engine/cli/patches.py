@@ -39,7 +39,7 @@ _TRAIN_FIELDS = {
     "data": "data", "format": "fmt", "mpp": "mpp", "resize": "resize", "arch": "arch", "weights": "weights", "epochs": "epochs",
     "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "optimizer": "optimizer", "schedule": "schedule",
     "warmup_epochs": "warmup_epochs", "class_weighting": "class_weighting", "val_fraction": "val_fraction",
-    "split": "split", "patience": "patience", "seed": "seed", "device": "device", "workers": "num_workers",
+    "split": "split", "patience": "patience", "seed": "seed", "device": "device", "precision": "precision", "workers": "num_workers",
     "cache": "cache", "dropout": "dropout", "positive_class": "positive_class", "ema": "ema",
     "stain_norm": "stain_norm", "calibration": "calibration", "threshold_rule": "threshold_rule",
     "threshold_target": "threshold_target",
@@ -82,6 +82,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--patience", type=int, help="early stopping patience in epochs, 0 = off (default 5)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     add_device_option(p, default=None)
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="auto: float16 mixed precision on CUDA, float32 on CPU (default); fp32; fp16 (CUDA); bf16")
     p.add_argument("--workers", type=int, help="data-loading worker processes when not cached (default 0)")
     p.add_argument("--cache", choices=CACHE_MODES, help="decode patches into memory (default auto: when they fit in 4 GiB)")
     p.add_argument("--dropout", type=float, help="dropout rate for networks with dropout")

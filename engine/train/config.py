@@ -16,6 +16,7 @@ OPTIMIZERS = ("adamw", "adam")
 CLASS_WEIGHTING = ("none", "balanced")
 SPLITS = ("auto", "stratified", "grouped")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 CACHE_MODES = ("auto", "memory", "none")
 #: calibration fitted on the validation split after training (engine.train.calibration)
 CALIBRATIONS = ("temperature", "isotonic", "none")
@@ -100,7 +101,10 @@ class TrainConfig:
         patience: stop after this many epochs without a better validation AUC; 0 = never.
         seed: seeds the split, the initialisation, the shuffling and the augmentations.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. CUDA trains with
-            mixed precision and channels_last.
+            channels_last and, by default, mixed precision.
+        precision: ``"auto"`` (float16 autocast + loss scaling on CUDA, float32 on CPU),
+            ``"fp32"`` (no autocast), ``"fp16"`` (CUDA only) or ``"bf16"`` (bfloat16 autocast, no
+            loss scaling; CUDA or CPU).
         num_workers: data-loading worker processes when patches are not cached in memory.
         cache: ``"memory"`` decodes all patches once into RAM, ``"none"`` reads them every epoch,
             ``"auto"`` caches when they fit in ``cache_limit_gb``.
@@ -149,6 +153,7 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     num_workers: int = 0
     cache: str = "auto"
     cache_limit_gb: float = 4.0
@@ -189,6 +194,7 @@ class TrainConfig:
         _check(isinstance(self.patience, int) and self.patience >= 0, f"patience must be >= 0, got {self.patience!r}")
         _check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
         _check(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(isinstance(self.num_workers, int) and 0 <= self.num_workers <= 64, f"num_workers must be 0..64, got {self.num_workers!r}")
         _check(self.cache in CACHE_MODES, f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
         _check(self.cache_limit_gb > 0, f"cache_limit_gb must be positive, got {self.cache_limit_gb!r}")

@@ -29,8 +29,19 @@ from engine.train.metrics import classification_metrics
 # fields a resumed run may change; anything else must match the stored config
 RESUME_MUTABLE = (
     "epochs", "device", "num_workers", "cache", "cache_limit_gb", "log_every", "patience", "validate_data",
-    "calibration", "threshold_rule", "threshold_target",
+    "calibration", "threshold_rule", "threshold_target", "precision",
 )
+
+
+def _autocast_dtype(precision: str, use_cuda: bool, torch: Any) -> Any:
+    """The autocast dtype for ``TrainConfig.precision`` on this device, or ``None`` (float32)."""
+    if precision == "fp16" and not use_cuda:
+        raise ConfigError("--precision fp16 needs a CUDA GPU (use bf16 or fp32 on the CPU)")
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16" or (precision == "auto" and use_cuda):
+        return torch.float16
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +205,9 @@ class _Run:
             torch.backends.cudnn.benchmark = True
         else:
             self.device = torch.device("cpu")
-        self.amp = self.use_cuda
+        self.amp_dtype = _autocast_dtype(self.cfg.precision, self.use_cuda, torch)
+        self.amp = self.amp_dtype is not None
+        self.loss_scaling = self.amp_dtype is torch.float16  # bfloat16 has float32's range
 
     def state(self, status: str, **extra: Any) -> None:
         if self.dist.is_main:
@@ -420,7 +433,7 @@ def _loop(
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, total_steps, warmup))
-    scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.loss_scaling)
 
     labels_all = np.asarray(ds.labels, dtype=np.int64)
     counts = np.bincount(labels_all[train_idx], minlength=num_classes).astype(np.float64)
@@ -466,7 +479,7 @@ def _loop(
     train_labels = torch.from_numpy(labels_all[train_idx])
 
     info = {
-        "arch": cfg.arch, "device": str(device), "amp": run.amp, "world_size": dist.world_size,
+        "arch": cfg.arch, "device": str(device), "amp": run.amp, "precision": str(run.amp_dtype or torch.float32).removeprefix("torch."), "world_size": dist.world_size,
         "n_train": int(train_idx.size), "n_val": int(val_idx.size), "class_names": list(class_names),
         "steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs, "cached": use_cache,
         "params": int(sum(p.numel() for p in model.parameters())), "split": data_summary["split"],
@@ -524,7 +537,7 @@ def _loop(
             if cfg.augment.enabled:
                 x = augment_batch(x, cfg.augment, batch_generator(cfg.seed, epoch, step), global_n, offset)
             x = normalise(x)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=run.amp):
+            with torch.autocast(device_type=device.type, dtype=run.amp_dtype or torch.float16, enabled=run.amp):
                 logits = net(x)
             ce = torch.nn.functional.cross_entropy(logits.float(), yb, reduction="none")
             wsum = (ce * class_w[yb]).sum()
@@ -743,7 +756,7 @@ def _validate(run: _Run, net: Any, src: Any, labels: np.ndarray, to_input: Any, 
         for k, xb in enumerate(src.batches(positions)):
             if run.cancel is not None and run.cancel.cancelled and not run.dist.distributed:
                 raise Cancelled("cancelled by user")
-            with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.amp):
+            with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype or torch.float16, enabled=run.amp):
                 # the DDP wrapper is bypassed for inference: no gradient sync needed
                 module = net.module if hasattr(net, "module") else net
                 logits = module(normalise(to_input(xb)))
