@@ -98,6 +98,7 @@ COMMON_EXCLUDES = (
     "PySide6.QtCharts",
     "PySide6.QtMultimedia",
     "readline",  # interactive prompt only; links libreadline/libtinfo
+    "ray",  # cohorts on a cluster (`--ray`, the distributed extra) run from a pip install, not the app
     "sqlite3",
     "_sqlite3",
     "PIL._avif",  # AVIF images: not a slide or patch format (libavif is 5 MB)
