@@ -161,7 +161,8 @@ class FoldTrainer:
             # small studies: leaves of at most 5% of the training samples, so trees can still split
             leaf = min(c.gbm_min_samples_leaf, max(5, len(self.idx["train"]) // 20))
             return build_gbm(c.gbm_learning_rate, c.gbm_max_leaf_nodes, leaf, c.gbm_l2, c.seed,
-                             len(self.pre.numeric), len(self.pre.categorical))
+                             len(self.pre.numeric), len(self.pre.categorical), c.gbm_members, c.gbm_subsample,
+                             c.gbm_max_features)
         embed_col = self.data.table.roles.get("detailed_type")
         if c.model == "dense_embed" and embed_col not in self.pre.categorical:
             embed_col = self.data.table.roles.get("tumour_type")
@@ -191,7 +192,10 @@ class FoldTrainer:
         if self.cfg.model == "gbm":
             x = self.pre.tree_matrix(self.num[tr], self.codes[tr])
             self.model.max_iter = epoch * self.cfg.gbm_iter_per_epoch
-            self.model.fit(x, y)
+            if hasattr(self.model, "members"):  # members on their own shares of the training patients
+                self.model.fit(x, y, groups=np.asarray(self.data.patients)[tr])
+            else:  # a checkpoint of an older run: one classifier
+                self.model.fit(x, y)
             self.log.step(epoch=epoch, step=1, steps=1, fold=self.fold.index, iterations=self.model.n_iter_)
             return _loss_auc(y, self.model.predict_proba(x)[:, 1])[0]
         import torch

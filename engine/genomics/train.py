@@ -61,6 +61,9 @@ class GenomicsTrainConfig:
     gbm_min_samples_leaf: int = 40
     gbm_l2: float = 10.0
     gbm_iter_per_epoch: int = 25
+    gbm_members: int = 5
+    gbm_subsample: float = 0.85
+    gbm_max_features: float = 1.0
     min_gene_freq: float = 0.02
     max_genes: int = 300
     max_samples: int = 0
@@ -83,6 +86,8 @@ class GenomicsTrainConfig:
             raise ConfigError("epochs >= 0, batch_size >= 1, lr > 0, patience >= 0, cpu_threads >= 1")
         if not 0 <= self.dropout < 1 or self.embed_dim < 1 or any(h < 1 for h in self.hidden):
             raise ConfigError("dropout in [0, 1), embed_dim >= 1, hidden sizes >= 1")
+        if self.gbm_members < 1 or not 0 < self.gbm_subsample <= 1 or not 0 < self.gbm_max_features <= 1:
+            raise ConfigError("gbm_members >= 1, gbm_subsample and gbm_max_features in (0, 1]")
         if self.max_samples < 0 or self.n_boot < 0 or self.explain_top < 0:
             raise ConfigError("max_samples, n_boot and explain_top must be >= 0")
 

@@ -166,3 +166,24 @@ def test_export_command_dispatches_on_kind(gbm_run: Path, tmp_path: Path) -> Non
     meta = read_metadata(out)
     assert meta.task == "genomics_classifier" and meta.class_names == ("Primary", "Metastasis")
     assert meta.extra["preprocessing"]["numeric"]
+
+
+def test_gbm_bag_members_and_one_tree_ensemble(gbm_run: Path) -> None:
+    """The default gbm is a bag of members on different patient shares; the package's single
+    TreeEnsemble scores the members' mean raw score."""
+    import pickle
+
+    from engine.genomics.models import GbmBag
+
+    ck = pickle.loads((gbm_run / "checkpoints" / "fold_0_best.pkl").read_bytes())
+    bag = ck["model"]
+    assert isinstance(bag, GbmBag) and len(bag.members) == GenomicsTrainConfig(study="x").gbm_members > 1
+    groups = np.repeat(np.arange(40), 2)
+    shares = [set(groups[bag.member_rows(k, groups, len(groups))]) for k in range(len(bag.members))]
+    assert all(len(s) == round(bag.keep * 40) for s in shares) and len({frozenset(s) for s in shares}) == len(shares)
+    x = np.random.default_rng(0).normal(size=(5, bag.members[0].n_features_in_))
+    if bag.members[0].is_categorical_ is not None:
+        x[:, bag.members[0].is_categorical_] = np.nan  # category codes: missing
+    raw = np.mean([m.decision_function(x) for m in bag.members], axis=0)
+    assert np.allclose(bag.predict_proba(x)[:, 1], 1 / (1 + np.exp(-raw)))
+    assert np.allclose(list(bag.staged_decision_function(x))[-1], raw)
