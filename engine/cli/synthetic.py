@@ -88,7 +88,14 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
     t.add_argument("--categorical", default="", help="covariates to treat as categorical")
     t.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="train on this subset (repeatable)")
     t.add_argument("--holdout", type=float, default=0.2, help="fraction held out for realism (default 0.2)")
-    t.add_argument("--epochs", type=int, default=None, help="epochs (default 60)")
+    t.add_argument(
+        "--epochs", type=int, default=None,
+        help="epochs (default: 60, or 120 from 200 training samples on)",
+    )
+    t.add_argument(
+        "--time-budget", type=float, default=None, metavar="SECONDS",
+        help="stop training after this much optimisation CPU time, even before --epochs (default 420; 0: no limit)",
+    )
     t.add_argument(
         "--steps-per-epoch", type=int, default=None,
         help="generator steps per epoch, each after 5 critic steps (default 50, whatever the sample count)",
@@ -180,6 +187,8 @@ def _train(args: argparse.Namespace) -> int:
             for name in ("epochs", "steps_per_epoch", "batch_size", "lr"):
                 if getattr(args, name) is not None:
                     kw[name] = getattr(args, name)
+            if args.time_budget is not None:
+                kw["time_budget_s"] = args.time_budget
             cfg = WganTrainConfig(
                 matrix=str(Path(args.matrix).resolve()),
                 samples=str(Path(args.samples).resolve()) if args.samples else "",

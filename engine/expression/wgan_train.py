@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from engine.train.runfolder import (
 RUN_KIND = "wgan"
 SPLIT_NAME = "split.json"
 MAX_GENES_WITHOUT_LIST = 2000
+MAX_ABSENT_GENES = 0.1  # listed genes that may be absent from the matrix (left out, with a note)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,8 @@ class WganTrainConfig:
         where: ``COL=VALUE`` (or ``COL=V1,V2``) filters: train on that subset only.
         patient_column: held-out split by this column when present (``patient``).
         holdout: fraction of real samples (patients) held out of training for realism.
-        epochs, steps_per_epoch: length of training (generator steps = epochs * steps_per_epoch).
+        epochs, steps_per_epoch: length of training (generator steps = epochs * steps_per_epoch);
+            ``epochs`` 0 (the default): :func:`auto_epochs` of the training sample count.
         batch_size, n_critic, gp_lambda, lr, beta1, beta2: WGAN-GP settings (Gulrajani et al.).
         noise_dim, hidden, embed_dim: model sizes.
         ema: exponential moving average of the generator weights (0: off); the average is exported.
@@ -70,9 +72,10 @@ class WganTrainConfig:
         floor_clip: when the matrix has a detection floor (e.g. -2 or 0, see
             :func:`engine.expression.wgan.detect_floor`), clip generated values there during
             training too (straight-through gradient); generated profiles are always clipped.
-        time_budget_s: stop at the end of the epoch where the optimisation time (over resumes)
-            reaches this many seconds, even before ``epochs`` (0: no budget); the realism
-            report and export follow as usual.
+        time_budget_s: stop at the end of the epoch where the optimisation time (CPU seconds of
+            the training process, over resumes: wall time on an idle machine, not stretched by
+            other programs' load) reaches this many seconds, even before ``epochs`` (0: no
+            budget); calibration, the realism report and export follow as usual.
         calibrate: after training, match the generated per-gene mean and standard deviation to
             the training samples' (within each group when ``group_scale`` found one), folded into
             the inverse standardisation (:func:`engine.expression.wgan_loop.calibrate_moments`).
@@ -88,7 +91,7 @@ class WganTrainConfig:
     where: tuple[str, ...] = ()
     patient_column: str = "patient"
     holdout: float = 0.2
-    epochs: int = 60
+    epochs: int = 0
     steps_per_epoch: int = 50
     batch_size: int = 64
     n_critic: int = 5
@@ -102,7 +105,7 @@ class WganTrainConfig:
     ema: float = 0.999
     floor_clip: bool = True
     group_scale: str = "auto"
-    time_budget_s: float = 0.0
+    time_budget_s: float = 420.0
     calibrate: bool = True
     gamma_every: int = 5
     seed: int = 0
@@ -113,7 +116,9 @@ class WganTrainConfig:
             raise ConfigError("train wgan needs --matrix")
         if not 0.0 < self.holdout < 0.9:
             raise ConfigError(f"--holdout must be in (0, 0.9), got {self.holdout}")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "n_critic", "noise_dim", "embed_dim", "cpu_threads"):
+        if self.epochs < 0:
+            raise ConfigError("epochs must be >= 1 (or 0: chosen from the sample count)")
+        for name in ("steps_per_epoch", "batch_size", "n_critic", "noise_dim", "embed_dim", "cpu_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         if not self.hidden or any(h < 1 for h in self.hidden):
@@ -155,6 +160,17 @@ class WganTrainConfig:
             return cls(**kw)
         except TypeError as exc:
             raise ConfigError(f"invalid WGAN training config: {exc}") from exc
+
+
+#: Epochs chosen by :func:`auto_epochs` (``epochs`` 0): small cohorts, cohorts of several hundred.
+AUTO_EPOCHS = (60, 120)
+AUTO_EPOCHS_LARGE = 200  # training samples from which the longer schedule is used
+
+
+def auto_epochs(n_train: int) -> int:
+    """The default training length: 60 epochs under 200 training samples, 120 from 200 on (a
+    bigger cohort, often of several groups, keeps improving longer; the time budget caps it)."""
+    return AUTO_EPOCHS[1] if n_train >= AUTO_EPOCHS_LARGE else AUTO_EPOCHS[0]
 
 
 def parse_where(text: str) -> tuple[str, list[str]]:
@@ -243,7 +259,11 @@ def load_subset(cfg: WganTrainConfig) -> tuple[np.ndarray, list[str], list[str],
     if cfg.genes:
         wanted = list(dict.fromkeys(read_gene_list(cfg.genes)))
         cols, absent = match_genes(m.genes, wanted)
-        if absent:
+        if absent and len(absent) <= MAX_ABSENT_GENES * len(wanted) and len(cols) >= 3:
+            # a list made on another platform: a few of its genes are missing here
+            notes.append(f"{len(absent)} of {len(wanted)} listed genes are not in the matrix and were left out "
+                         f"(e.g. {', '.join(absent[:5])})")
+        elif absent:
             raise DatasetError(
                 f"{len(absent)} of {len(wanted)} listed genes are not in the matrix (e.g. {', '.join(absent[:5])}; "
                 f"matrix genes e.g. {', '.join(m.genes[:3])})"
@@ -383,6 +403,8 @@ def _train_locked(
     write_state(run, "running", epoch=0, epochs=cfg.epochs)
     try:
         data, split = prepare_data(cfg, run, resume)
+        if cfg.epochs == 0:  # saved resolved in config.json, so a resume trains to the same length
+            cfg = replace(cfg, epochs=auto_epochs(len(data.train_idx)))
         if not (resume and (run / SPLIT_NAME).is_file()):
             atomic_write_json(run / CONFIG_NAME, {"kind": RUN_KIND, "config": cfg.to_dict()})
         loop = WganLoop(cfg, data, run, log)

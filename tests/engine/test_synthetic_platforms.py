@@ -77,7 +77,7 @@ def test_counts_platform_end_to_end(tmp_path: Path) -> None:
     from engine.expression.wgan_train import WganTrainConfig, train_wgan
 
     rng = np.random.default_rng(1)
-    n, g = 48, 7
+    n, g = 48, 10
     group = np.array(["x", "y"] * (n // 2))
     logx = _log_profiles(n, g, 2) + (group == "y")[:, None] * 3.0
     counts = rng.poisson(np.exp2(logx - 3)).astype(int)
@@ -86,14 +86,19 @@ def test_counts_platform_end_to_end(tmp_path: Path) -> None:
     samples = [f"S{i:03d}" for i in range(n)]
     pd.DataFrame(counts.T, index=pd.Index(genes, name="gene_id"), columns=samples).to_csv(tmp_path / "m.tsv", sep="\t")
     pd.DataFrame({"sample": samples, "group": group}).to_csv(tmp_path / "s.tsv", sep="\t", index=False)
-    (tmp_path / "genes.txt").write_text("\n".join(f"ensg{j:011d}" for j in range(g)) + "\n")
+    # the list (made elsewhere) has no versions, other case, and one gene this platform lacks
+    (tmp_path / "genes.txt").write_text("\n".join([*(f"ensg{j:011d}" for j in range(g)), "NOTONTHISPLATFORM"]) + "\n")
     cfg = WganTrainConfig(matrix=str(tmp_path / "m.tsv"), samples=str(tmp_path / "s.tsv"), genes=str(tmp_path / "genes.txt"),
                           covariates=("group",), epochs=2, steps_per_epoch=3, batch_size=16, hidden=(16,), noise_dim=4,
                           gamma_every=0)
     run = tmp_path / "run"
     train_wgan(cfg, run)
     split = json.loads((run / "split.json").read_text())
-    assert split["value_transform"] == {"kind": "log2p1", "integer": True}
+    assert split["value_transform"] == {"kind": "log2p1", "integer": True} and len(split["genes"]) == g
+    from engine.train.runfolder import read_events
+
+    started = next(e for e in read_events(run)[0] if e["event"] == "run_started")
+    assert started["scale"].startswith("counts") and "NOTONTHISPLATFORM" in started["notes"][0]
     syn = generate(run, n=30, fixed={"group": "y"})
     assert syn.values.min() >= 0 and np.array_equal(syn.values, np.round(syn.values))  # whole counts
     assert syn.genes == [f"ENSG{j:011d}" for j in range(g)]
@@ -149,7 +154,9 @@ def test_calibrate_moments_matches_training_moments() -> None:
 
 
 def test_time_budget_stops_early(tmp_path: Path) -> None:
-    from engine.expression.wgan_train import WganTrainConfig, train_wgan
+    from engine.expression.wgan_train import WganTrainConfig, auto_epochs, train_wgan
+
+    assert auto_epochs(50) == 60 and auto_epochs(400) == 120 and WganTrainConfig(matrix="m").epochs == 0
     from engine.train.runfolder import read_events
 
     x = _log_profiles(30, 5, 5)

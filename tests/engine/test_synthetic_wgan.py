@@ -204,4 +204,4 @@ def test_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         err = capsys.readouterr().err
         assert err.startswith("error: ") and msg in err, (argv, err)
     with pytest.raises(ConfigError):
-        _cfg(tmp_path, epochs=0)
+        _cfg(tmp_path, epochs=-1)  # 0 means: chosen from the sample count
