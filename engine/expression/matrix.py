@@ -300,7 +300,8 @@ def _detect_scale(values: np.ndarray, log: str) -> tuple[np.ndarray, str]:
         sd = float(positive.std())
         skew = float(np.mean(((positive - positive.mean()) / sd) ** 3)) if sd > 0 else 0.0
         if skew > 3.0:
-            return np.log2(values + 1.0), f"linear (skewness {skew:.1f}): log2(x+1) applied"
+            kind = "counts" if integer > 0.99 else "linear"
+            return np.log2(values + 1.0), f"{kind} (skewness {skew:.1f}): log2(x+1) applied"
     return values, "log (as given)"
 
 

@@ -36,6 +36,7 @@ def _log_profiles(n: int = 40, genes: int = 8, seed: int = 0) -> np.ndarray:
         (lambda x: np.round(np.exp2(x) * 3), "counts"),  # RNA-seq counts
         (lambda x: np.exp2(x) / 10, "linear"),  # TPM-like, not logged
         (lambda x: np.exp2(x - 9), "linear"),  # low TPM of a few genes: max < 30 but heavily skewed
+        (lambda x: np.round(np.exp2(x - 9) * 2), "counts"),  # low counts: max < 30, skewed, whole numbers
         (lambda x: x, "log"),  # microarray log2 intensities, no floor
         (lambda x: np.maximum(x - 6, -2), "log"),  # floored log2 RNA-seq (negative values)
     ],
