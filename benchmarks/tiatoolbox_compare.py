@@ -329,7 +329,7 @@ def measure(venv: Path, slide: Path, onnx_path: Path, weights: Path, repeats: in
               f"ratio {row['ratio']:.2f}; a {p['a']:.0f} (OpenSlide {p['a_os']:.0f}) b {p['b']:.0f} c {p['c']:.0f} "
               f"L {p['L']:.0f} c/L {p['c_L']:.2f}; load {row['load'][0]:.2f}-{row['load'][1]:.2f}",
               file=sys.stderr, flush=True)
-    return {"rows": rows, "plan_tiles": int(plan.n_tiles), "grid": list(plan.grid_shape), "level": plan.level,
+    return {"run": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "plan_tiles": int(plan.n_tiles), "grid": list(plan.grid_shape), "level": plan.level,
             "read_size": plan.read_size}
 
 
@@ -362,7 +362,7 @@ def report_markdown(m: dict[str, Any], versions: dict[str, str], note: str) -> s
     lines = [
         SECTION,
         "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M')} with `benchmarks/tiatoolbox_compare.py` on: {cpu_name()}; "
+        f"Run {m.get('run', '?')} (UTC, end) with `benchmarks/tiatoolbox_compare.py` on: {cpu_name()}; "
         f"{available_cores()} cores available; Python {platform.python_version()}; MetaScope: onnxruntime "
         f"{onnxruntime.__version__}; TIAToolbox {versions['tiatoolbox']} on torch {versions['torch']} / torchvision "
         f"{versions['torchvision']} (its own venv, {r0['tia0']['torch_threads']} torch threads).",

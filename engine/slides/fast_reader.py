@@ -191,7 +191,9 @@ def open_fast(slow: SlideReader, path: str | os.PathLike[str]) -> SlideReader:
     differ = [i for i, (p, ok) in enumerate(zip(pages, exact, strict=True)) if p is not None and not ok]
     if differ:
         log.info("%s: level(s) %s read with OpenSlide (tifffile pixels differ)", path, differ)
-    return FastTiffReader(slow, fast, exact)
+    reader = FastTiffReader(slow, fast, exact)
+    log.info("%s: pixels decoded by %s", path, reader.backend_description())
+    return reader
 
 
 def _matching_pages(path: str, level_dimensions: tuple[tuple[int, int], ...]) -> list[int | None]:
