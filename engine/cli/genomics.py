@@ -74,6 +74,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
                    help="gbm (boosted trees, default: best in 5-fold CV on msk_met_2021), dense or dense_embed")
     t.add_argument("--folds", type=int, default=0, help="K >= 2: K-fold CV with pooled out-of-fold results (default: one split)")
     t.add_argument("--epochs", type=int, default=0, help="epochs (default dense 40; gbm 12 x 25 boosting iterations)")
+    t.add_argument("--gbm-members", type=int, default=5,
+                   help="gbm: boosted-tree members averaged, each on its own 85%% of the training patients (default 5; 1: one model)")
     t.add_argument("--features", choices=("clinical", "mutations", "all"), default="all")
     t.add_argument("--max-samples", type=int, default=0, help="use a random subset of this many samples (0: all)")
     t.add_argument("--no-final-fit", action="store_true", help="export the best fold instead of a final model on all patients")
@@ -133,7 +135,7 @@ def _train(args: argparse.Namespace) -> int:
         study=args.study or "(from the run folder)", model=args.model, features=args.features, label_column=args.label_column,
         positive=args.positive, drop_columns=_cols(args.drop_columns), folds=args.folds, epochs=args.epochs,
         max_samples=args.max_samples, final_fit=not args.no_final_fit, seed=args.seed, cpu_threads=args.threads,
-        n_boot=args.bootstrap,
+        n_boot=args.bootstrap, gbm_members=args.gbm_members,
     )
     bar = TerminalProgress()
     try:

@@ -63,7 +63,7 @@ class GenomicsTrainConfig:
     gbm_iter_per_epoch: int = 25
     gbm_members: int = 5
     gbm_subsample: float = 0.85
-    gbm_max_features: float = 1.0
+    gbm_max_features: float = 0.5
     min_gene_freq: float = 0.02
     max_genes: int = 300
     max_samples: int = 0
