@@ -102,16 +102,20 @@ def test_large_jpeg_opens_through_pyramid_cache(tmp_path: Path, monkeypatch: pyt
 
 def test_builtin_extractors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from engine.mil.features import load_extractor
+    from engine.modelpkg import read_metadata
     from engine.paths import resources_dir
 
     assert main(["mil", "extractor", "--builtin", "stats", "--out", str(tmp_path / "s.onnx"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["feature_dim"] == 16
     assert main(["mil", "extractor", "--builtin", "pcam-starter", "--out", str(tmp_path / "p.onnx"), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["feature_dim"] == 64 and rep["input_size"] == 64
+    # the shipped starter model's penultimate layer, at the starter model's input size
+    starter = read_metadata(resources_dir() / "models" / "pcam-starter.onnx")
+    assert rep["input_size"] == starter.input_size and rep["feature_dim"] >= 16
     ext = load_extractor(tmp_path / "p.onnx", device="cpu")
     assert ext.metadata.task == "feature_extractor"
-    assert ext.run(np.zeros((2, 3, 64, 64), np.float32)).shape == (2, 64)
+    side = starter.input_size
+    assert ext.run(np.zeros((2, 3, side, side), np.float32)).shape == (2, rep["feature_dim"])
     shipped = load_extractor(resources_dir() / "models" / "colour-texture-stats.onnx", device="cpu")
     assert shipped.feature_dim == 16
     assert main(["mil", "extractor", "--backbone", "vgg16_bn", "--out", str(tmp_path / "v.onnx")]) == 2

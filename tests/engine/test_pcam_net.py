@@ -34,13 +34,13 @@ def test_logits_features_and_any_input_size(arch: str, size: int, dim: int) -> N
 def test_residual_blocks_start_as_identity_and_a_step_learns() -> None:
     torch.manual_seed(0)
     model = build_model("pcam_resnet_s", 2, 32)
-    assert all(float(b.bn2.weight.abs().sum()) == 0.0 for b in model.body)
+    assert all(float(b.bn2.weight.detach().abs().sum()) == 0.0 for b in model.body)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     x, y = torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4)
     first = None
     for _ in range(5):
         loss = torch.nn.functional.cross_entropy(model(x), y)
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
