@@ -2,7 +2,7 @@
 
 - ``--builtin stats``: the colour / texture statistics extractor (:mod:`engine.mil.extractor`),
   16 features, no weights. Also shipped as ``resources/models/colour-texture-stats.onnx``.
-- ``--builtin pcam-starter``: the penultimate layer (64 features) of the shipped PCam starter
+- ``--builtin pcam-starter``: the penultimate layer (128 features) of the shipped PCam starter
   patch model ``resources/models/pcam-starter.onnx``, cut out of its ONNX graph.
 - ``--backbone vgg16_bn|resnet18|resnet34 --weights FILE``: a torchvision-compatible ImageNet
   checkpoint the user has locally (BALNMP's published backbone is VGG16-BN), exported with its
@@ -24,7 +24,7 @@ from engine.modelpkg import ModelMetadata
 
 BUILTINS = {
     "stats": "colour / texture statistics (16 features, no weights)",
-    "pcam-starter": "penultimate layer of the shipped PCam starter patch model (64 features)",
+    "pcam-starter": "penultimate layer of the shipped PCam starter patch model (128 features)",
 }
 BACKBONES = ("vgg16_bn", "resnet18", "resnet34")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

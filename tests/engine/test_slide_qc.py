@@ -1,6 +1,6 @@
 """Slide QC (issue 16): damaged tiles, stain check, artefacts, ``metascope qc``.
 
-Small generated slides (1536 px at 0.5 um/px, the starter model's 64 px tiles at 1.458 um/px:
+Small generated slides (1536 px at 0.5 um/px, 64 px tiles at 1.458 um/px, the first starter model's grid:
 a 9 x 9 grid) keep every test to a fraction of a second after the module fixtures.
 """
 
