@@ -316,11 +316,14 @@ def value_transform(scale: str) -> dict:
 
 def inverse_value_transform(values: np.ndarray, transform: dict | None) -> np.ndarray:
     """Log-scale values back on the input matrix's scale (exact inverse of :func:`_detect_scale`:
-    ``2**x - 1``, never below 0, rounded to whole numbers for counts)."""
+    ``2**x - 1``, never below 0, rounded to whole numbers for counts, or floored when the
+    generator was trained on dequantised counts, ``"dequantized": True``)."""
     if not transform or transform.get("kind") != "log2p1":
         return values
     out = np.maximum(np.exp2(np.asarray(values, np.float64)) - 1.0, 0.0)
-    if transform.get("integer"):
+    if transform.get("dequantized"):  # trained on log2(count + U(0, 1) + 1)
+        out = np.floor(out)
+    elif transform.get("integer"):
         out = np.round(out)
     return out.astype(np.float32)
 

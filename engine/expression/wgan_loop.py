@@ -82,8 +82,19 @@ class WganLoop:
         self.spec = CovariateSpec.fit(data.covariates.iloc[tr], list(cfg.covariates), cfg.categorical)
         self.scaler = GeneScaler.fit(data.values[tr])
         num, codes, _ = self.spec.encode(data.covariates.iloc[tr].reset_index(drop=True))
-        self.group = self._group_scaler(data.values[tr], codes)
-        self.floor = detect_floor(data.values[tr])
+        # counts: train on dequantised log2(count + U(0,1) + 1), a fresh U every batch, and
+        # generate floor(2^y - 1): whole counts again, without gaps a classifier could see
+        self.transform = dict(data.transform)
+        self.counts = None
+        values = data.values[tr]
+        if cfg.dequantize and self.transform.get("kind") == "log2p1" and self.transform.get("integer"):
+            self.transform["dequantized"] = True
+            counts = np.clip(np.round(np.exp2(values.astype(np.float64)) - 1.0), 0, None)
+            self.counts = torch.from_numpy(counts.astype(np.float32))
+            values = np.log2(counts + np.random.default_rng(cfg.seed + 17).random(counts.shape) + 1.0).astype(np.float32)
+        self.fit_values = values  # what the scaling and the calibration are fitted on
+        self.group = self._group_scaler(values, codes)
+        self.floor = None if self.counts is not None else detect_floor(values)
         # the floor per group and gene in standardised units: generated values are clipped there in
         # training too (straight-through gradient), so the critic compares point masses with point masses
         self.floor_z = (
@@ -91,8 +102,11 @@ class WganLoop:
             if self.floor is not None and cfg.floor_clip
             else None
         )
-        self.x = torch.from_numpy(self.group.transform(data.values[tr], codes))
+        self.x = torch.from_numpy(self.group.transform(values, codes))
         self.num, self.codes = torch.from_numpy(num), torch.from_numpy(codes)
+        rows = codes[:, self.group.code_index] if self.group.column is not None else np.zeros(len(codes), dtype=int)
+        self.row_mean = torch.from_numpy(self.group.mean[rows].astype(np.float32))
+        self.row_std = torch.from_numpy(self.group.std[rows].astype(np.float32))
         torch.manual_seed(cfg.seed)
         self.gen, self.critic = build_models(len(data.genes), self.spec, cfg.model_config())
         self.gen_ema = copy.deepcopy(self.gen).eval() if cfg.ema > 0 else None
@@ -142,7 +156,7 @@ class WganLoop:
             "scaler": self.scaler.to_dict(),
             "group_scaler": self.group.to_dict(),
             "floor": self.floor,
-            "value_transform": self.data.transform,
+            "value_transform": self.transform,
             "model_config": self.cfg.model_config(),
             "history": self.history,
             "train_seconds": self.train_seconds,
@@ -168,6 +182,10 @@ class WganLoop:
     def _batch(self) -> tuple[Any, Any, Any]:
         n = self.x.shape[0]
         idx = self.torch.from_numpy(self.rng.choice(n, size=min(self.cfg.batch_size, n), replace=False))
+        if self.counts is not None:
+            c = self.counts[idx]
+            y = self.torch.log2(c + self.torch.rand(c.shape) + 1.0)
+            return (y - self.row_mean[idx]) / self.row_std[idx], self.num[idx], self.codes[idx]
         return self.x[idx], self.num[idx], self.codes[idx]
 
     def _noise(self, n: int) -> Any:
@@ -296,6 +314,10 @@ class WganLoop:
         rng = np.random.default_rng(seed)
         idx = rng.choice(self.x.shape[0], size=n, replace=n > self.x.shape[0])
         x = self.group.inverse(self._standardised(idx, seed), self.codes.numpy()[idx])
+        if self.counts is not None:  # whole counts, on the reader's log2(count + 1) scale
+            from engine.expression.matrix import inverse_value_transform
+
+            return np.log2(inverse_value_transform(x, self.transform).astype(np.float64) + 1.0).astype(np.float32)
         return x if self.floor is None else np.maximum(x, np.float32(self.floor))
 
     def _standardised(self, rows: np.ndarray, seed: int) -> np.ndarray:
@@ -314,7 +336,7 @@ class WganLoop:
         if not self.cfg.calibrate:
             return
         self.group = calibrate_moments(
-            self._standardised, self.codes.numpy(), self.data.values[self.data.train_idx], self.group, self.floor,
+            self._standardised, self.codes.numpy(), self.fit_values, self.group, self.floor,
             seed=self.cfg.seed + 999,
         )
         self.log.write("calibrated", message="generated per-gene mean / sd matched to the training samples"

@@ -79,6 +79,9 @@ class WganTrainConfig:
         calibrate: after training, match the generated per-gene mean and standard deviation to
             the training samples' (within each group when ``group_scale`` found one), folded into
             the inverse standardisation (:func:`engine.expression.wgan_loop.calibrate_moments`).
+        dequantize: on counts, train on log2(count + U(0, 1) + 1) (fresh uniform noise every batch)
+            and generate ``floor(2^y - 1)``: generated counts are whole numbers with the real
+            distribution over them (no floor clipping then).
         gamma_every: a live gamma on the held-out samples every this many epochs (0: never).
         seed, cpu_threads: random seed and torch threads.
     """
@@ -107,6 +110,7 @@ class WganTrainConfig:
     group_scale: str = "auto"
     time_budget_s: float = 420.0
     calibrate: bool = True
+    dequantize: bool = True
     gamma_every: int = 5
     seed: int = 0
     cpu_threads: int = 1
@@ -410,7 +414,7 @@ def _train_locked(
         loop = WganLoop(cfg, data, run, log)
         split["covariate_spec"] = loop.spec.to_dict()
         split["train_covariates"] = training_rows(data)
-        split["value_transform"] = data.transform
+        split["value_transform"] = loop.transform
         atomic_write_json(run / SPLIT_NAME, split)
         loop.train(progress, cancel)
         loop.calibrate()

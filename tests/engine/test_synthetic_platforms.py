@@ -95,7 +95,8 @@ def test_counts_platform_end_to_end(tmp_path: Path) -> None:
     run = tmp_path / "run"
     train_wgan(cfg, run)
     split = json.loads((run / "split.json").read_text())
-    assert split["value_transform"] == {"kind": "log2p1", "integer": True} and len(split["genes"]) == g
+    assert split["value_transform"] == {"kind": "log2p1", "integer": True, "dequantized": True}
+    assert len(split["genes"]) == g
     from engine.train.runfolder import read_events
 
     started = next(e for e in read_events(run)[0] if e["event"] == "run_started")
