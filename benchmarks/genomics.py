@@ -61,13 +61,14 @@ NOTES = [
     "ONP / INS / DEL from the alleles, substitution classes, mean t_ref / t_alt / depth, VAF, end-start span) + "
     "indicators of genes mutated in >= 2% of samples (missing where inferred absent from the sample's panel).",
     "",
-    "What moved the AUC (same 5 folds): bagging +0.005 (gbm-single 0.743 -> bag 0.748); everything else within "
+    "What moved the AUC (same 5 folds): bagging +0.005 (gbm-single 0.743 -> bag 0.748; the same bag with other "
+    "random member shares gave 0.746, so the members' draw alone moves it by about 0.002); everything else within "
     "+-0.001 of the bag: half the features per split (kept: same AUC in half the time), 10 members, learning rate "
     "0.05 with more iterations. Screened with a single gbm (160 iterations, same folds, scratch script, not in the "
     "table): in-fold gene x tumour-type target statistics (per sample the sum / max / min of the smoothed log-odds "
     "shifts of its mutated genes within its tumour type, estimated on the training patients only, with inner "
-    "5-fold cross-fitting for the training rows) 0.746 vs 0.743: +0.003, not built (it needs a label-fitted table "
-    "in the package and cross-fitting in the trainer, for a gain at the fold-to-fold noise level); mutation counts "
+    "5-fold cross-fitting for the training rows) 0.746 vs 0.743 for a single gbm, but 0.7462 vs 0.7463 on top of a 5-member bag (so not built: "
+    "it would need a label-fitted table in the package and cross-fitting in the trainer); mutation counts "
     "in 13 curated pathways (RTK-RAS, PI3K, TP53, cell cycle, WNT, NOTCH, Hippo, MYC, TGF-beta, NRF2, chromatin, DNA "
     "repair, hormone receptor) 0.7435: no gain. Earlier 3-fold screens (no gain, within +-0.003): recurrent "
     "positions, per-gene indel indicators, per-gene counts, mutations per panel gene, VAF spread, 31 leaves. The "
