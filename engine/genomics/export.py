@@ -6,9 +6,10 @@ One ONNX file, built node by node with ``onnx.helper`` (no torch exporter, no sk
   unseen category); output ``probabilities (N, 2)``;
 - networks: median imputation, log1p of long-tailed counts, standardisation, missing indicators and the category tables
   (one-hot or the learned embedding) inside the graph, then Gemm/Relu layers and Softmax;
-- boosted trees: an ``ai.onnx.ml.TreeEnsemble`` (opset 5) with ``<=`` splits on numbers and
-  set-membership splits on category codes (NaN follows each split's learned missing direction),
-  plus the baseline, Sigmoid.
+- boosted trees: one ``ai.onnx.ml.TreeEnsemble`` (opset 5) holding every member of the bag (leaf
+  values divided by the number of members) with ``<=`` splits on numbers and set-membership
+  splits on category codes (NaN follows each split's learned missing direction), plus the mean
+  baseline, Sigmoid.
 
 The metadata carries the column names, category maps and feature settings, so
 :mod:`engine.genomics.predict` rebuilds the inputs from a study with numpy and pandas only.

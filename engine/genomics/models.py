@@ -3,8 +3,9 @@
 - ``dense``: the seed's dense network (models 1/2): standardised numeric features, missing
   indicators and one-hot categories -> Linear-ReLU-Dropout blocks -> 2 logits.
 - ``dense_embed``: the same with a learned embedding of the detailed tumour type (model 3).
-- ``gbm``: scikit-learn ``HistGradientBoostingClassifier`` on numeric values (NaN kept) and
-  per-category positive rates.
+- ``gbm``: a :class:`GbmBag` of scikit-learn ``HistGradientBoostingClassifier`` members (numeric
+  values with NaN kept, category codes split natively), each on its own share of the training
+  patients and a random half of the features per split; it predicts their mean raw score.
 
 The networks hold their preprocessing (medians, means, standard deviations, missing-indicator
 columns) as buffers, so training, export and prediction apply exactly the same arithmetic.

@@ -9,7 +9,8 @@ The run folder follows patch / MIL training: ``config.json`` (``{"kind": "genomi
 predictions for K folds, the test split otherwise) and the exported package ``model.onnx``
 (a final model fitted on all patients but a validation share, unless ``final_fit`` is off).
 
-For ``gbm`` an epoch adds ``gbm_iter_per_epoch`` boosting iterations (warm start).
+For ``gbm`` an epoch adds ``gbm_iter_per_epoch`` boosting iterations (warm start) to each of the
+``gbm_members`` members of the bag.
 """
 
 from __future__ import annotations
