@@ -70,9 +70,13 @@ def test_group_scaler_and_choice() -> None:
     np.testing.assert_allclose(s.inverse(np.zeros((90, 6)), unseen)[0], x.mean(0), rtol=1e-5, atol=1e-5)
 
 
-def test_counts_platform_end_to_end(tmp_path: Path) -> None:
+def test_counts_platform_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A genes x samples counts matrix with versioned Ensembl ids and a gene list without versions:
     training on log2(x+1), generated profiles written back as whole counts, realism on one scale."""
+    from engine.expression import realism
+
+    for name in ("plot_overlays", "plot_moments", "plot_pca", "plot_dendrograms", "plot_correlations"):
+        monkeypatch.setattr(realism, name, lambda *a, **k: None)  # the plots are tested elsewhere; slow here
     from engine.cli import main
     from engine.expression.generate import generate, write_synthetic
     from engine.expression.wgan_train import WganTrainConfig, train_wgan
