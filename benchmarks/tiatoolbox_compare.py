@@ -24,6 +24,8 @@ pixels are mirrored out to the size of the slide in the issue (16,384 x 12,288 p
 
 Measured in every repeat, interleaved (medians of ``--repeats``):
 
+(the order of the three whole-slide runs rotates from repeat to repeat)
+
 - TIAToolbox ``PatchPredictor.run(patch_mode=False)`` (WSI mode: its tissue mask, patch
   extraction at 0.972 um/px, inference, its output) with 0 and with 2 loader workers, each in a
   fresh process of the TIAToolbox venv; timed around ``run`` only;
@@ -315,9 +317,15 @@ def measure(venv: Path, slide: Path, onnx_path: Path, weights: Path, repeats: in
     rows: list[dict[str, Any]] = []
     for r in range(repeats):
         load0 = os.getloadavg()[0]
-        row: dict[str, Any] = {"tia0": run_tia(venv, slide, weights, 0)}
-        row["ms"] = metascope_full(slide, onnx_path)
-        row["tia2"] = run_tia(venv, slide, weights, 2)
+        row: dict[str, Any] = {}
+        # the order rotates with the repeat, so a load that drifts during a repeat favours no one
+        runs = [
+            ("tia0", lambda: run_tia(venv, slide, weights, 0)),
+            ("ms", lambda: metascope_full(slide, onnx_path)),
+            ("tia2", lambda: run_tia(venv, slide, weights, 2)),
+        ]
+        for key, fn in runs[r % 3 :] + runs[: r % 3]:
+            row[key] = fn()
         row["parts"] = metascope_parts(slide, onnx_path, plan, idx, batches, sessions)
         row["load"] = (load0, os.getloadavg()[0])
         best_tia = max(row["tia0"]["tiles_per_s"], row["tia2"]["tiles_per_s"])
@@ -343,7 +351,22 @@ def _med(rows: list[dict[str, Any]], *keys: str) -> float:
     return statistics.median(get(r) for r in rows)
 
 
-def report_markdown(m: dict[str, Any], versions: dict[str, str], note: str) -> str:
+def run_summary(m: dict[str, Any]) -> str:
+    """One line on a whole run (for earlier runs listed under the latest one)."""
+    rows = m["rows"]
+    loads = [v for r in rows for v in r["load"]]
+    ratio, c_l = _med(rows, "ratio"), _med(rows, "parts", "c_L")
+    tia = max(_med(rows, "tia0", "tiles_per_s"), _med(rows, "tia2", "tiles_per_s"))
+    return (
+        f"run {m.get('run', '?')}, load {min(loads):.1f}-{max(loads):.1f}: MetaScope {_med(rows, 'ms', 'tiles_per_s'):.0f}, "
+        f"TIAToolbox {tia:.0f} tiles/s, **{ratio:.2f}x** ({'met' if ratio >= 3.5 else 'missed'}), a {_med(rows, 'parts', 'a'):.0f} "
+        f"(OpenSlide {_med(rows, 'parts', 'a_os'):.0f}), b {_med(rows, 'parts', 'b'):.0f}, c/L **{c_l:.2f}** "
+        f"({'met' if c_l >= 0.9 else 'missed'})"
+    )
+
+
+def report_markdown(m: dict[str, Any], versions: dict[str, str], note: str,
+                    earlier: list[dict[str, Any]] | None = None) -> str:
     import onnxruntime
     from machine import cpu_name  # benchmarks/machine.py
 
@@ -401,6 +424,10 @@ def report_markdown(m: dict[str, Any], versions: dict[str, str], note: str) -> s
         f"{r0['ms']['mean_p1']:.4f}, TIAToolbox {r0['tia0']['mean_p1']:.4f}.",
         "",
     ]
+    if earlier:
+        lines += ["Earlier full runs of the same script (medians of 3 each; the table above is the latest run):", ""]
+        lines += [f"- {run_summary(e)}" for e in earlier]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -413,6 +440,8 @@ def main() -> int:
     ap.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the report from the last run's measurements (--cache/tiatoolbox_compare.json)")
+    ap.add_argument("--earlier", type=Path, nargs="*", default=[],
+                    help="measurement JSON files of earlier runs to summarise under the latest one")
     ap.add_argument("--tia-child", metavar="SLIDE", help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
@@ -437,7 +466,8 @@ def main() -> int:
         onnx_path, weights = export_model(args.cache)
         m.update(measure(args.tia_venv, slide, onnx_path, weights, args.repeats))
         saved.write_text(json.dumps(m, indent=1))
-    text = report_markdown(m, m["versions"], args.note)
+    earlier = [json.loads(p.read_text()) for p in args.earlier]
+    text = report_markdown(m, m["versions"], args.note, earlier)
     print(text)
     if args.write_results:
         from machine import write_results_section  # benchmarks/machine.py
