@@ -18,8 +18,8 @@ from PIL import Image
 
 from engine.errors import ConfigError, MetaScopeError, MissingMppError, NoTissueError, SlideOpenError
 from engine.slides import TilingConfig, detect_tissue, open_slide, plan_tiles, read_tile
-from engine.slides.image_reader import ImageReader
 from engine.slides.fast_reader import FastTiffReader
+from engine.slides.image_reader import ImageReader
 from engine.slides.openslide_reader import OpenSlideReader
 from engine.slides.synthetic import make_texture
 from engine.slides.tifffile_reader import TiffFileReader
