@@ -124,6 +124,8 @@ class MainWindow(QMainWindow):
         after_recent = actions[actions.index(self.recent_menu.menuAction()) + 1]
         self.file_menu.insertAction(after_recent, action)
         self.models_view.review_patches_requested.connect(self.review_evaluation)
+        if self.training_view is not None:
+            self.training_view.review_patches_requested.connect(self.review_evaluation)
 
     def review_evaluation(self, path: str | os.PathLike[str]) -> Worker:
         """Show the Patch review view with the evaluation at ``path`` (read in a worker)."""

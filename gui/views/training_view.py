@@ -156,6 +156,8 @@ class TrainingView(QWidget):
     library_changed = Signal()
     #: Emitted with a ``predictions.csv`` to review in the Samples view.
     review_samples_requested = Signal(str)
+    #: Emitted with a patch run folder whose validation patches to open in the Patch review view.
+    review_patches_requested = Signal(str)
     #: Emitted with a finished generator (wgan) run folder to open in the Generator view.
     generator_requested = Signal(str)
     #: Emitted with a finished Siamese run folder (one-shot test, classify, markers).
@@ -262,10 +264,14 @@ class TrainingView(QWidget):
         self.export_button = QPushButton("Export to ONNX…")
         self.export_button.setToolTip("Save the best model as a self-describing ONNX model package")
         self.export_button.clicked.connect(self._on_export_clicked)
+        self.review_button = QPushButton("Review patches")
+        self.review_button.setToolTip("The validation patches in the Patch review view, false positives and negatives first")
+        self.review_button.clicked.connect(self._on_review_clicked)
         self.result_message = MessageLabel()
         buttons = QHBoxLayout()
         buttons.addWidget(self.add_button)
         buttons.addWidget(self.export_button)
+        buttons.addWidget(self.review_button)
         buttons.addStretch(1)
         rl = QVBoxLayout(self.results_box)
         rl.addWidget(self.metrics_label)
@@ -556,6 +562,7 @@ class TrainingView(QWidget):
             self._shown_evaluation = run
             self.metrics_label.setText(metrics_html(result))
             draw_results(self.results_plot, result)
+            self._update_buttons()  # the validation patches are now reviewable
 
     def _on_evaluation_failed(self, run: Path, message: str) -> None:
         self._workers.pop(f"evaluate:{run}", None)
@@ -568,6 +575,11 @@ class TrainingView(QWidget):
 
     def evaluation(self, run: Path | None = None) -> dict[str, Any] | None:
         return self._evaluations.get(run or self._selected) if (run or self._selected) else None
+
+    def _on_review_clicked(self) -> None:
+        info = self.info()
+        if info is not None:
+            self.review_patches_requested.emit(str(info.path))
 
     def _on_add_clicked(self) -> None:
         info = self.info()
@@ -722,6 +734,8 @@ class TrainingView(QWidget):
         has_model = bool(info and (info.path / "best.pt").is_file() and run_kind(info.path) not in RUN_KINDS)
         self.add_button.setEnabled(has_model and not busy)
         self.export_button.setEnabled(has_model and not busy)
+        # written by the run's evaluation (engine.train.run_evaluation): enabled once it finished
+        self.review_button.setEnabled(bool(has_model and (info.path / "validation" / "predictions.csv").is_file()))
 
     # -- closing -----------------------------------------------------------------------------------
     def active_runs(self) -> list[RunInfo]:

@@ -112,6 +112,11 @@ def test_pcam_seed_train_export_heatmap_submission(tmp_path: Path, capsys: pytes
     l_rows = list(csv.DictReader(labels_csv.open()))
     assert len(l_rows) == 6 and [r["id"] for r in l_rows] == [r["id"] for r in p_rows]
     assert {r["label"] for r in l_rows} <= {"0", "1"}
-    assert [int(float(p["label"]) > 0.5) for p in p_rows] == [int(r["label"]) for r in l_rows]
+    # 0/1 at the package's operating threshold (fitted on the validation split), as every CLI default
+    from engine.infer.lesions import operating_threshold
+    from engine.modelpkg import read_metadata
+
+    thr = operating_threshold(read_metadata(model))
+    assert [int(float(p["label"]) >= thr) for p in p_rows] == [int(r["label"]) for r in l_rows]
     assert main(["predict", str(model), "--data", str(data / "test"), "--format", "images", "--probabilities",
                  "--labels", "--out", str(labels_csv)]) == 2

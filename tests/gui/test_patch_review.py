@@ -147,6 +147,11 @@ def test_registered_in_the_main_window(qtbot, window, tmp_path: Path) -> None:  
         window.review_evaluation(folder)
     assert window.stack.currentWidget() is view and len(view.visible_rows()) == 8
     qtbot.waitUntil(lambda: not view.thumbnails_busy(), timeout=WAIT_MS)
+    if window.training_view is not None:  # a training run's "Review patches" opens here too
+        with qtbot.waitSignal(view.loaded, timeout=WAIT_MS):
+            window.training_view.review_patches_requested.emit(str(folder))
+        assert window.stack.currentWidget() is view and len(view.visible_rows()) == 8
+        qtbot.waitUntil(lambda: not view.thumbnails_busy(), timeout=WAIT_MS)
 
 
 @pytest.mark.realdata

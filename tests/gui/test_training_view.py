@@ -121,6 +121,13 @@ def test_train_cancel_resume_evaluate_add_to_library_and_heatmap(
     assert ev["metrics"]["auc"] > 0.9  # the toy classes are separable
     assert ev["epoch"] == h.best["epoch"]  # the final best model, not the one before the resume
     assert "95% CI" in view.metrics_label.text()
+    # its validation patches open in the Patch review view (the main window connects the signal)
+    qtbot.waitUntil(view.review_button.isEnabled, timeout=WAIT_MS)
+    with qtbot.waitSignal(view.review_patches_requested, timeout=WAIT_MS) as reviewed:
+        view.review_button.click()
+    from engine.infer.review import load_review
+
+    assert reviewed.args == [str(run)] and len(load_review(reviewed.args[0]).rows) == 8
     QApplication.processEvents()  # posted layout and paint requests, before the screenshot
     view.curves.draw_now()
     view.results_plot.draw_now()
