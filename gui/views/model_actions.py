@@ -38,35 +38,29 @@ def _datasets() -> list[dict[str, Any]]:
     return DatasetStore().items()
 
 
-class GenomicsActions(QWidget):
-    """Evaluate or predict a mutation study with a genomics classifier (onnxruntime only)."""
+class _DatasetActions(QWidget):
+    """Shared by the genomics and patch panels: a dataset picker (datasets of ``KIND``), a row of
+    action buttons, the running command, and the metrics and plots of its output folder."""
 
-    review_samples_requested = Signal(str)
+    KIND = ""
+    LABEL = "Dataset:"
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.model: Path | None = None
         self._out: Path | None = None
-        self.study_combo = QComboBox()
-        self.evaluate_button = QPushButton("Evaluate on study")
-        self.evaluate_button.setToolTip("AUC with CI, ROC, calibration, per-tumour-type table (needs the labels)")
-        self.evaluate_button.clicked.connect(self.evaluate)
-        self.predict_button = QPushButton("Predict study")
-        self.predict_button.setToolTip("A prediction for every sample of the study")
-        self.predict_button.clicked.connect(self.predict)
-        self.samples_button = QPushButton("Review samples")
-        self.samples_button.setEnabled(False)
-        self.samples_button.clicked.connect(self._on_samples_clicked)
+        self.combo = QComboBox()
         self.runner = CliRunner()
         self.runner.finished.connect(self._on_finished)
-        self.runner.busy_changed.connect(self._on_busy)
         self.metrics_label = QLabel()
         self.metrics_label.setTextFormat(Qt.TextFormat.RichText)
         self.gallery = PngGallery(min_height=220)
+
+    def _lay_out(self, buttons: tuple[QPushButton, ...]) -> None:
         form = QFormLayout()
-        form.addRow("Study:", self.study_combo)
+        form.addRow(self.LABEL, self.combo)
         row = QHBoxLayout()
-        for b in (self.evaluate_button, self.predict_button, self.samples_button):
+        for b in buttons:
             row.addWidget(b)
         row.addStretch(1)
         lay = QVBoxLayout(self)
@@ -79,10 +73,42 @@ class GenomicsActions(QWidget):
 
     def set_model(self, model: Path, datasets: list[dict[str, Any]]) -> None:
         self.model = model
-        self.study_combo.clear()
+        self.combo.clear()
         for d in datasets:
-            if dataset_kind(d) == GENOMICS_STUDY:
-                self.study_combo.addItem(d.get("name") or Path(d["path"]).name, d["path"])
+            if dataset_kind(d) == self.KIND:
+                self.combo.addItem(d.get("name") or Path(d["path"]).name, self._item_data(d))
+
+    def _item_data(self, dataset: dict[str, Any]) -> Any:
+        return dataset
+
+    def _on_finished(self, tag: str, result: Any) -> None:
+        raise NotImplementedError
+
+
+class GenomicsActions(_DatasetActions):
+    """Evaluate or predict a mutation study with a genomics classifier (onnxruntime only)."""
+
+    KIND = GENOMICS_STUDY
+    LABEL = "Study:"
+    review_samples_requested = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.study_combo = self.combo
+        self.evaluate_button = QPushButton("Evaluate on study")
+        self.evaluate_button.setToolTip("AUC with CI, ROC, calibration, per-tumour-type table (needs the labels)")
+        self.evaluate_button.clicked.connect(self.evaluate)
+        self.predict_button = QPushButton("Predict study")
+        self.predict_button.setToolTip("A prediction for every sample of the study")
+        self.predict_button.clicked.connect(self.predict)
+        self.samples_button = QPushButton("Review samples")
+        self.samples_button.setEnabled(False)
+        self.samples_button.clicked.connect(self._on_samples_clicked)
+        self.runner.busy_changed.connect(self._on_busy)
+        self._lay_out((self.evaluate_button, self.predict_button, self.samples_button))
+
+    def _item_data(self, dataset: dict[str, Any]) -> Any:
+        return dataset["path"]
 
     def _study(self) -> str | None:
         study = self.study_combo.currentData()
@@ -125,17 +151,16 @@ class GenomicsActions(QWidget):
             self.review_samples_requested.emit(str(self._out / "predictions.csv"))
 
 
-class PatchActions(QWidget):
+class PatchActions(_DatasetActions):
     """Evaluate a patch classifier on a labelled patch dataset (``metascope evaluate``), then
     review its patches, the most confident errors first."""
 
+    KIND = PATCHES
     review_patches_requested = Signal(str)  # the evaluation folder
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.model: Path | None = None
-        self._out: Path | None = None
-        self.dataset_combo = QComboBox()
+        self.dataset_combo = self.combo
         self.evaluate_button = QPushButton("Evaluate on dataset")
         self.evaluate_button.setToolTip("AUC with CI, ROC, calibration and every patch's probability (needs labels)")
         self.evaluate_button.clicked.connect(self.evaluate)
@@ -143,32 +168,8 @@ class PatchActions(QWidget):
         self.review_button.setToolTip("The patches, false positives and false negatives first, with their images")
         self.review_button.setEnabled(False)
         self.review_button.clicked.connect(self._on_review_clicked)
-        self.runner = CliRunner()
-        self.runner.finished.connect(self._on_finished)
         self.runner.busy_changed.connect(lambda busy: self.evaluate_button.setEnabled(not busy))
-        self.metrics_label = QLabel()
-        self.metrics_label.setTextFormat(Qt.TextFormat.RichText)
-        self.gallery = PngGallery(min_height=220)
-        form = QFormLayout()
-        form.addRow("Dataset:", self.dataset_combo)
-        row = QHBoxLayout()
-        for b in (self.evaluate_button, self.review_button):
-            row.addWidget(b)
-        row.addStretch(1)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(form)
-        lay.addLayout(row)
-        lay.addWidget(self.runner)
-        lay.addWidget(self.metrics_label)
-        lay.addWidget(self.gallery, 1)
-
-    def set_model(self, model: Path, datasets: list[dict[str, Any]]) -> None:
-        self.model = model
-        self.dataset_combo.clear()
-        for d in datasets:
-            if dataset_kind(d) == PATCHES:
-                self.dataset_combo.addItem(d.get("name") or Path(d["path"]).name, d)
+        self._lay_out((self.evaluate_button, self.review_button))
 
     def evaluate(self) -> Any:
         item = self.dataset_combo.currentData()
