@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_name, write_results_section  # noqa: E402
+from benchmarks.machine import cpu_name, publish  # noqa: E402
 
 SECTION = "## Slide-scale evaluation on real-patch slides (issue 14)"
 STARTER = ROOT / "resources" / "models" / "pcam-starter.onnx"
@@ -163,10 +163,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="metascope-froc-") as tmp:
         m = run(args.model, args.grid, Path(tmp))
     text = report(m, args.grid)
-    print(text)
-    if args.write_results:
-        write_results_section(SECTION, text)
-    return 0
+    return publish(SECTION, text, args.write_results)
 
 
 

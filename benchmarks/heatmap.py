@@ -437,12 +437,9 @@ def main() -> int:
         print("peak memory ...", file=sys.stderr, flush=True)
         mem = measure_memory(args.cache, model, args.rss_tiles)
     text = report_markdown(tp, mem, cfg, args.note)
-    print(text)
-    if args.write_results:
-        from machine import write_results_section  # benchmarks/machine.py
+    from machine import publish  # benchmarks/machine.py
 
-        write_results_section(SECTION, text)
-    return 0
+    return publish(SECTION, text, args.write_results)
 
 
 if __name__ == "__main__":

@@ -30,3 +30,12 @@ def write_results_section(section: str, text: str) -> None:
     pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     new = pattern.sub(lambda _: text.rstrip() + "\n\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + text
     atomic_write_text(RESULTS, new.rstrip() + "\n")
+
+
+def publish(section: str, text: str, write: bool) -> int:
+    """Print a benchmark's report and, with ``write`` (its ``--write-results``), put it into RESULTS.md
+    as ``section``; the exit status of the benchmark's ``main``."""
+    print(text)
+    if write:
+        write_results_section(section, text)
+    return 0

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.heatmap import seed_cnn_onnx, sparse_slide  # noqa: E402
-from benchmarks.machine import cpu_name, write_results_section  # noqa: E402
+from benchmarks.machine import cpu_name, publish  # noqa: E402
 from engine.infer.pipeline import InferenceConfig, compute_heatmap  # noqa: E402
 from engine.infer.session import available_cores, load_model  # noqa: E402
 from engine.slides.qc import sharpness  # noqa: E402
@@ -360,10 +360,7 @@ def main() -> int:
     cost = None if args.skip_cost else measure_cost(cache, args.repeats)
     load.append(os.getloadavg()[0])
     text = report(cost, benefit, load, flags)
-    print(text)
-    if args.write_results:
-        write_results_section(SECTION, text)
-    return 0
+    return publish(SECTION, text, args.write_results)
 
 
 

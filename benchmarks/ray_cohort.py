@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.heatmap import MPP, seed_cnn_onnx  # noqa: E402
-from benchmarks.machine import cpu_name, write_results_section  # noqa: E402
+from benchmarks.machine import cpu_name, publish  # noqa: E402
 
 SECTION = "## Cohorts on Ray (issue 15)"
 READERS: set[str] = set()  # the slide reader backends the heatmaps record
@@ -197,10 +197,7 @@ def main() -> int:
     scratch = args.cache / "ray-cohort-out"
     m = measure(slides, model, scratch, args.repeats)
     text = report(m, args.slides, args.size, args.repeats)
-    print(text)
-    if args.write_results:
-        write_results_section(SECTION, text)
-    return 0
+    return publish(SECTION, text, args.write_results)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_name, write_results_section  # noqa: E402
+from benchmarks.machine import cpu_name, publish  # noqa: E402
 
 SECTION = "## PCam starter architectures: CPU speed (issue 14)"
 # (name, registry arch, input side): the old starter at its 64 px and the candidates at 96 px
@@ -85,10 +85,7 @@ def main() -> int:
         "The starter model uses `pcam_resnet_s`: full 96 px resolution at about the training cost of the old "
         "64 px seed CNN. No AUC pilots per architecture were run (not affordable on this CPU budget).",
     ]) + "\n"
-    print(text)
-    if args.write_results:
-        write_results_section(SECTION, text)
-    return 0
+    return publish(SECTION, text, args.write_results)
 
 
 if __name__ == "__main__":

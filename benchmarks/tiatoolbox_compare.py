@@ -468,12 +468,9 @@ def main() -> int:
         saved.write_text(json.dumps(m, indent=1))
     earlier = [json.loads(p.read_text()) for p in args.earlier]
     text = report_markdown(m, m["versions"], args.note, earlier)
-    print(text)
-    if args.write_results:
-        from machine import write_results_section  # benchmarks/machine.py
+    from machine import publish  # benchmarks/machine.py
 
-        write_results_section(SECTION, text)
-    return 0
+    return publish(SECTION, text, args.write_results)
 
 
 if __name__ == "__main__":
