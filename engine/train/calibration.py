@@ -477,18 +477,9 @@ def calibrate_package_on_run(
     Raises:
         ConfigError: not a patch-training run folder; DatasetError: the data changed since training.
     """
-    from engine.data import open_dataset
-    from engine.train.config import TrainConfig
-    from engine.train.runfolder import load_run_config
-    from engine.train.trainer import data_fingerprint, training_split
+    from engine.train.trainer import run_validation_split
 
-    stored = load_run_config(Path(run_dir))
-    cfg = TrainConfig.from_dict(stored["config"])
-    opts = {} if cfg.resize is None else {"resize": (cfg.resize, cfg.resize)}
-    ds = open_dataset(cfg.data, fmt=cfg.fmt, mpp=cfg.mpp, labelled=True, **opts)
-    if stored.get("fingerprint") not in (None, data_fingerprint(ds)):
-        raise DatasetError(f"the data at {cfg.data} changed since run {run_dir} was trained; cannot rebuild its validation split")
-    _, val_idx, _ = training_split(cfg, ds)
+    cfg, ds, val_idx, _ = run_validation_split(run_dir)
     return calibrate_package_on_data(
         model_path, dataset=ds, indices=val_idx, method=method or cfg.calibration, rule=rule or cfg.threshold_rule,
         target=target if target is not None else cfg.threshold_target, device=device, batch_size=batch_size,

@@ -45,29 +45,18 @@ def evaluate_run(
     import torch
 
     from engine.data.base import resampling_groups
-    from engine.data.open import open_dataset
-    from engine.errors import DatasetError
     from engine.export.onnx_export import load_trained
     from engine.jobs import ProgressEvent, check_cancel, report
     from engine.models import build_model
-    from engine.train.config import TrainConfig
     from engine.train.metrics import bootstrap_ci95, classification_metrics, roc_curve
-    from engine.train.runfolder import load_run_config
-    from engine.train.trainer import data_fingerprint, training_split
+    from engine.train.trainer import run_validation_split
 
     run = Path(run_dir)
-    stored = load_run_config(run)
-    cfg = TrainConfig.from_dict(stored["config"])
     ck = load_trained(run)
     # identifies the model evaluated: a resumed run replaces best.pt and this result goes stale
     model_stamp = Path(ck["source"]).stat().st_mtime_ns
     report(progress, ProgressEvent("evaluate", 0, None, "opening the dataset"))
-    ds = open_dataset(cfg.data, fmt=cfg.fmt, mpp=cfg.mpp, labelled=True)
-    if stored.get("fingerprint") not in (None, data_fingerprint(ds)):
-        raise DatasetError(
-            f"the data at {cfg.data} changed since this run was trained; cannot rebuild its validation split"
-        )
-    _, val_idx, strategy = training_split(cfg, ds)
+    cfg, ds, val_idx, strategy = run_validation_split(run)
     names = list(ck["class_names"])
     positive = int(ck.get("positive_class", 1))
     model = build_model(ck["arch"], len(names), int(ck["input_size"]))

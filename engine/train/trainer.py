@@ -141,6 +141,24 @@ def training_split(cfg: TrainConfig, ds: Any) -> tuple[np.ndarray, np.ndarray, s
     return train_idx, val_idx, strategy
 
 
+def run_validation_split(run_dir: str | os.PathLike[str]) -> tuple[TrainConfig, Any, np.ndarray, str]:
+    """A finished run's config, its dataset opened as the trainer opened it (``--resize`` too),
+    and its validation rows and split strategy, rebuilt exactly as the trainer made them.
+
+    Raises:
+        DatasetError: the data changed since the run was trained (its fingerprint differs).
+    """
+    stored = rf.load_run_config(Path(run_dir))
+    cfg = TrainConfig.from_dict(stored["config"])
+    ds = _open_dataset(cfg)
+    if stored.get("fingerprint") not in (None, data_fingerprint(ds)):
+        raise DatasetError(
+            f"the data at {cfg.data} changed since run {run_dir} was trained; cannot rebuild its validation split"
+        )
+    _, val_idx, strategy = training_split(cfg, ds)
+    return cfg, ds, val_idx, strategy
+
+
 def _positive_index(cfg: TrainConfig, class_names: tuple[str, ...], ds: Any = None) -> int:
     if cfg.positive_class is None:
         # the dataset infers it from the names ("tumor", "1", "metastasis", ...)

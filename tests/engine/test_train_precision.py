@@ -38,3 +38,15 @@ def test_fp16_on_cpu_is_refused_in_one_line(tmp_path: Path, capsys: pytest.Captu
 def test_unknown_precision_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="precision must be one of"):
         TrainConfig(data="x", precision="fp8")
+
+
+def test_run_evaluation_reopens_a_resized_run_as_trained(tmp_path: Path) -> None:
+    """`--resize` runs: the run's evaluation (and review) opens the data resized, as training did."""
+    from engine.train import train
+    from engine.train.run_evaluation import evaluate_run
+
+    data = make_folder_dataset(tmp_path / "data", per_class=12, size=24)
+    train(TrainConfig(data=str(data), mpp=0.5, resize=32, epochs=1, batch_size=8, device="cpu"), tmp_path / "run")
+    res = evaluate_run(tmp_path / "run")
+    assert res["n_val"] > 0 and len(res["confusion_matrix"]) == 2
+    assert (tmp_path / "run" / "validation" / "predictions.csv").is_file()
