@@ -383,6 +383,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     for note in m["notes"]:
         print(f"note: {note}", file=sys.stderr)
+    print(f"review the errors: metascope review {res.out_dir}", file=sys.stderr)
     return 0
 
 
