@@ -268,10 +268,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 result = train(cfg, args.out, progress=bar, cancel=cancel, resume=args.resume)
         finally:
             bar.close()
+    from engine.train.calibration import read_run_calibration
+
+    cal = read_run_calibration(result.run_dir)
     summary = {
         "run_dir": str(result.run_dir), "status": result.status, "epochs": result.epochs_completed,
         "best_epoch": result.best_epoch, "best": result.best_metrics, "duration_s": round(result.duration_s, 1),
-        "calibration": _read_calibration(result.run_dir),
+        "calibration": cal,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -282,24 +285,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"{result.best_epoch}: val AUC {b.get('val_auc', float('nan')):.4f}, accuracy {b.get('accuracy', float('nan')):.4f} "
             f"-> {result.best_checkpoint}"
         )
-        cal = _read_calibration(result.run_dir)
         if cal:
             r = cal.get("threshold_rule", {})
             print(f"operating threshold {cal['operating_threshold']:.4f} ({r.get('rule')} rule): sensitivity "
                   f"{r.get('sensitivity', float('nan')):.3f}, specificity {r.get('specificity', float('nan')):.3f} "
                   f"on {r.get('n_val')} validation patches")
     return 0
-
-
-def _read_calibration(run_dir: Path) -> dict[str, Any] | None:
-    """The run's fitted operating threshold and calibration (``calibration.json``), or ``None``."""
-    from engine.train.calibration import CALIBRATION_FILE
-
-    try:
-        data = json.loads((Path(run_dir) / CALIBRATION_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "operating_threshold" in data else None
 
 
 #: ``config.json`` "kind" of a run folder -> "module:function" exporting it (``fn(run_dir, out, name=None) -> Path``).

@@ -89,7 +89,10 @@ def load_trained(source: str | os.PathLike[str]) -> dict[str, Any]:
         path = p
     else:
         raise ConfigError(f"run folder or checkpoint not found: {p}")
+    from engine.train.calibration import read_run_calibration
+
     ck = load_checkpoint(path)
+    stored_cal = read_run_calibration(path.parent)
     if "mean" not in ck:
         # a checkpoint.pt: the rest lives in the run's config.json
         cfg_path = path.parent / CONFIG_NAME
@@ -105,9 +108,8 @@ def load_trained(source: str | os.PathLike[str]) -> dict[str, Any]:
             "num_classes": len(stored.get("class_names", [])), "input_size": ck.get("input_size"),
             "positive_class": stored.get("positive_class", 1), "mean": cfg.get("mean"), "std": cfg.get("std"),
             "mpp": data.get("mpp"), "metrics": best, "data": data, "config": cfg, "epoch": ck.get("epoch"),
-            "stain_norm": ck.get("stain_norm"), "calibration": _calibration_file(path.parent),
+            "stain_norm": ck.get("stain_norm"), "calibration": stored_cal,
         }
-    stored_cal = _calibration_file(path.parent)
     if stored_cal is not None and stored_cal.get("epoch") == ck.get("epoch"):
         ck["calibration"] = stored_cal  # refitted after training (same best epoch): the newer fit
     missing = [k for k in ("arch", "class_names", "input_size", "mean", "std") if not ck.get(k)]
@@ -115,17 +117,6 @@ def load_trained(source: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{path} is not a complete MetaScope checkpoint (missing {', '.join(missing)})")
     ck["source"] = str(path)
     return ck
-
-
-def _calibration_file(run: Path) -> dict[str, Any] | None:
-    """The run's ``calibration.json`` (fitted at its best epoch), or ``None``."""
-    from engine.train.calibration import CALIBRATION_FILE
-
-    try:
-        data = json.loads((run / CALIBRATION_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class _Dihedral8:

@@ -485,3 +485,15 @@ def calibrate_package_on_run(
         target=target if target is not None else cfg.threshold_target, device=device, batch_size=batch_size,
         out_path=out_path, progress=progress, cancel=cancel,
     )
+
+
+def read_run_calibration(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A training run's fitted calibration and operating threshold (``RUN_DIR/calibration.json``,
+    written at its best epoch), or ``None`` when it has none (not fitted, or an unreadable file)."""
+    import json
+
+    try:
+        data = json.loads((Path(run_dir) / CALIBRATION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "operating_threshold" in data else None
