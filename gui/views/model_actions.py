@@ -50,8 +50,7 @@ class _DatasetActions(QWidget):
         self.model: Path | None = None
         self._out: Path | None = None
         self.combo = QComboBox()
-        self.runner = CliRunner()
-        self.runner.finished.connect(self._on_finished)
+        self.runner = CliRunner()  # each panel connects its finished signal to its own results
         self.metrics_label = QLabel()
         self.metrics_label.setTextFormat(Qt.TextFormat.RichText)
         self.gallery = PngGallery(min_height=220)
@@ -81,9 +80,6 @@ class _DatasetActions(QWidget):
     def _item_data(self, dataset: dict[str, Any]) -> Any:
         return dataset
 
-    def _on_finished(self, tag: str, result: Any) -> None:
-        raise NotImplementedError
-
 
 class GenomicsActions(_DatasetActions):
     """Evaluate or predict a mutation study with a genomics classifier (onnxruntime only)."""
@@ -104,6 +100,7 @@ class GenomicsActions(_DatasetActions):
         self.samples_button = QPushButton("Review samples")
         self.samples_button.setEnabled(False)
         self.samples_button.clicked.connect(self._on_samples_clicked)
+        self.runner.finished.connect(self._on_finished)
         self.runner.busy_changed.connect(self._on_busy)
         self._lay_out((self.evaluate_button, self.predict_button, self.samples_button))
 
@@ -168,6 +165,7 @@ class PatchActions(_DatasetActions):
         self.review_button.setToolTip("The patches, false positives and false negatives first, with their images")
         self.review_button.setEnabled(False)
         self.review_button.clicked.connect(self._on_review_clicked)
+        self.runner.finished.connect(self._on_finished)
         self.runner.busy_changed.connect(lambda busy: self.evaluate_button.setEnabled(not busy))
         self._lay_out((self.evaluate_button, self.review_button))
 
