@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -42,6 +42,7 @@ from engine.infer.review import KINDS, PatchImages, Review, ReviewRow, export_cs
 from engine.jobs import check_cancel
 from gui.dialogs import show_error
 from gui.views.datasets_view import to_pixmap
+from gui.widgets.row_table import RowTableModel
 from gui.wizard.common import MessageLabel
 from gui.workers import Worker, start_worker
 
@@ -99,9 +100,11 @@ def _load(path: str, progress: Any = None, cancel: Any = None, partial: Any = No
     return load_review(path)
 
 
-class PatchTableModel(QAbstractTableModel):
+class PatchTableModel(RowTableModel):
     """The filtered review rows. Painting a row without its thumbnail asks for it
     (:attr:`thumbnails_wanted`); the view reads the ones still on screen in a worker."""
+
+    HEADERS = HEADERS
 
     thumbnails_wanted = Signal()
 
@@ -143,17 +146,6 @@ class PatchTableModel(QAbstractTableModel):
             pos = self._position.get(key)
             if pos is not None:
                 self.dataChanged.emit(self.index(pos, 0), self.index(pos, 0), [Qt.ItemDataRole.DecorationRole])
-
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802, B008 (Qt API)
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802, B008 (Qt API)
-        return 0 if parent.isValid() else len(HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return HEADERS[section]
-        return None
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():

@@ -13,7 +13,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -42,6 +42,7 @@ from gui.modalities import (
     read_predictions,
 )
 from gui.widgets.plot_canvas import SERIES_COLOURS, PlotCanvas
+from gui.widgets.row_table import RowTableModel
 from gui.wizard.common import MessageLabel
 from gui.workers import Worker, start_worker
 
@@ -59,8 +60,10 @@ def _load(path: str, progress: Any = None, cancel: Any = None, partial: Any = No
     return {"rows": rows, "explanations": explanations, "explanation_file": str(expl_path or "")}
 
 
-class SamplesTableModel(QAbstractTableModel):
+class SamplesTableModel(RowTableModel):
     """The filtered sample rows, one per table row."""
+
+    HEADERS = HEADERS
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -70,17 +73,6 @@ class SamplesTableModel(QAbstractTableModel):
         self.beginResetModel()
         self.rows = list(rows)
         self.endResetModel()
-
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802, B008 (Qt API)
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802, B008 (Qt API)
-        return 0 if parent.isValid() else len(HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return HEADERS[section]
-        return None
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
