@@ -223,7 +223,7 @@ def tia_child(slide: str, weights: str, workers: int, batch: int, save_dir: str)
                 return model(x).cpu().numpy()
 
     model = TiaSeedCNN()
-    model.net.load_state_dict(torch.load(weights, map_location="cpu"))
+    model.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.eval()
     res = [{"units": "mpp", "resolution": MODEL_MPP}]
     io = IOPatchPredictorConfig(input_resolutions=res, output_resolutions=res, patch_input_shape=(INPUT, INPUT),
