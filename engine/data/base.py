@@ -338,6 +338,21 @@ def _tifffile_read(data: bytes) -> np.ndarray:
     return np.ascontiguousarray(to_rgb_uint8(arr))
 
 
+def read_image_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file's pixels as RGB uint8 (:func:`decode_image`).
+
+    Raises:
+        DatasetError: the file is missing, unreadable or not a decodable image.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"image not found: {path}") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return decode_image(data, str(path))
+
+
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     """Decode encoded image bytes to ``uint8`` ``(H, W, 3)`` RGB.
 
@@ -463,13 +478,7 @@ class FileDataset(PatchDataset):
 
     def read(self, i: int) -> np.ndarray:
         path = self.paths[i]
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise DatasetError(f"image not found: {path}") from None
-        except OSError as exc:
-            raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
-        arr = decode_image(data, path)
+        arr = read_image_file(path)
         if (arr.shape[0], arr.shape[1]) != self.patch_size:
             if self._resize_to is None:
                 raise DatasetError(

@@ -281,15 +281,9 @@ class PatchImages:
             except IndexError:
                 raise DatasetError(f"patch {row.index} is not in {src} (the file changed since the evaluation)") from None
         if src and _is_image(low):
-            from engine.data.base import decode_image
+            from engine.data.base import read_image_file
 
-            try:
-                data = Path(src).read_bytes()
-            except FileNotFoundError:
-                raise DatasetError(f"image not found: {src}") from None
-            except OSError as exc:
-                raise DatasetError(f"cannot read {src}: {exc.strerror or exc}") from None
-            return decode_image(data, src)
+            return read_image_file(src)
         return self._from_dataset(row)
 
     def _h5_file(self, src: str) -> Any:
