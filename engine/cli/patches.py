@@ -26,6 +26,7 @@ from engine.train.config import (
     CACHE_MODES,
     CALIBRATIONS,
     CLASS_WEIGHTING,
+    DEFAULT_HARD_NEGATIVES,
     OPTIMIZERS,
     SCHEDULES,
     SPLITS,
@@ -41,7 +42,7 @@ _TRAIN_FIELDS = {
     "warmup_epochs": "warmup_epochs", "class_weighting": "class_weighting", "val_fraction": "val_fraction",
     "split": "split", "patience": "patience", "seed": "seed", "device": "device", "precision": "precision", "workers": "num_workers",
     "cache": "cache", "dropout": "dropout", "positive_class": "positive_class", "ema": "ema",
-    "stain_norm": "stain_norm", "calibration": "calibration", "threshold_rule": "threshold_rule",
+    "stain_norm": "stain_norm", "hard_negatives": "hard_negatives", "calibration": "calibration", "threshold_rule": "threshold_rule",
     "threshold_target": "threshold_target",
 }
 
@@ -95,6 +96,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                    help="keep an exponential moving average of the weights (e.g. 0.999) for validation and export (default off)")
     p.add_argument("--stain-norm", choices=STAIN_NORMS,
                    help="stain normalisation fitted on the training patches and stored in the model (default none)")
+    p.add_argument("--hard-negatives", type=float, nargs="?", const=DEFAULT_HARD_NEGATIVES, metavar="ALPHA",
+                   help="hard-negative mining: after one warm-up epoch, draw each epoch's negative patches with weight "
+                        "1 + ALPHA x the rank of their last training loss (0..1); positives and epoch length unchanged "
+                        f"(default off; ALPHA {DEFAULT_HARD_NEGATIVES:g} when given without a value)")
     _threshold_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_cmd_train)

@@ -24,6 +24,11 @@ CALIBRATIONS = ("temperature", "isotonic", "none")
 THRESHOLD_RULES = ("specificity", "sensitivity", "youden", "fixed")
 #: stain normalisation of every patch, fitted on the training patches (engine.infer.stain)
 STAIN_NORMS = ("none", "reinhard", "macenko")
+#: the largest hard-negative mining strength (the hardest negative drawn at most 1 + this times as
+#: often as the easiest)
+MAX_HARD_NEGATIVES = 100.0
+#: the strength ``--hard-negatives`` without a value uses
+DEFAULT_HARD_NEGATIVES = 3.0
 # ImageNet statistics: the right normalisation for ImageNet-initialised networks and a harmless
 # one for networks trained from scratch (batch norm absorbs the rest)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -131,6 +136,10 @@ class TrainConfig:
         stain_norm: stain normalisation of every patch (training and, through the package, all
             inference): ``"none"``, ``"reinhard"`` (LAB mean/std) or ``"macenko"``; the target
             is fitted on training patches.
+        hard_negatives: hard-negative mining strength ``alpha`` (:mod:`engine.train.hard_negatives`):
+            after a warm-up epoch, each epoch draws its negative patches with weights
+            ``1 + alpha * (rank of their last training loss, in [0, 1])``, positives unchanged and
+            the epoch length unchanged; 0 = off (a plain shuffle every epoch).
     """
 
     data: str
@@ -170,6 +179,7 @@ class TrainConfig:
     threshold_target: float | None = None
     ema: float = 0.0
     stain_norm: str = "none"
+    hard_negatives: float = 0.0
 
     def __post_init__(self) -> None:
         from engine.models.registry import architecture_names
@@ -207,6 +217,9 @@ class TrainConfig:
         _check(isinstance(self.ema, (int, float)) and (self.ema == 0 or 0.5 <= self.ema < 1),
                f"ema decay must be 0 (off) or in [0.5, 1), got {self.ema!r}")
         _check(self.stain_norm in STAIN_NORMS, f"stain normalisation must be one of {', '.join(STAIN_NORMS)}, got {self.stain_norm!r}")
+        _check(isinstance(self.hard_negatives, (int, float)) and not isinstance(self.hard_negatives, bool)
+               and math.isfinite(self.hard_negatives) and 0 <= self.hard_negatives <= MAX_HARD_NEGATIVES,
+               f"hard-negative mining strength must be 0 (off) to {MAX_HARD_NEGATIVES:g}, got {self.hard_negatives!r}")
         _check(isinstance(self.log_every, int) and self.log_every >= 1, f"log_every must be >= 1, got {self.log_every!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -415,6 +415,7 @@ def _loop(
     from engine.models import build_model
     from engine.train import ddp
     from engine.train.augment import augment_batch, batch_generator
+    from engine.train.hard_negatives import HardNegativeSampler, gather_losses
     from engine.train.loader import PatchSource, cache_fits, cache_patches_on_machine
 
     cfg, dist, events, device = run.cfg, run.dist, run.events, run.device
@@ -495,6 +496,9 @@ def _loop(
     )
     val_src = PatchSource(ds, val_local, use_cache, cfg.num_workers, run.use_cuda, run.progress, run.cancel, "cache_val")
     train_labels = torch.from_numpy(labels_all[train_idx])
+    miner = HardNegativeSampler(labels_all[train_idx], positive, cfg.hard_negatives, cfg.seed)
+    if ckpt is not None:
+        miner.load(ckpt.get("hard_negatives"))
 
     info = {
         "arch": cfg.arch, "device": str(device), "amp": run.amp, "precision": str(run.amp_dtype or torch.float32).removeprefix("torch."), "world_size": dist.world_size,
@@ -532,7 +536,11 @@ def _loop(
     for epoch in range(start_epoch, cfg.epochs):
         events.write("epoch_started", epoch=epoch + 1, epochs=cfg.epochs, lr=opt.param_groups[0]["lr"])
         run.state("running", epoch=epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(train_idx.size)
+        order = miner.order(epoch)  # a plain shuffle unless hard-negative mining is on
+        if miner.mining(epoch):
+            events.write("hard_negatives", epoch=epoch + 1, **miner.stats)
+        mined_pos: list[np.ndarray] = []
+        mined_loss: list[np.ndarray] = []
         global_chunks = [order[i : i + cfg.batch_size] for i in range(0, order.size, cfg.batch_size)]
         shares = [dist.share(c.size) for c in global_chunks]
         local_chunks = [c[o : o + k] for c, (o, k) in zip(global_chunks, shares, strict=True)]
@@ -559,6 +567,9 @@ def _loop(
                 logits = net(x)
             ce = torch.nn.functional.cross_entropy(logits.float(), yb, reduction="none")
             wsum = (ce * class_w[yb]).sum()
+            if miner.enabled:
+                mined_pos.append(local_chunks[step])
+                mined_loss.append(ce.detach().cpu().numpy())
             # sum / global batch, times world size: DDP's gradient mean over ranks then equals the
             # gradient of the global-batch mean, also for uneven shards of the last batch
             loss = wsum * (dist.world_size / global_n)
@@ -596,6 +607,8 @@ def _loop(
         total_train_time += epoch_train_time
         total_train_patches += int(train_idx.size)
         tl_sum, tl_n = ddp.sum_scalars(dist, [loss_sum, float(n_seen)], device)
+        if miner.enabled:
+            miner.record(*gather_losses(dist, mined_pos, mined_loss))
         train_loss = tl_sum / max(tl_n, 1.0)
 
         eval_net = ema.module if ema is not None else net
@@ -645,6 +658,7 @@ def _loop(
                     "stale": stale, "history": history, "fingerprint": fingerprint, "arch": cfg.arch,
                     "class_names": list(class_names), "input_size": size,
                     "ema": ema.state_dict() if ema is not None else None, "stain_norm": stain_meta,
+                    "hard_negatives": miner.state(torch),
                 },
                 run.run_dir / rf.CHECKPOINT_NAME,
             )
