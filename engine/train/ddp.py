@@ -208,9 +208,19 @@ def gather_arrays(info: DistInfo, arr: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def destroy(info: DistInfo) -> None:
+def destroy(info: DistInfo, synchronize: bool = False) -> None:
+    """Leave the process group.
+
+    Args:
+        synchronize: wait for every rank first (a finished run), so no rank closes its
+            connections while another is still writing its last files or inside a collective;
+            gloo could abort a rank that tore down alone. Not after an error: the other ranks
+            may never arrive.
+    """
     if info.distributed:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if synchronize:
+                dist.barrier()
             dist.destroy_process_group()

@@ -293,6 +293,7 @@ def train(
     from engine.train import ddp
 
     ddp.init_process_group(dist, run.use_cuda)
+    finished = False
     try:
         if not resume and dist.is_main:
             rf.prepare_new_run(run_dir)
@@ -308,9 +309,12 @@ def train(
                     f"the data at {cfg.data} changed since run {run_dir} started (different patches or labels); "
                     "start a new run folder"
                 )
-            return _train(run, ds, fingerprint, resume, torch)
+            result = _train(run, ds, fingerprint, resume, torch)
+        finished = True
+        return result
     finally:
-        ddp.destroy(dist)
+        # after a finished run every rank tears the group down together; after an error, locally
+        ddp.destroy(dist, synchronize=finished)
 
 
 def _train(run: _Run, ds: Any, fingerprint: str, resume: bool, torch: Any) -> TrainResult:
