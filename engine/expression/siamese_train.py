@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.errors import Cancelled, ConfigError, DatasetError
+from engine.errors import ConfigError, DatasetError
 from engine.expression.matrix import ExpressionMatrix, read_matrix
 from engine.expression.oneshot import evaluate_oneshot, usable_types
 from engine.expression.preprocess import GenePrep, fit_gene_filter
@@ -33,9 +33,12 @@ from engine.jobs import CancelToken, ProgressCallback
 from engine.train.runfolder import (
     CONFIG_NAME,
     RunLog,
+    config_from_dict,
     load_checkpoint,
-    load_run_config,
+    load_kind_config,
     prepare_new_run,
+    recorded_outcome,
+    run_lock,
 )
 
 RUN_KIND = "siamese"
@@ -120,24 +123,14 @@ class SiameseTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SiameseTrainConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown Siamese training setting(s): {', '.join(unknown)}")
-        kw = dict(d)
-        for k, typ in (("test_types", str), ("channels", int), ("eval_ways", int)):
-            if k in kw:
-                kw[k] = tuple(typ(v) for v in kw[k])
-        try:
-            return cls(**kw)
-        except TypeError as exc:
-            raise ConfigError(f"invalid Siamese training config: {exc}") from exc
+        return config_from_dict(cls, d, "Siamese", _TUPLE_FIELDS)
+
+
+_TUPLE_FIELDS = {"test_types": str, "channels": int, "eval_ways": int}
 
 
 def load_siamese_config(run: Path) -> SiameseTrainConfig:
-    d = load_run_config(run)
-    if d.get("kind") != RUN_KIND:
-        raise ConfigError(f"{run} is a {d.get('kind') or 'patch'} training run, not a Siamese run")
-    return SiameseTrainConfig.from_dict(d["config"])
+    return load_kind_config(run, RUN_KIND, SiameseTrainConfig, "Siamese", _TUPLE_FIELDS)
 
 
 @dataclass
@@ -221,19 +214,8 @@ def train_siamese(cfg: SiameseTrainConfig | None, run_dir: str | os.PathLike[str
     assert cfg is not None
     (run / "checkpoints").mkdir(exist_ok=True)
     log = RunLog(run)
-    lock = _run_lock(run)
-    with lock:
+    with run_lock(run):
         return _train_locked(cfg, run, resume, log, progress, cancel)
-
-
-def _run_lock(run: Path):
-    try:
-        from engine.train.runfolder import run_lock  # type: ignore[attr-defined]
-    except ImportError:
-        from contextlib import nullcontext
-
-        return nullcontext()
-    return run_lock(run)
 
 
 def _train_locked(cfg, run, resume, log, progress, cancel) -> TrainResult:
@@ -263,21 +245,13 @@ def _train_locked(cfg, run, resume, log, progress, cancel) -> TrainResult:
     torch.set_num_threads(cfg.cpu_threads)
     log.state("running", epoch=0, epochs=cfg.pretrain_epochs + cfg.epochs)
     try:
-        fitter = SiameseFitter(cfg, run, x, labels, split, prep, device, log, progress, cancel)
-        best = fitter.fit()
-        metrics = _finish(cfg, run, m, labels, split, best, log)
-        log.event("finished", metrics=_headline(metrics), best_epoch=best.get("epoch"))
-        log.state("finished", message=_headline_text(metrics), best_epoch=best.get("epoch"))
-        return TrainResult(run, metrics)
-    except Cancelled:
-        log.event("cancelled", message="stopped by user; resume with --resume")
-        log.state("cancelled", message="stopped by user; resume with --resume")
-        raise
-    except Exception as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        log.event("failed", message=msg)
-        log.state("failed", message=msg)
-        raise
+        with recorded_outcome(log, run):
+            fitter = SiameseFitter(cfg, run, x, labels, split, prep, device, log, progress, cancel)
+            best = fitter.fit()
+            metrics = _finish(cfg, run, m, labels, split, best, log)
+            log.event("finished", metrics=_headline(metrics), best_epoch=best.get("epoch"))
+            log.state("finished", message=_headline_text(metrics), best_epoch=best.get("epoch"))
+            return TrainResult(run, metrics)
     finally:
         torch.set_num_threads(threads)
 

@@ -22,23 +22,25 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from engine.errors import Cancelled, ConfigError, DatasetError
+from engine.errors import ConfigError, DatasetError
 from engine.fileio import atomic_write_json, ensure_writable_dir
 from engine.jobs import CancelToken, ProgressCallback
 from engine.train.runfolder import (
     CONFIG_NAME,
     EventLog,
     RunFolderError,
+    config_from_dict,
     is_running,
-    load_run_config,
+    load_kind_config,
     prepare_new_run,
+    recorded_outcome,
     run_lock,
     write_state,
 )
@@ -151,19 +153,10 @@ class WganTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WganTrainConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown WGAN training setting(s): {', '.join(unknown)}")
-        kw = dict(d)
-        for key in ("covariates", "categorical", "where"):
-            if key in kw:
-                kw[key] = tuple(str(c) for c in kw[key])
-        if "hidden" in kw:
-            kw["hidden"] = tuple(int(h) for h in kw["hidden"])
-        try:
-            return cls(**kw)
-        except TypeError as exc:
-            raise ConfigError(f"invalid WGAN training config: {exc}") from exc
+        return config_from_dict(cls, d, "WGAN", _TUPLE_FIELDS)
+
+
+_TUPLE_FIELDS = {"covariates": str, "categorical": str, "where": str, "hidden": int}
 
 
 #: Epochs chosen by :func:`auto_epochs` (``epochs`` 0): small cohorts, cohorts of several hundred.
@@ -196,10 +189,7 @@ def load_wgan_config(run: Path) -> WganTrainConfig:
     Raises:
         RunFolderError / ConfigError: not a run folder, or not a WGAN run.
     """
-    d = load_run_config(run)
-    if d.get("kind") != RUN_KIND:
-        raise ConfigError(f"{run} is a {d.get('kind') or 'patch'} training run, not a WGAN run")
-    return WganTrainConfig.from_dict(d["config"])
+    return load_kind_config(run, RUN_KIND, WganTrainConfig, "WGAN", _TUPLE_FIELDS)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -405,7 +395,7 @@ def _train_locked(
 
     log = EventLog(run)
     write_state(run, "running", epoch=0, epochs=cfg.epochs)
-    try:
+    with recorded_outcome(log, run):
         data, split = prepare_data(cfg, run, resume)
         if cfg.epochs == 0:  # saved resolved in config.json, so a resume trains to the same length
             cfg = replace(cfg, epochs=auto_epochs(len(data.train_idx)))
@@ -427,15 +417,6 @@ def _train_locked(
         log.write("finished", metrics={k: metrics.get(k) for k in ("gamma", "c2st_auc")})
         write_state(run, "finished", epoch=loop.last_epoch, epochs=cfg.epochs, message=_summary(metrics))
         return WganResult(run, metrics, model_path)
-    except Cancelled:
-        log.write("cancelled", message="stopped by user; resume with --resume")
-        write_state(run, "cancelled", message="stopped by user; resume with --resume")
-        raise
-    except Exception as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        log.write("failed", message=msg)
-        write_state(run, "failed", message=msg)
-        raise
 
 
 def training_rows(data: WganData, limit: int = 2000) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,11 @@ from engine.runs import stop_requested
 from engine.train.runfolder import (
     CONFIG_NAME,
     RunLog,
+    config_from_dict,
     load_checkpoint,
-    load_run_config,
+    load_kind_config,
     prepare_new_run,
+    recorded_outcome,
     run_lock,
     save_torch,
 )
@@ -153,18 +155,7 @@ class MILTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MILTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown MIL training setting(s): {', '.join(unknown)}")
-        kw = dict(d)
-        for key in ("clinical", "categorical"):
-            if key in kw:
-                kw[key] = tuple(str(c) for c in kw[key])
-        try:
-            return cls(**kw)
-        except TypeError as exc:
-            raise ConfigError(f"invalid MIL training config: {exc}") from exc
+        return config_from_dict(cls, d, "MIL", {"clinical": str, "categorical": str})
 
 
 def load_mil_config(run: Path) -> MILTrainConfig:
@@ -173,10 +164,7 @@ def load_mil_config(run: Path) -> MILTrainConfig:
     Raises:
         RunFolderError: not a run folder; ConfigError: not a MIL run or a damaged config.
     """
-    d = load_run_config(run)
-    if d.get("kind") != RUN_KIND:
-        raise ConfigError(f"{run} is a {d.get('kind') or 'patch'} training run, not a MIL run")
-    return MILTrainConfig.from_dict(d["config"])
+    return load_kind_config(run, RUN_KIND, MILTrainConfig, "MIL", {"clinical": str, "categorical": str})
 
 
 # -- run folder bookkeeping ----------------------------------------------------------------------
@@ -352,66 +340,58 @@ def _train_locked(
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.cpu_threads)
     try:
-        fold_results = []
-        for fold in folds:
-            done_file = run / f"fold_{fold.index}.json"
-            if done_file.is_file():
-                fold_results.append(json.loads(done_file.read_text(encoding="utf-8")))
-                continue
-            trainer = _FoldTrainer(
-                cfg, fold, by_id, store, cohort, numeric_cols, categorical_cols, extraction, device, run, log
+        with recorded_outcome(log, run):
+            fold_results = []
+            for fold in folds:
+                done_file = run / f"fold_{fold.index}.json"
+                if done_file.is_file():
+                    fold_results.append(json.loads(done_file.read_text(encoding="utf-8")))
+                    continue
+                trainer = _FoldTrainer(
+                    cfg, fold, by_id, store, cohort, numeric_cols, categorical_cols, extraction, device, run, log
+                )
+                fold_results.append(trainer.run(len(folds), progress, cancel))
+            # pooled results: the test set (single split) or out-of-fold predictions (CV)
+            ids = [sid for fr in fold_results for sid in fr["test_ids"]]
+            if not ids:  # no test set (test_fraction 0): report validation instead
+                ids = [sid for fr in fold_results for sid in fr["val_ids"]]
+                probs = np.array([p for fr in fold_results for p in fr["val_probs"]], dtype=np.float64)
+                part = "validation"
+            else:
+                probs = np.array([p for fr in fold_results for p in fr["test_probs"]], dtype=np.float64)
+                part = "test" if len(folds) == 1 else "out-of-fold test"
+            rows = [by_id[s] for s in ids]
+            best = max(fold_results, key=lambda fr: (fr["best_score"], -fr["fold"]))
+            metrics = write_evaluation(
+                run,
+                rows,
+                probs,
+                cohort.class_names,
+                title=f"MIL {part} ({len(ids)} slides)",
+                n_boot=cfg.n_boot,
+                extra={
+                    "evaluated_on": part,
+                    "folds": [
+                        {
+                            "fold": fr["fold"],
+                            "best_epoch": fr["best_epoch"],
+                            "val_auc": fr["val_auc"],
+                            "test_auc": fr["test_auc"],
+                        }
+                        for fr in fold_results
+                    ],
+                    "best_fold": best["fold"],
+                    "clinical": list(cfg.clinical),
+                    "excluded_slides": bag_notes,
+                },
             )
-            fold_results.append(trainer.run(len(folds), progress, cancel))
-        # pooled results: the test set (single split) or out-of-fold predictions (CV)
-        ids = [sid for fr in fold_results for sid in fr["test_ids"]]
-        if not ids:  # no test set (test_fraction 0): report validation instead
-            ids = [sid for fr in fold_results for sid in fr["val_ids"]]
-            probs = np.array([p for fr in fold_results for p in fr["val_probs"]], dtype=np.float64)
-            part = "validation"
-        else:
-            probs = np.array([p for fr in fold_results for p in fr["test_probs"]], dtype=np.float64)
-            part = "test" if len(folds) == 1 else "out-of-fold test"
-        rows = [by_id[s] for s in ids]
-        best = max(fold_results, key=lambda fr: (fr["best_score"], -fr["fold"]))
-        metrics = write_evaluation(
-            run,
-            rows,
-            probs,
-            cohort.class_names,
-            title=f"MIL {part} ({len(ids)} slides)",
-            n_boot=cfg.n_boot,
-            extra={
-                "evaluated_on": part,
-                "folds": [
-                    {
-                        "fold": fr["fold"],
-                        "best_epoch": fr["best_epoch"],
-                        "val_auc": fr["val_auc"],
-                        "test_auc": fr["test_auc"],
-                    }
-                    for fr in fold_results
-                ],
-                "best_fold": best["fold"],
-                "clinical": list(cfg.clinical),
-                "excluded_slides": bag_notes,
-            },
-        )
-        log.event(
-            "finished",
-            metrics={k: metrics[k] for k in ("auc", "accuracy", "sensitivity", "specificity")},
-            best_fold=best["fold"],
-        )
-        log.state("finished", message=f"{part} AUC {metrics['auc']:.3f}", best_fold=best["fold"])
-        return TrainResult(run, metrics, int(best["fold"]))
-    except Cancelled:
-        log.event("cancelled", message="stopped by user; resume with --resume")
-        log.state("cancelled", message="stopped by user; resume with --resume")
-        raise
-    except Exception as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        log.event("failed", message=msg)
-        log.state("failed", message=msg)
-        raise
+            log.event(
+                "finished",
+                metrics={k: metrics[k] for k in ("auc", "accuracy", "sensitivity", "specificity")},
+                best_fold=best["fold"],
+            )
+            log.state("finished", message=f"{part} AUC {metrics['auc']:.3f}", best_fold=best["fold"])
+            return TrainResult(run, metrics, int(best["fold"]))
     finally:
         torch.set_num_threads(threads_before)
 

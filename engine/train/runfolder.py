@@ -14,11 +14,12 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from engine.errors import ConfigError, MetaScopeError
+from engine.errors import Cancelled, ConfigError, MetaScopeError
 from engine.fileio import atomic_path, atomic_write_json, json_default
 from engine.procs import pid_alive
 
@@ -124,6 +125,27 @@ class RunLog:
 
     def state(self, status: str, **payload: Any) -> None:
         write_state(self.run, status, **payload)
+
+
+@contextlib.contextmanager
+def recorded_outcome(log: EventLog | RunLog, run: Path) -> Iterator[None]:
+    """Record how a run ended when it did not finish: ``cancelled`` (resumable) or ``failed`` with
+    the error's one-line message, as an event and in ``state.json``; the exception goes on."""
+    write = log.event if isinstance(log, RunLog) else log.write
+    try:
+        yield
+    except Cancelled:
+        write("cancelled", message=CANCELLED_MESSAGE)
+        write_state(run, "cancelled", message=CANCELLED_MESSAGE)
+        raise
+    except Exception as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        write("failed", message=msg)
+        write_state(run, "failed", message=msg)
+        raise
+
+
+CANCELLED_MESSAGE = "stopped by user; resume with --resume"
 
 
 def read_state(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -287,6 +309,48 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(d, dict) or "config" not in d:
         raise RunFolderError(f"{p} is not a MetaScope training config")
     return d
+
+
+_Config = TypeVar("_Config")
+
+
+def config_from_dict(
+    cls: type[_Config], d: dict[str, Any], what: str, tuples: dict[str, Callable[[Any], Any]] | None = None
+) -> _Config:
+    """A training config dataclass from its stored ``dict``.
+
+    Args:
+        what: the kind of run in messages ("MIL", "genomics", ...).
+        tuples: fields stored as JSON lists, each with the converter of its items.
+
+    Raises:
+        ConfigError: unknown settings, or values the dataclass rejects.
+    """
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})  # type: ignore[arg-type]
+    if unknown:
+        raise ConfigError(f"unknown {what} training setting(s): {', '.join(unknown)}")
+    kw = dict(d)
+    for key, convert in (tuples or {}).items():
+        if kw.get(key) is not None:
+            kw[key] = tuple(convert(v) for v in kw[key])
+    try:
+        return cls(**kw)
+    except TypeError as exc:
+        raise ConfigError(f"invalid {what} training config: {exc}") from exc
+
+
+def load_kind_config(
+    run: Path, kind: str, cls: type[_Config], what: str, tuples: dict[str, Callable[[Any], Any]] | None = None
+) -> _Config:
+    """The config of a run folder of one kind (``config.json``'s ``kind``), see :func:`config_from_dict`.
+
+    Raises:
+        RunFolderError / ConfigError: not a run folder, a run of another kind, bad settings.
+    """
+    d = load_run_config(run)
+    if d.get("kind") != kind:
+        raise ConfigError(f"{run} is a {d.get('kind') or 'patch'} training run, not a {what} run")
+    return config_from_dict(cls, d["config"], what, tuples)
 
 
 def save_torch(obj: Any, path: Path) -> None:
