@@ -34,7 +34,14 @@ Measured in every repeat, interleaved (medians of ``--repeats``):
 - MetaScope read-only (a: the pipeline's read pool with a no-op model), inference-only (b:
   onnxruntime on ready batches) and pipeline (c: ``iter_tile_outputs``) on the slide's tissue
   tiles, with ``open_slide``'s reader (tifffile where identical to OpenSlide) and with OpenSlide,
-  as ``benchmarks/heatmap.py`` measures them; ``L = 1 / (1/a + 1/b)``.
+  as ``benchmarks/heatmap.py`` measures them; ``L = 1 / (1/a + 1/b)``;
+- when ``openvino`` is importable (it is not a MetaScope dependency): OpenVINO's CPU runtime on
+  the same ``.onnx`` and the same ready batches (f32 precision, no bf16; as many threads as
+  onnxruntime), beside b, with its largest probability difference from onnxruntime. OpenVINO was
+  tried as a second inference backend and was not faster here, so MetaScope has no such backend.
+
+MetaScope full's fixed per-slide cost (everything but the heatmap stage: model load, open, tissue
+detection, tiling, QC) is reported beside it, with the CPU seconds the whole run used.
 
 Targets (issue 15): MetaScope full >= 3.5x TIAToolbox (the better of its two settings), and
 c >= 0.9 L with the faster reader's a.
@@ -261,17 +268,53 @@ def metascope_full(slide: Path, model: Path) -> dict[str, Any]:
     """``compute_heatmap`` on the slide path (the engine of ``metascope heatmap``, no result files)."""
     from engine.infer.pipeline import InferenceConfig, compute_heatmap
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = compute_heatmap(slide, model, InferenceConfig(device="cpu", batch_size=BATCH))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = int(res.summary["tiles_analysed"])
     p = res.probabilities[:, 1]
+    t = res.timing
     return {"seconds": seconds, "tiles": n, "tiles_per_s": n / seconds, "inference_tiles_per_s":
-            res.timing["tiles_per_s"], "reader": res.slide["reader"], "mean_p1": float(np.nanmean(p))}
+            t["tiles_per_s"], "reader": res.slide["reader"], "mean_p1": float(np.nanmean(p)), "cpu_s": cpu,
+            "fixed_s": seconds - t["inference_s"], "tissue_s": t["tissue_s"], "plan_s": t["plan_s"]}
+
+
+class _OpenVINO:
+    """OpenVINO's CPU runtime on a MetaScope ``.onnx`` (f32), with a session's ``run``."""
+
+    def __init__(self, model: Path, threads: int) -> None:
+        import io
+
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(io.BytesIO(model.read_bytes())), "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False})
+        self.version = ov.__version__.split("-")[0]
+        self._request = compiled.create_infer_request()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self._request.infer({0: batch})
+        return self._request.get_output_tensor(0).data.copy()
+
+
+def openvino_runner(model: Path, session: Any, batches: list[np.ndarray]) -> tuple[_OpenVINO, float] | None:
+    """OpenVINO on ``model`` and its largest probability difference from onnxruntime, or None
+    when openvino is not installed."""
+    try:
+        runner = _OpenVINO(model, session.intra_op_threads)
+    except ImportError:
+        return None
+    from engine.infer.preprocess import to_probabilities
+
+    diff = max(float(np.abs(to_probabilities(runner.run(b), session.metadata)
+                            - to_probabilities(session.run(b), session.metadata)).max()) for b in batches[:8])
+    return runner, diff
 
 
 def metascope_parts(slide: Path, model: Path, plan: Any, idx: np.ndarray, batches: list[np.ndarray],
-                    sessions: tuple[Any, Any]) -> dict[str, float]:
+                    sessions: tuple[Any, Any], ov: Any = None) -> dict[str, float]:
     """a (fast reader and OpenSlide), b, c (fast reader) as benchmarks/heatmap.py measures them."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from heatmap import _inference_only, _NoModel, _run_pipeline  # benchmarks/heatmap.py
@@ -286,11 +329,15 @@ def metascope_parts(slide: Path, model: Path, plan: Any, idx: np.ndarray, batche
     c, _ = _run_pipeline(slide, plan, pipe, idx, cfg, "auto")
     c_os, _ = _run_pipeline(slide, plan, pipe, idx, cfg, "openslide")
     lim, lim_os = 1.0 / (1.0 / a + 1.0 / b), 1.0 / (1.0 / a_os + 1.0 / b)
-    return {"a": a, "a_os": a_os, "b": b, "c": c, "c_os": c_os, "L": lim, "L_os": lim_os, "c_L": c / lim,
-            "c_os_L_os": c_os / lim_os}
+    out = {"a": a, "a_os": a_os, "b": b, "c": c, "c_os": c_os, "L": lim, "L_os": lim_os, "c_L": c / lim,
+           "c_os_L_os": c_os / lim_os}
+    if ov is not None:  # beside b, on the same batches
+        out["b_ort"] = _inference_only(pipe, batches)[0]
+        out["b_ov"] = _inference_only(ov, batches)[0]
+    return out
 
 
-def _prepare(slide: Path, model: Path) -> tuple[Any, np.ndarray, list[np.ndarray], tuple[Any, Any]]:
+def _prepare(slide: Path, model: Path) -> tuple[Any, np.ndarray, list[np.ndarray], tuple[Any, Any], Any]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from heatmap import _ready_batches  # benchmarks/heatmap.py
 
@@ -305,14 +352,14 @@ def _prepare(slide: Path, model: Path) -> tuple[Any, np.ndarray, list[np.ndarray
     idx = np.arange(plan.n_tiles, dtype=np.int64)
     batches = _ready_batches(slide, plan, pipe, idx[: min(plan.n_tiles, 1024)], BATCH)
     batches = (batches * (plan.n_tiles // (len(batches) * BATCH) + 1))[: max(1, plan.n_tiles // BATCH)]
-    return plan, idx, batches, (pipe, spin)
+    return plan, idx, batches, (pipe, spin), openvino_runner(model, pipe, batches)
 
 
 # ------------------------------------------------------------------------------------ measurement
 
 
 def measure(venv: Path, slide: Path, onnx_path: Path, weights: Path, repeats: int) -> dict[str, Any]:
-    plan, idx, batches, sessions = _prepare(slide, onnx_path)
+    plan, idx, batches, sessions, ov = _prepare(slide, onnx_path)
     metascope_full(slide, onnx_path)  # warm: page cache, imports
     rows: list[dict[str, Any]] = []
     for r in range(repeats):
@@ -326,7 +373,7 @@ def measure(venv: Path, slide: Path, onnx_path: Path, weights: Path, repeats: in
         ]
         for key, fn in runs[r % 3 :] + runs[: r % 3]:
             row[key] = fn()
-        row["parts"] = metascope_parts(slide, onnx_path, plan, idx, batches, sessions)
+        row["parts"] = metascope_parts(slide, onnx_path, plan, idx, batches, sessions, ov[0] if ov else None)
         row["load"] = (load0, os.getloadavg()[0])
         best_tia = max(row["tia0"]["tiles_per_s"], row["tia2"]["tiles_per_s"])
         row["ratio"] = row["ms"]["tiles_per_s"] / best_tia
@@ -337,8 +384,9 @@ def measure(venv: Path, slide: Path, onnx_path: Path, weights: Path, repeats: in
               f"ratio {row['ratio']:.2f}; a {p['a']:.0f} (OpenSlide {p['a_os']:.0f}) b {p['b']:.0f} c {p['c']:.0f} "
               f"L {p['L']:.0f} c/L {p['c_L']:.2f}; load {row['load'][0]:.2f}-{row['load'][1]:.2f}",
               file=sys.stderr, flush=True)
+    extra = {"openvino": {"version": ov[0].version, "max_prob_diff": ov[1]}} if ov else {}
     return {"run": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "plan_tiles": int(plan.n_tiles), "grid": list(plan.grid_shape), "level": plan.level,
-            "read_size": plan.read_size}
+            "read_size": plan.read_size, **extra}
 
 
 def _med(rows: list[dict[str, Any]], *keys: str) -> float:
@@ -363,6 +411,32 @@ def run_summary(m: dict[str, Any]) -> str:
         f"(OpenSlide {_med(rows, 'parts', 'a_os'):.0f}), b {_med(rows, 'parts', 'b'):.0f}, c/L **{c_l:.2f}** "
         f"({'met' if c_l >= 0.9 else 'missed'})"
     )
+
+
+def _openvino_rows(m: dict[str, Any]) -> list[str]:
+    """The OpenVINO inference-only row (runs that measured it)."""
+    rows = m["rows"]
+    if "openvino" not in m or "b_ov" not in rows[0]["parts"]:
+        return []
+    ov, ort_ = _med(rows, "parts", "b_ov"), _med(rows, "parts", "b_ort")
+    info = m["openvino"]
+    return [f"| (b') OpenVINO {info['version']} CPU on the same `.onnx` (f32, same threads) / onnxruntime beside it, "
+            f"same ready batches (probabilities within {info['max_prob_diff']:.1e}) | {ov:.0f} / {ort_:.0f} "
+            f"({ov / ort_:.2f}x) |"]
+
+
+def _fixed_cost_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """MetaScope full's per-slide cost outside the heatmap stage (runs that recorded it)."""
+    if "fixed_s" not in rows[0]["ms"]:
+        return []
+    return [
+        f"MetaScope full, per slide (medians): {_med(rows, 'ms', 'seconds'):.2f} s wall, of which "
+        f"{_med(rows, 'ms', 'fixed_s'):.2f} s outside the heatmap stage (model load, open, tissue detection "
+        f"{_med(rows, 'ms', 'tissue_s'):.2f} s, tiling + QC {_med(rows, 'ms', 'plan_s'):.2f} s); "
+        f"{_med(rows, 'ms', 'cpu_s'):.1f} CPU s in all (2 cores: the wall time is bound by the CPU share the "
+        "process gets).",
+        "",
+    ]
 
 
 def report_markdown(m: dict[str, Any], versions: dict[str, str], note: str,
@@ -411,10 +485,12 @@ def report_markdown(m: dict[str, Any], versions: dict[str, str], note: str,
         f"includes its mask and set-up) | {ms_stage:.0f} ({ms_stage / max(t0, t2):.2f}x) |",
         f"| (a) MetaScope read only, `open_slide`'s reader / OpenSlide | {a:.0f} / {a_os:.0f} ({a / a_os:.2f}x) |",
         f"| (b) MetaScope inference only (onnxruntime, ready batches) | {b:.0f} |",
+        *_openvino_rows(m),
         f"| (c) MetaScope pipeline (`iter_tile_outputs`), `open_slide`'s reader / OpenSlide | {c:.0f} / {c_os:.0f} |",
         f"| L = 1 / (1/a + 1/b), faster reader / OpenSlide | {lim:.0f} / {lim_os:.0f} |",
         f"| **c / L** with the faster reader's a (target >= 0.9) | **{c_l:.2f}** {met(c_l >= 0.9)} |",
         "",
+        *_fixed_cost_lines(rows),
         "Per repeat: " + "; ".join(
             f"MetaScope {r['ms']['tiles_per_s']:.0f}, TIA {r['tia0']['tiles_per_s']:.0f} / {r['tia2']['tiles_per_s']:.0f}, "
             f"ratio {r['ratio']:.2f}, a {r['parts']['a']:.0f}, b {r['parts']['b']:.0f}, c {r['parts']['c']:.0f}, "
