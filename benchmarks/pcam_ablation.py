@@ -51,6 +51,7 @@ class Row:
     changes: dict[str, Any] = field(default_factory=dict)
     tta: bool = False
     base: str | None = None  # score this row's package instead of training one
+    ref: str = "baseline"  # the row the delta is measured against
 
 
 ROWS = (
@@ -65,6 +66,9 @@ ROWS = (
     # not an ingredient: the run-to-run noise of one training (another seed also draws another
     # grouped validation split; the test set is the same)
     Row("seed1", "baseline again with seed 1 (run-to-run noise, not an ingredient)", {"seed": 1}),
+    Row("hard_negatives_seed1", f"seed 1: + hard-negative mining (alpha {HNM_ALPHA:g}); delta vs the seed-1 baseline",
+        {"seed": 1, "hard_negatives": HNM_ALPHA}, ref="seed1"),
+    Row("hard_negatives_a1", "+ hard-negative mining, milder (alpha 1)", {"hard_negatives": 1.0}),
 )
 
 
@@ -153,8 +157,9 @@ def run_row(row: Row, epochs: int, out: Path) -> dict[str, Any]:
         "patches_per_s": ck["history"][-1].get("train_patches_per_s"),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if row.name != "baseline" and (out / "scores" / "baseline.npz").is_file():
-        b = np.load(out / "scores" / "baseline.npz")
+    rec["ref"] = row.ref
+    if row.name != row.ref and (out / "scores" / f"{row.ref}.npz").is_file():
+        b = np.load(out / "scores" / f"{row.ref}.npz")
         rec["delta_ci95"] = list(paired_delta_ci(y, score, b["score"]))
     return rec
 
@@ -175,7 +180,6 @@ def _noise(by: dict[str, dict[str, Any]]) -> str:
 def render(rows: list[dict[str, Any]], epochs: int, machine: str, threads: int) -> str:
     """The RESULTS.md section (rows in ``ROWS`` order; rows not run yet are listed as such)."""
     by = {r["name"]: r for r in rows}
-    base = by.get("baseline")
     lines = [
         SECTION, "",
         f"`benchmarks/pcam_ablation.py` on {machine}, {threads} torch thread (`OMP_NUM_THREADS=1`, `nice -n 5`), "
@@ -200,10 +204,11 @@ def render(rows: list[dict[str, Any]], epochs: int, machine: str, threads: int) 
             lines.append(f"| {row.label} | not run (out of time in this session) | | | | | |")
             continue
         lo, hi = r["test_auc_ci95"]
-        if base is None or row.name == "baseline":
+        ref = by.get(r.get("ref", "baseline"))
+        if ref is None or row.name == "baseline":
             delta = "(reference)" if row.name == "baseline" else "n/a"
         else:
-            d = r["test_auc"] - base["test_auc"]
+            d = r["test_auc"] - ref["test_auc"]
             dl, dh = r.get("delta_ci95", [float("nan")] * 2)
             delta = f"{d:+.4f} ({dl:+.4f} to {dh:+.4f})"
         val = f"{r['val_auc']:.4f} (epoch {r['best_epoch']})" + (", plain" if r["tta"] else "")
