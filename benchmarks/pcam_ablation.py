@@ -203,6 +203,30 @@ def _long_text(r: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _verdict(by: dict[str, dict[str, Any]]) -> str:
+    """Which ingredients moved pcam/valid AUC by more than the measured run-to-run noise."""
+    if "seed1" not in by or "baseline" not in by:
+        return ""
+    noise = abs(by["seed1"]["test_auc"] - by["baseline"]["test_auc"])
+    up, down, none = [], [], []
+    for row in ROWS:
+        r = by.get(row.name)
+        if r is None or row.name in ("baseline", "seed1") or "delta_ci95" not in r:
+            continue
+        d = r["test_auc"] - by[r.get("ref", "baseline")]["test_auc"]
+        lo, hi = r["delta_ci95"]
+        text = f"{row.label} ({d:+.4f})"
+        if abs(d) > noise and (lo > 0 or hi < 0):
+            (up if d > 0 else down).append(text)
+        else:
+            none.append(text)
+    parts = [f"Against that noise ({noise:.4f}) and the paired CIs, on this short schedule:"]
+    parts.append("better: " + ("; ".join(up) if up else "none") + ".")
+    parts.append("worse: " + ("; ".join(down) if down else "none") + ".")
+    parts.append("no difference shown: " + ("; ".join(none) if none else "none") + ".")
+    return " ".join(parts)
+
+
 def _noise(by: dict[str, dict[str, Any]]) -> str:
     """The sentence on run-to-run noise, from the ``seed1`` row when it ran."""
     if "seed1" not in by or "baseline" not in by:
@@ -256,7 +280,8 @@ def render(rows: list[dict[str, Any]], epochs: int, machine: str, threads: int, 
             f"| {row.label} | {r['test_auc']:.3f} ({lo:.3f}-{hi:.3f}) | {delta} | {val} | "
             f"{', '.join(f'{v:.3f}' for v in r['val_auc_by_epoch'])} | {train_min} | {r['load_avg_1min']:.1f} |"
         )
-    return "\n".join(lines + _long_text(long)) + "\n"
+    verdict = _verdict(by)
+    return "\n".join(lines + ([""] + [verdict] if verdict else []) + _long_text(long)) + "\n"
 
 
 def main() -> int:
