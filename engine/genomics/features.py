@@ -6,6 +6,14 @@
   deletion, from ``Variant_Type`` or derived from the alleles), SNV substitution classes, mean
   ``t_ref_count`` / ``t_alt_count`` / depth, mean and max VAF, summed and mean end-start span;
   with a full MAF also ``Variant_Classification`` counts, protein position and codon changes.
+- Allele states (``maf_*`` too; INCOMMON's idea): each mutation's VAF / tumour purity, about 0.5
+  for a clonal heterozygous mutation in a diploid region, above ``LOH_RATIO`` when the mutant
+  allele is amplified or the other one lost (LOH), below ``SUBCLONAL_RATIO`` when subclonal;
+  per sample the share of mutations in each state, the mean / max ratio, the LOH count, and
+  the highest ratio of each of ``KEY_GENES`` (0 when not mutated, missing without purity).
+- Within tumour type (``<SOURCE>__z_in__<TYPE COLUMN>``): FGA, TMB, mutation count, purity and
+  age standardised within the sample's tumour type; the frame holds whole-study values (for the
+  report), training refits the group statistics on its training samples (:mod:`encode`).
 - Genes (``gene_*``): 1 mutated, 0 covered and not mutated, missing when the gene is not on the
   sample's panel (from panel gene lists, else inferred from the data: a gene never mutated on a
   panel although its rate elsewhere predicts >= 5 mutations there is taken as absent from it).
@@ -20,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import DatasetError
+from engine.genomics.encode import WITHIN_SEP, apply_within, fit_within, within_name
 from engine.genomics.leaks import ID_COLUMNS
 from engine.genomics.study import Study, is_numeric_column, numeric
 
@@ -45,6 +54,14 @@ CLASSIFICATIONS = (
     "In_Frame_Del", "In_Frame_Ins", "Silent", "Translation_Start_Site", "Nonstop_Mutation",
 )
 _COMP = str.maketrans("ACGT", "TGCA")
+#: VAF / purity above this: mutant allele amplified or the other allele lost; below SUBCLONAL_RATIO: subclonal
+LOH_RATIO = 0.6
+SUBCLONAL_RATIO = 0.3
+#: roles standardised within the tumour type (mutation count falls back to the MAF's count)
+WITHIN_ROLES = ("fga", "tmb", "mutation_count", "purity", "age")
+#: genes with a per-gene VAF / purity feature (driver genes whose allele state is informative)
+KEY_GENES = ("TP53", "KRAS", "PIK3CA", "APC", "EGFR", "CDKN2A", "PTEN", "SMAD4", "RB1", "ARID1A", "KMT2D", "BRAF",
+             "CTNNB1", "NF1", "ATM", "FBXW7", "KEAP1", "STK11", "BRCA2", "ERBB2")
 
 
 @dataclass
@@ -87,6 +104,8 @@ class FeatureTable:
         if which == "all":
             return self
         keep = [c for c in self.columns if self.groups.get(c) == which]
+        # a within-type column needs its tumour-type column as a feature (prediction rebuilds it from it)
+        keep = [c for c in keep if WITHIN_SEP not in c or c.partition(WITHIN_SEP)[2] in keep]
         role_cols = [self.roles[r] for r in ("tumour_type",) if r in self.roles and self.roles[r] in self.frame]
         frame = self.frame[list(dict.fromkeys(keep + role_cols))]
         return FeatureTable(frame, [c for c in self.numeric if c in keep], [c for c in self.categorical if c in keep],
@@ -216,7 +235,50 @@ def mutation_summaries(study: Study) -> tuple[pd.DataFrame, dict[str, str]]:
     if "maf_sum_span" in out:
         out["maf_sum_span"] = out["maf_sum_span"].fillna(0)
     _full_maf(m, bc, idx, out, missing)
+    if vaf is not None:
+        allele_states(study, vaf, out, missing)
     return out, missing
+
+
+def sample_purity(study: Study) -> pd.Series | None:
+    """Tumour purity per sample as a fraction (0 or missing -> NaN; percentages scaled), or None."""
+    col = find_role(study.samples.columns, "purity")
+    if col is None:
+        return None
+    p = pd.Series(numeric(study.samples[col]), index=study.samples.index, dtype=np.float64)
+    if p.max() > 1.5:
+        p = p / 100.0
+    return p.where(p > 0)
+
+
+def allele_states(study: Study, vaf: pd.Series, out: pd.DataFrame, missing: dict[str, str]) -> None:
+    """Allele-state columns from VAF / purity (see the module docstring), added to ``out``."""
+    purity = sample_purity(study)
+    if purity is None or not purity.notna().any():
+        missing["maf_frac_loh"] = "no tumour purity column (allele states need VAF / purity)"
+        return
+    m = study.mutations
+    assert m is not None
+    bc = m["Tumor_Sample_Barcode"]
+    r = pd.Series(vaf.to_numpy(dtype=np.float64) / bc.map(purity).to_numpy(dtype=np.float64), index=m.index)
+    ok = np.isfinite(r)
+    rows = pd.DataFrame({"bc": bc[ok], "r": r[ok], "gene": m.loc[ok, "Hugo_Symbol"]})
+    rows["sub"] = (rows["r"] < SUBCLONAL_RATIO).astype(np.float64)
+    rows["loh"] = (rows["r"] > LOH_RATIO).astype(np.float64)
+    rows["het"] = 1.0 - rows["sub"] - rows["loh"]
+    g = rows.groupby("bc")
+    idx = out.index
+    has = pd.Series(idx.isin(purity.dropna().index), index=idx)
+    for name, col in (("subclonal", "sub"), ("heterozygous", "het"), ("loh", "loh")):
+        out[f"maf_frac_{name}"] = g[col].mean().reindex(idx)
+    out["maf_mean_vaf_purity"] = g["r"].mean().reindex(idx)
+    out["maf_max_vaf_purity"] = g["r"].max().reindex(idx)
+    # no usable mutation: zero LOH mutations when the purity is known
+    out["maf_n_loh"] = g["loh"].sum().reindex(idx).fillna(0).where(has)
+    key = rows[rows["gene"].isin(KEY_GENES)]
+    per_gene = key.groupby(["bc", "gene"])["r"].max().unstack().reindex(index=idx, columns=list(KEY_GENES))
+    for gene in KEY_GENES:  # 0: the gene is not mutated (no mutant allele); missing: no purity
+        out[f"maf_vaf_purity_{gene}"] = per_gene[gene].astype(np.float64).fillna(0).where(has)
 
 
 def _vaf(m: pd.DataFrame) -> pd.Series | None:
@@ -319,6 +381,10 @@ def build_features(
     genes: list[str] = []
     if study.mutations is not None:
         maf, not_computed = mutation_summaries(study)
+        if "maf_frac_loh" in maf.columns:
+            notes.append(f"allele states from VAF / tumour purity (> {LOH_RATIO} LOH or amplified mutant allele, < "
+                         f"{SUBCLONAL_RATIO} subclonal): maf_frac_subclonal / heterozygous / loh, maf_mean_vaf_purity, "
+                         f"maf_max_vaf_purity, maf_n_loh, and maf_vaf_purity_<gene> for {len(KEY_GENES)} driver genes")
         gen, genes, gnotes = gene_indicators(study, min_gene_freq, max_genes)
         frame = pd.concat([frame, maf, gen], axis=1)
         new = list(maf.columns) + list(gen.columns)
@@ -329,11 +395,34 @@ def build_features(
         if which == "mutations":
             raise DatasetError("the study has no mutations table: use --features clinical")
         not_computed["maf_* and gene_* features"] = "the study has no mutations (MAF) table"
+    within = within_columns(frame, num, cat, roles, groups)
+    if within:
+        frame = apply_within(frame, fit_within(frame, within))
+        num += within
+        notes.append(f"{len(within)} numbers standardised within the tumour type ({roles['tumour_type']}; group "
+                     "mean / std refitted on each model's training samples): " + ", ".join(within))
     ft = FeatureTable(frame, num, cat, groups, roles, not_computed, notes, genes, study.samples["PATIENT_ID"])
     ft = ft.select(which)
     if not ft.columns:
         raise DatasetError(f"no usable {which} features in the study")
     return ft
+
+
+def within_columns(frame: pd.DataFrame, num: list[str], cat: list[str], roles: dict[str, str],
+                   groups: dict[str, str]) -> list[str]:
+    """Names of the within-tumour-type columns (sources that are numeric features; the tumour type a
+    categorical one); registers their feature group (the source's) in ``groups``."""
+    group = roles.get("tumour_type")
+    if group not in cat:
+        return []
+    out = []
+    for role in WITHIN_ROLES:
+        src = roles.get(role) or ("maf_mutations" if role == "mutation_count" else None)
+        if src in num and src in frame.columns:
+            name = within_name(src, group)
+            groups[name] = groups.get(src, "clinical")
+            out.append(name)
+    return out
 
 
 def summary(ft: FeatureTable) -> dict[str, Any]:

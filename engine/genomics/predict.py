@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import DatasetError, ModelPackageError
-from engine.genomics.encode import Preprocessor
+from engine.genomics.encode import Preprocessor, apply_within
 from engine.genomics.study import Study, load_study
 
 
@@ -87,6 +87,7 @@ def study_features(clf: GenomicsClassifier, study: str | os.PathLike[str] | Stud
         genes, _, _ = gene_indicators(st, genes=list(clf.settings.get("genes", [])))
         extra = pd.concat([maf, genes], axis=1)
         frame = frame.join(extra[[c for c in extra.columns if c in clf.pre.numeric and c not in frame.columns]])
+    frame = apply_within(frame, clf.pre.within)  # within-tumour-type numbers, with the training statistics
     frame.attrs["study"] = st
     return frame
 
