@@ -92,9 +92,11 @@ SCREEN_2026_11_30 = [
     "engine (within-type z with the statistics of all training rows for types with < 20 of them, per-gene "
     "VAF/purity 0 when not mutated) 0.7509 / 0.7495 / 0.7513 / 0.7519, +0.0029 / +0.0038 / +0.0047 / +0.0045 "
     "(fold mean +0.0039, pooled +0.0040; 19 of 20 fold x seed pairs up); combo + extras +0.0039 (3 seeds). The best "
-    "is consistent but at +0.0039 it stays under the +0.004 bar, so the default model is unchanged (0.748); the "
-    "built and tested version waits on branch `genomics-features2` (not merged; its tests in "
-    "tests/engine/test_genomics_features2.py there). With it the CV AUC would be about 0.751: 0.78 still missed.",
+    "is consistent (19 of 20 fold x seed pairs up) though under the +0.004 screening bar; the coordinator merged "
+    "it into the default features (engine/genomics/features.py + encode.py; tests/engine/test_genomics_features2.py): "
+    "the gbm rows with 174 features (all) and 14 (clinical) in the table above were re-run after the merge "
+    "(2026-11-30 07:39 UTC): 0.751 (was 0.748 with 143) and 0.736 (was 0.733 with 10); the other rows (143 / 10 / "
+    "133 features) are from before it. 0.78 still missed.",
     "",
     "(c) Clinical columns: PRIMARY_SITE, RACE and SUBTYPE_ABBREVIATION are features now (categorical, native "
     "splits). Dropping them (seed 0): without PRIMARY_SITE 0.7370 (-0.011), without SUBTYPE_ABBREVIATION 0.7443 "
