@@ -171,9 +171,11 @@ def glass_colour(rgb: np.ndarray) -> np.ndarray:
     if img.shape[0] > 262_144:
         img = img[:: img.shape[0] // 262_144 + 1]
     img = img.astype(np.float32)
-    lum = img.mean(axis=1)
-    mx = img.max(axis=1)
-    sat = (mx - img.min(axis=1)) / np.maximum(mx, 1.0)
+    # elementwise over the 3 channels: a reduce over a last axis of 3 is several times slower
+    r, g, b = img[:, 0], img[:, 1], img[:, 2]
+    lum = (r + g + b) / np.float32(3.0)
+    mx = np.maximum(np.maximum(r, g), b)
+    sat = (mx - np.minimum(np.minimum(r, g), b)) / np.maximum(mx, 1.0)
     top = float(np.percentile(lum, 99))
     bright = (lum >= top - 12.0) & (sat <= GLASS_SAT_MAX)
     if bright.sum() < GLASS_MIN_FRACTION * lum.size or top < GLASS_MIN_LUMINANCE:
@@ -211,15 +213,16 @@ def tissue_from_rgb(
     glass = glass_colour(rgb)
     img = np.minimum(raw * (255.0 / glass), 255.0)
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
-    mx = img.max(axis=2)
-    mn = img.min(axis=2)
+    # elementwise over the 3 channels: a reduce over a last axis of 3 is several times slower
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
     sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0).astype(np.float32)
     od = np.log10(255.0 / np.maximum(mn, 1.0)).astype(np.float32)
     # smooth out JPEG noise and single nuclei before thresholding
     sat = ndimage.uniform_filter(sat, size=3)
     od = ndimage.uniform_filter(od, size=3)
 
-    black = raw.max(axis=2) <= BLACK_MAX
+    black = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) <= BLACK_MAX
     not_glass = (od > GLASS_OD_MAX) & ~black
     coloured = not_glass & (sat > SAT_THRESHOLD_MIN)
     n_not_glass = int(not_glass.sum())
