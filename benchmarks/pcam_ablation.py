@@ -199,7 +199,8 @@ def _long_text(r: dict[str, Any] | None) -> list[str]:
         f"{sh['test_auc_ci95'][1]:.3f}): delta {r['test_auc'] - sh['test_auc']:+.4f} (paired 95% CI {dl:+.4f} to "
         f"{dh:+.4f}); {r['train_s'] / 60:.0f} min, load average {r['load_avg_1min']:.1f}. Validation AUC by epoch: "
         f"{', '.join(f'{v:.3f}' for v in r['val_auc_by_epoch'])}. (The shipped model was trained earlier by the same "
-        "trainer; plain AUC, no TTA, both packages scored here.)",
+        "trainer; plain AUC, no TTA, both packages scored here. One seed each: the run-to-run noise was measured "
+        "on the short schedule only, so this is one observation, not an established gain.)",
     ]
 
 
@@ -255,7 +256,9 @@ def render(rows: list[dict[str, Any]], epochs: int, machine: str, threads: int, 
         "training or selection). This is a short schedule, so the absolute AUCs are below the shipped 12-epoch "
         "model's (plain 0.910, TTA 0.920); read the deltas, not the levels. AUC CIs: 1,000 bootstrap resamples of "
         "the test patches; the delta's CI is a paired bootstrap (both models on the same resampled patches), so a "
-        "CI that includes 0 means no difference measurable on 3,000 patches. " + _noise(by),
+        "CI that includes 0 means no difference measurable on 3,000 patches. " + _noise(by) + " Train minutes follow "
+        "the machine's load at the time (the load column), so compare them only where the work differs by design "
+        "(the 64 px row).",
         "",
         "| row | pcam/valid AUC (95% CI) | delta vs baseline (paired 95% CI) | validation AUC (best epoch) | "
         "validation AUC by epoch | train min (incl. per-epoch validation) | load avg |",
