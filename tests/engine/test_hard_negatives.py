@@ -16,6 +16,7 @@ from engine.jobs import CancelToken, ProgressEvent
 from engine.train import TrainConfig, train
 from engine.train.hard_negatives import HardNegativeSampler, rank_weights
 from engine.train.runfolder import load_checkpoint, read_events
+from tests.engine.torchrun_helper import train_with_torchrun
 from tests.fixtures.datasets import make_folder_dataset
 
 
@@ -121,25 +122,8 @@ def test_cli_flag_default_strength_and_bad_value(toy_data: Path, tmp_path: Path,
 @pytest.mark.slow
 def test_torchrun_two_processes_mine_the_same_negatives_as_one_process(toy_data: Path, tmp_path: Path) -> None:
     """Under DDP every rank gathers all ranks' losses, so two processes draw what one draws."""
-    import os
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[2]
     cfg = _cfg(toy_data, dropout=0.0, freeze_bn=True)
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
-    script = tmp_path / "ddp_train.py"
-    script.write_text(
-        "import json, sys\n"
-        f"sys.path.insert(0, {str(root)!r})\n"
-        "from engine.train import TrainConfig, train\n"
-        f"cfg = TrainConfig.from_dict(json.load(open({str(tmp_path / 'cfg.json')!r})))\n"
-        f"train(cfg, {str(tmp_path / 'ddp')!r})\n"
-    )
-    torchrun = Path(sys.executable).with_name("torchrun")
-    out = subprocess.run([str(torchrun), "--nproc_per_node=2", "--standalone", str(script)], cwd=root,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    train_with_torchrun(cfg, tmp_path)
     single = train(cfg, tmp_path / "single")
     ev = read_events(tmp_path / "ddp")[0]
     assert next(e for e in ev if e["event"] == "run_started")["world_size"] == 2

@@ -18,6 +18,7 @@ from engine.errors import Cancelled, ConfigError, DatasetError, MetaScopeError
 from engine.jobs import CancelToken, ProgressEvent
 from engine.train import AugmentConfig, TrainConfig, train
 from engine.train.runfolder import RunFolderError, load_checkpoint, read_events, read_state
+from tests.engine.torchrun_helper import train_with_torchrun
 from tests.fixtures.datasets import make_folder_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,25 +225,7 @@ def test_augmentations_are_vectorised_deterministic_and_bounded() -> None:
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(toy_data: Path, tmp_path: Path) -> None:
     cfg = _cfg(toy_data, epochs=2, dropout=0.0, freeze_bn=True, num_workers=0)
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
-    script = tmp_path / "ddp_train.py"
-    script.write_text(
-        "import json, sys\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from engine.train import TrainConfig, train\n"
-        f"cfg = TrainConfig.from_dict(json.load(open({str(tmp_path / 'cfg.json')!r})))\n"
-        f"train(cfg, {str(tmp_path / 'ddp')!r})\n"
-    )
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([str(torchrun), "--nproc_per_node=2", "--standalone", str(script)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:  # say how far the run got (rank 0's events) beside torchrun's report
-        try:
-            reached = [e["event"] for e in _events(tmp_path / "ddp")][-4:]
-        except Exception as exc:  # diagnostics only: the failure below is what counts
-            reached = [f"events unreadable: {exc}"]
-        pytest.fail(f"torchrun exited {out.returncode}; last events {reached}\n{out.stderr[-3000:]}")
+    train_with_torchrun(cfg, tmp_path)
     single = train(cfg, tmp_path / "single")
     ev = _events(tmp_path / "ddp")
     assert next(e for e in ev if e["event"] == "run_started")["world_size"] == 2
