@@ -18,19 +18,26 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.errors import Cancelled, ConfigError
+from engine.errors import ConfigError
 from engine.fileio import atomic_write_json, ensure_writable_dir
 from engine.genomics.data import Prepared, prepare
 from engine.genomics.models import MODELS
 from engine.jobs import CancelToken, ProgressCallback
 from engine.mil.splits import Fold, kfold_splits, single_split
-from engine.train.runfolder import CONFIG_NAME, load_run_config, prepare_new_run
+from engine.train.runfolder import (
+    CONFIG_NAME,
+    config_from_dict,
+    load_kind_config,
+    prepare_new_run,
+    recorded_outcome,
+    run_lock,
+)
 
 RUN_KIND = "genomics"
 FINAL_FOLD = 0
@@ -108,23 +115,14 @@ class GenomicsTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GenomicsTrainConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown genomics training setting(s): {', '.join(unknown)}")
-        kw = dict(d)
-        kw["drop_columns"] = tuple(kw.get("drop_columns", ()))
-        kw["hidden"] = tuple(int(h) for h in kw.get("hidden", (128, 64)))
-        try:
-            return cls(**kw)
-        except TypeError as exc:
-            raise ConfigError(f"invalid genomics training config: {exc}") from exc
+        return config_from_dict(cls, d, "genomics", _TUPLE_FIELDS)
+
+
+_TUPLE_FIELDS = {"drop_columns": str, "hidden": int}
 
 
 def load_genomics_config(run: Path) -> GenomicsTrainConfig:
-    d = load_run_config(run)
-    if d.get("kind") != RUN_KIND:
-        raise ConfigError(f"{run} is a {d.get('kind') or 'patch'} training run, not a genomics run")
-    return GenomicsTrainConfig.from_dict(d["config"])
+    return load_kind_config(run, RUN_KIND, GenomicsTrainConfig, "genomics", _TUPLE_FIELDS)
 
 
 @dataclass
@@ -186,8 +184,7 @@ def train_genomics(
         (run / "STOP").unlink(missing_ok=True)  # a stale stop request of the interrupted session
     else:
         prepare_new_run(run)
-    lock = _run_lock(run)
-    with lock:
+    with run_lock(run):
         (run / "checkpoints").mkdir(exist_ok=True)
         log = RunLog(run)
         data = prepare(cfg)
@@ -207,39 +204,21 @@ def train_genomics(
         # scikit-learn's OpenMP threads spin-wait: on a busy CPU more threads than asked are 25x slower
         limits = threadpool_limits(cfg.cpu_threads)
         try:
-            results = []
-            for fold in folds:
-                done = run / f"fold_{fold.index}.json"
-                if done.is_file():
-                    results.append(json.loads(done.read_text(encoding="utf-8")))
-                    continue
-                trainer = FoldTrainer(cfg, fold, data, run, log, n_folds=cfg.n_folds)
-                results.append(trainer.run(progress, cancel))
-            metrics = _finish(cfg, run, data, results, log)
-            return TrainResult(run, metrics, run / "model.onnx" if (run / "model.onnx").is_file() else None,
-                               data.notes)
-        except Cancelled:
-            log.event("cancelled", message="stopped by user; resume with --resume")
-            log.state("cancelled", message="stopped by user; resume with --resume")
-            raise
-        except Exception as exc:
-            msg = " ".join(str(exc).split()) or type(exc).__name__
-            log.event("failed", message=msg)
-            log.state("failed", message=msg)
-            raise
+            with recorded_outcome(log, run):
+                results = []
+                for fold in folds:
+                    done = run / f"fold_{fold.index}.json"
+                    if done.is_file():
+                        results.append(json.loads(done.read_text(encoding="utf-8")))
+                        continue
+                    trainer = FoldTrainer(cfg, fold, data, run, log, n_folds=cfg.n_folds)
+                    results.append(trainer.run(progress, cancel))
+                metrics = _finish(cfg, run, data, results, log)
+                return TrainResult(run, metrics, run / "model.onnx" if (run / "model.onnx").is_file() else None,
+                                   data.notes)
         finally:
             torch.set_num_threads(threads)
             limits.restore_original_limits()
-
-
-def _run_lock(run: Path) -> Any:
-    """``engine.train.runfolder.run_lock`` when the project has it (one writer per run folder)."""
-    import contextlib
-
-    from engine.train import runfolder
-
-    lock = getattr(runfolder, "run_lock", None)
-    return lock(run) if lock is not None else contextlib.nullcontext()
 
 
 def _finish(cfg: GenomicsTrainConfig, run: Path, data: Prepared, results: list[dict[str, Any]], log: Any) -> dict[str, Any]:
