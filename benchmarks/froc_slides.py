@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -120,6 +121,13 @@ def _reading(negatives: list[dict[str, Any]]) -> str:
         "where a few percent of flagged tiles already form lesions.")
 
 
+def _load() -> str:
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} (1 min, 2 cores shared)"
+    except OSError:
+        return "load average n/a"
+
+
 def report(m: dict[str, Any], grid: int) -> str:
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -131,7 +139,7 @@ def report(m: dict[str, Any], grid: int) -> str:
         f"`benchmarks/froc_slides.py`: {len(m['per_slide'])} slides of {grid} x {grid} real PCam patches "
         f"(pcam/valid, 96 px at {MPP} um/px, 1:1 so one tile = one patch) with annotated blocks of tumour "
         f"patches; model `{m['model_file']}` (sha256 {m['model']['sha256'][:12]}), threshold {m['threshold']:g}; "
-        f"{cpu_name()}, {platform.system()}; {m['wall_s']} s for the whole evaluation.",
+        f"{cpu_name()}, {platform.system()}; {m['wall_s']} s for the whole evaluation, {_load()}.",
         "",
         "| metric | value |",
         "|---|---|",

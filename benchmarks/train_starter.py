@@ -3,7 +3,7 @@
 Reproduces ``resources/models/pcam-starter.onnx`` and its model card from the real PatchCamelyon
 patches in ``../shared/data/pcam`` (train: 20,000 JPEG patches; valid: 3,000, the test set):
 
-    .venv/bin/python benchmarks/train_starter.py [--arch pcam_resnet_s] [--epochs 12] [--run-dir DIR]
+    .venv/bin/python benchmarks/train_starter.py [--arch pcam_resnet_s] [--epochs 12] [--hard-negatives 3] [--run-dir DIR]
 
 Steps: train on pcam/train at the native 96 px / 0.972 um/px (10 % validation split grouped by
 byte-identical duplicates, so no repeat straddles it; a copy of the checkpoint after every epoch
@@ -11,9 +11,12 @@ for SWA); export the best epoch and the SWA average of the last epochs to ONNX (
 torch); calibrate each (temperature) and set its operating threshold on the validation split;
 pick the candidate with the higher validation AUC; test it and the shipped model on pcam/valid
 (plain and 8-fold TTA) and on a tumour-free slide of real negative patches (flagged fraction,
-tiles/s); replace the shipped model and card only when the new plain pcam/valid AUC is higher;
-write the issue-14 section of benchmarks/RESULTS.md (benchmarks/starter_report.py). Re-running
-with the same run folder resumes an interrupted training run.
+tiles/s); replace the shipped model and card only when the new plain pcam/valid AUC is higher and
+it flags at most ``--max-flagged`` of the tumour-free tiles at its operating threshold; write the
+issue-14 section of benchmarks/RESULTS.md (benchmarks/starter_report.py). Re-running with the
+same run folder resumes an interrupted training run. ``--skip-train`` takes any finished
+patch-training run folder and uses the training config stored in it (split, recipe), not the
+options above.
 """
 
 from __future__ import annotations
@@ -52,8 +55,15 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         arch=args.arch, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         augment=AugmentConfig(hed=args.hed), split="grouped", val_fraction=0.1, patience=0, seed=0,
-        cache="memory", log_every=20,
+        cache="memory", log_every=20, hard_negatives=args.hard_negatives,
     )
+
+
+def _run_config(run_dir: Path) -> TrainConfig:
+    """The config an existing run was trained with (its split and recipe are what gets exported)."""
+    from engine.train.runfolder import load_run_config
+
+    return TrainConfig.from_dict(load_run_config(run_dir)["config"])
 
 
 def _train(cfg: TrainConfig, run_dir: Path, bar: TerminalProgress) -> None:
@@ -101,9 +111,13 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--hed", type=float, default=0.05, help="HED stain jitter strength")
+    ap.add_argument("--hard-negatives", type=float, nargs="?", const=3.0, default=0.0, metavar="ALPHA",
+                    help="hard-negative mining strength (3 without a value; 0 = off)")
     ap.add_argument("--swa", type=int, default=4, help="also try the average of the last K epoch snapshots (0 = off)")
     ap.add_argument("--specificity", type=float, default=0.97,
                     help="operating threshold: lowest one with this specificity on the validation split")
+    ap.add_argument("--max-flagged", type=float, default=0.05,
+                    help="ship only if at most this fraction of tumour-free slide tiles is flagged at the threshold")
     ap.add_argument("--run-dir", default=str(Path.home() / "metascope-runs" / "pcam-starter"))
     ap.add_argument("--data", default=str(SHARED))
     ap.add_argument("--train-only", action="store_true", help="train (or resume) and stop before export")
@@ -112,7 +126,7 @@ def main() -> int:
     args = ap.parse_args()
 
     run_dir = Path(args.run_dir)
-    cfg = _config(args)
+    cfg = _run_config(run_dir) if args.skip_train else _config(args)
     bar = TerminalProgress()
     if not args.skip_train:
         snap = _Snapshots(run_dir)
@@ -125,9 +139,29 @@ def main() -> int:
 
     cands = _candidates(run_dir, args.swa, bar, args.specificity, cfg)
     bar.close()
-    summary = compare_and_ship(run_dir, cands, cfg, args, machine(), ship=not args.no_ship)
+    summary = compare_and_ship(run_dir, cands, cfg, args, machine(), ship=False)
+    if not args.no_ship:
+        _ship(run_dir, cands, cfg, summary, args.max_flagged)
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _ship(run_dir: Path, cands: dict[str, dict], cfg: TrainConfig, summary: dict, max_flagged: float) -> None:
+    """Replace the shipped model and card when the chosen one beats it on AUC and meets the flagged target."""
+    import shutil
+
+    from machine import write_results_section
+    from starter_report import OUT_MODEL as model
+    from starter_report import SECTION, results_text, write_card
+
+    ch = summary["chosen"]
+    better = summary["test"][ch]["plain"]["auc"] > summary["test"]["old"]["plain"]["auc"]
+    summary["shipped"] = better and summary["slide"]["new"]["flagged_at_operating"] <= max_flagged
+    if summary["shipped"]:
+        shutil.copyfile(cands[ch]["package"], model)
+        write_card(summary, cfg)
+        write_results_section(SECTION, results_text(summary, cfg))
+    (run_dir / "starter-summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
 class _Snapshots:
