@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT_MODEL = ROOT / "resources" / "models" / "pcam-starter.onnx"
 OUT_CARD = ROOT / "resources" / "models" / "pcam-starter.md"
 SECTION = "## PCam starter model (issue 14)"
-# the shipped model's 8-fold TTA AUC, from its card (not re-measured: 8x the CPU)
-OLD_TTA_AUC = "0.900 (95% CI 0.889-0.910), from its card"
+# the previous model's 8-fold TTA AUC is not re-measured (8x the CPU): see its own RESULTS row
+OLD_TTA_AUC = "not re-measured"
 
 
 def _load() -> str:
@@ -59,7 +59,9 @@ def _test(cands: dict[str, dict], chosen: str, old: Path, data: Path) -> dict[st
         res[key] = {"plain": se.patch_metrics(*se.score_patches(c["package"], data), thr)}
     thr = float(cands[chosen]["calibration"].operating_threshold)
     res[chosen]["tta"] = se.patch_metrics(*se.score_patches(cands[chosen]["package"], data, tta=True), thr)
-    res["old"] = {"plain": se.patch_metrics(*se.score_patches(old, data), se.operating_threshold(se.load_package(old)))}
+    pkg = se.load_package(old)
+    res["old"] = {"plain": se.patch_metrics(*se.score_patches(old, data), se.operating_threshold(pkg)),
+                  "label": _describe(pkg.metadata)}
     return res
 
 
@@ -93,6 +95,12 @@ def compare_and_ship(run_dir: Path, cands: dict[str, dict], cfg: Any, args: Any,
     return summary
 
 
+def _describe(meta: Any) -> str:
+    """``previous: <arch>, <size> px at <mpp> um/px`` from a package's metadata."""
+    mpp = f" at {meta.input_mpp:.3f} um/px" if getattr(meta, "input_mpp", None) else ""
+    return f"previous shipped model: {meta.arch}, {meta.input_size} px{mpp}"
+
+
 def _arch_text(cfg: Any, s: dict[str, Any]) -> str:
     return (f"`{cfg.arch}`: stride-2 3x3 stem, 4 residual stages of one basic block (16/32/64/128 channels, "
             f"batch norm), global average pooling, dropout, linear head; {s['history']['params']:,} parameters, "
@@ -104,10 +112,17 @@ def _recipe(cfg: Any, s: dict[str, Any]) -> str:
     a = cfg.augment
     how = (f"average of the weights of epochs {c['swa']['epochs']} (SWA) with batch-norm statistics recomputed "
            f"on {c['swa']['bn_patches']} training patches" if c["swa"] else f"best epoch ({c['epoch']}) by validation AUC")
+    extras = []
+    if getattr(cfg, "hard_negatives", 0):
+        extras.append(f"hard-negative mining (alpha {cfg.hard_negatives:g}, after one warm-up epoch)")
+    if getattr(cfg, "ema", 0):
+        extras.append(f"EMA of the weights (decay {cfg.ema:g})")
+    if getattr(cfg, "stain_norm", "none") != "none":
+        extras.append(f"{cfg.stain_norm} stain normalisation")
     return (f"{s['history']['epochs']} epochs, AdamW lr {cfg.lr} (weight decay {cfg.weight_decay}), linear warmup "
             f"{cfg.warmup_epochs} epoch then cosine decay to 0, batch {cfg.batch_size}, balanced class weights; "
             f"augmentation: all 8 flips/90-degree rotations, HED stain jitter {a.hed}, brightness/contrast/saturation "
-            f"{a.brightness}/{a.contrast}/{a.saturation}; model: {how}")
+            f"{a.brightness}/{a.contrast}/{a.saturation}; {'; '.join(extras) + '; ' if extras else ''}model: {how}")
 
 
 def write_card(s: dict[str, Any], cfg: Any) -> None:
@@ -161,7 +176,7 @@ patch), the model flags **{sl['flagged_at_operating']:.1%}** of the tiles at its
 
 ## Limitations
 
-- Trained for about an hour on one thread of a heavily shared CPU, on 18,000 patches: a
+- Trained for {hours:.1f} h on one thread of a shared CPU, on 18,000 patches: a
   baseline, not a diagnostic tool. PCam's published P4M-DenseNet reaches AUC 0.963 on the
   original (lossless) test set after training on all 262,144 patches.
 - Patches are JPEG re-encodings of PCam: slightly lower scores than on PCam's HDF5 files.
@@ -190,7 +205,7 @@ def results_text(s: dict[str, Any], cfg: Any) -> str:
         "",
         "| model (pcam/valid) | AUC plain | AUC 8-fold TTA | sens / spec at its threshold | threshold |",
         "|---|---|---|---|---|",
-        f"| old: seed_cnn, 64 px at 1.458 um/px, 5 epochs | {_auc(old)} | {OLD_TTA_AUC} | "
+        f"| {t['old'].get('label', 'previous shipped model')} | {_auc(old)} | {OLD_TTA_AUC} | "
         f"{old['at_operating']['sensitivity']:.3f} / {old['at_operating']['specificity']:.3f} | 0.5 (none stored) |",
     ]
     for key in s["candidates"]:
@@ -226,11 +241,8 @@ def results_text(s: dict[str, Any], cfg: Any) -> str:
         f"({sn['flagged_at_operating']:.1%}). Shipped as resources/models/pcam-starter.onnx: "
         f"{'yes' if s['shipped'] else 'no'} (only when its plain pcam/valid AUC beats the old model's).",
         "",
-        "Ablations on pcam/valid that were run: architecture + resolution + schedule together (old vs new row), "
-        "best epoch vs SWA of the last epochs, plain vs 8-fold TTA, threshold 0.5 vs the calibrated operating "
-        "threshold (tables above). Not run, for lack of CPU time (one ~1 h training run was affordable): each "
-        "ingredient of the recipe on its own (HED jitter on/off, 64 vs 96 px with the same network, epochs), "
-        "EMA of the weights, stain normalisation, hard-negative mining, per-architecture AUC pilots (sized by "
-        "CPU speed instead, see the next section), TTA folded into the package, and a GPU run.",
+        "Ablations of each ingredient of the recipe (HED jitter, 64 vs 96 px, EMA, Reinhard / Macenko stain "
+        "normalisation, hard-negative mining, TTA, seed noise): section 'PCam starter: one-at-a-time ablations "
+        "(issue 14)' (`benchmarks/pcam_ablation.py`).",
     ]
     return "\n".join(lines) + "\n"
