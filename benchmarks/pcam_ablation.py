@@ -193,12 +193,12 @@ def _long_text(r: dict[str, Any] | None) -> list[str]:
     return [
         "",
         f"Full schedule: hard-negative mining (alpha {HNM_ALPHA:g}) trained for {r['epochs']} epochs, everything else "
-        "as the shipped starter model's run (`train_starter.py`, same seed and split, no mining): pcam/valid AUC "
+        "as the run of the starter model shipped at the time (`train_starter.py`, same seed and split, no mining): pcam/valid AUC "
         f"{r['test_auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}, best epoch {r['best_epoch']}, validation AUC "
-        f"{r['val_auc']:.4f}) vs the shipped model's {sh['test_auc']:.3f} (95% CI {sh['test_auc_ci95'][0]:.3f}-"
+        f"{r['val_auc']:.4f}) vs that shipped model's {sh['test_auc']:.3f} (95% CI {sh['test_auc_ci95'][0]:.3f}-"
         f"{sh['test_auc_ci95'][1]:.3f}): delta {r['test_auc'] - sh['test_auc']:+.4f} (paired 95% CI {dl:+.4f} to "
         f"{dh:+.4f}); {r['train_s'] / 60:.0f} min, load average {r['load_avg_1min']:.1f}. Validation AUC by epoch: "
-        f"{', '.join(f'{v:.3f}' for v in r['val_auc_by_epoch'])}. (The shipped model was trained earlier by the same "
+        f"{', '.join(f'{v:.3f}' for v in r['val_auc_by_epoch'])}. (That model was trained earlier by the same "
         "trainer; plain AUC, no TTA, both packages scored here. One seed each: the run-to-run noise was measured "
         "on the short schedule only, so this is one observation, not an established gain.)",
     ]
