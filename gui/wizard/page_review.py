@@ -88,6 +88,7 @@ class ReviewPage(QWizardPage):
             ("Class balance", "balanced loss" if st.balanced_check.isChecked() else "none"),
             ("Augmentations", ", ".join(aug_names) or "none"),
             ("Device", st.device_combo.currentText()),
+            *st.quality.summary_rows(),
         ]
         return "<table>" + "".join(_row(k, v) for k, v in rows) + "</table>"
 
@@ -125,6 +126,7 @@ class ReviewPage(QWizardPage):
             patience=st.patience_spin.value(),
             seed=sp.seed_spin.value(),
             device=st.device(),
+            **st.quality_options(),
             # about twenty loss points per epoch on small datasets, every 20 steps on large ones
             log_every=max(1, min(20, steps // 20)),
         )

@@ -1,4 +1,4 @@
-"""Wizard page 4: training settings (epochs, batch size, learning rate, augmentations, device)."""
+"""Wizard page 4: training settings (epochs, batch size, learning rate, augmentations, device, model quality)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from gui.wizard.common import MessageLabel
+from gui.wizard.quality import QualityGroup
 
 DEFAULT_EPOCHS = 10
 DEFAULT_BATCH = 64
@@ -51,7 +52,7 @@ def default_batch_size(n_train: int) -> int:
 
 
 class SettingsPage(QWizardPage):
-    """Epochs, batch size, learning rate, augmentations, device, early stopping."""
+    """Epochs, batch size, learning rate, augmentations, device, early stopping, model quality."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -115,6 +116,7 @@ class SettingsPage(QWizardPage):
         grid.addWidget(self.rot_check, 0, 1)
         grid.addWidget(self.colour_check, 1, 0)
         grid.addWidget(self.stain_check, 1, 1)
+        self.quality = QualityGroup()
 
         self.message = MessageLabel()
         form = QFormLayout()
@@ -128,6 +130,7 @@ class SettingsPage(QWizardPage):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(aug)
+        layout.addWidget(self.quality)
         layout.addWidget(self.message)
         layout.addStretch(1)
 
@@ -177,6 +180,10 @@ class SettingsPage(QWizardPage):
             "saturation": colour,
             "hed": 0.03 if self.stain_check.isChecked() else 0.0,
         }
+
+    def quality_options(self) -> dict[str, Any]:
+        """``TrainConfig`` fields of the "Model quality" group (ema, stain_norm, hard_negatives, threshold rule)."""
+        return self.quality.values()
 
     def device(self) -> str:
         return str(self.device_combo.currentData())
