@@ -36,6 +36,7 @@ from engine.train.runfolder import (
     load_kind_config,
     prepare_new_run,
     recorded_outcome,
+    resumable_folds,
     run_lock,
 )
 
@@ -205,14 +206,9 @@ def train_genomics(
         limits = threadpool_limits(cfg.cpu_threads)
         try:
             with recorded_outcome(log, run):
-                results = []
-                for fold in folds:
-                    done = run / f"fold_{fold.index}.json"
-                    if done.is_file():
-                        results.append(json.loads(done.read_text(encoding="utf-8")))
-                        continue
-                    trainer = FoldTrainer(cfg, fold, data, run, log, n_folds=cfg.n_folds)
-                    results.append(trainer.run(progress, cancel))
+                results = resumable_folds(
+                    run, folds, lambda fold: FoldTrainer(cfg, fold, data, run, log, n_folds=cfg.n_folds).run(progress, cancel)
+                )
                 metrics = _finish(cfg, run, data, results, log)
                 return TrainResult(run, metrics, run / "model.onnx" if (run / "model.onnx").is_file() else None,
                                    data.notes)

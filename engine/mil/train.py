@@ -43,6 +43,7 @@ from engine.train.runfolder import (
     load_kind_config,
     prepare_new_run,
     recorded_outcome,
+    resumable_folds,
     run_lock,
     save_torch,
 )
@@ -341,16 +342,13 @@ def _train_locked(
     torch.set_num_threads(cfg.cpu_threads)
     try:
         with recorded_outcome(log, run):
-            fold_results = []
-            for fold in folds:
-                done_file = run / f"fold_{fold.index}.json"
-                if done_file.is_file():
-                    fold_results.append(json.loads(done_file.read_text(encoding="utf-8")))
-                    continue
-                trainer = _FoldTrainer(
+            fold_results = resumable_folds(
+                run,
+                folds,
+                lambda fold: _FoldTrainer(
                     cfg, fold, by_id, store, cohort, numeric_cols, categorical_cols, extraction, device, run, log
-                )
-                fold_results.append(trainer.run(len(folds), progress, cancel))
+                ).run(len(folds), progress, cancel),
+            )
             # pooled results: the test set (single split) or out-of-fold predictions (CV)
             ids = [sid for fr in fold_results for sid in fr["test_ids"]]
             if not ids:  # no test set (test_fraction 0): report validation instead

@@ -314,6 +314,16 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
 _Config = TypeVar("_Config")
 
 
+def resumable_folds(run: Path, folds: list[Any], train_fold: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each fold's result: read from ``run/fold_<index>.json`` when an earlier session finished
+    that fold (the fold trainer writes it last), else ``train_fold(fold)``."""
+    results = []
+    for fold in folds:
+        done = run / f"fold_{fold.index}.json"
+        results.append(json.loads(done.read_text(encoding="utf-8")) if done.is_file() else train_fold(fold))
+    return results
+
+
 def config_from_dict(
     cls: type[_Config], d: dict[str, Any], what: str, tuples: dict[str, Callable[[Any], Any]] | None = None
 ) -> _Config:
