@@ -48,7 +48,7 @@ class QualityGroup(QGroupBox):
         self.ema_check = QCheckBox("Average the weights (EMA), decay")
         self.ema_check.setToolTip(
             "Keep an exponential moving average of the weights; it is validated, saved and exported "
-            "instead of the last weights (smoother, usually better models)"
+            "instead of the last weights (smoother weights from step to step)"
         )
         self.ema_spin = _spin(0.5, 0.9999, DEFAULT_EMA, 4, 0.0005)
         self.ema_spin.setToolTip("Decay of the average: 0.999 averages over about the last 1000 steps")
