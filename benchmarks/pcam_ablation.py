@@ -79,7 +79,7 @@ def row_config(row: Row, epochs: int) -> Any:
     ch = dict(row.changes)
     args = argparse.Namespace(
         data=str(PCAM), resize=ch.pop("resize", 96), arch="pcam_resnet_s", epochs=epochs, batch_size=64, lr=2e-3,
-        weight_decay=0.01, hed=ch.pop("hed", 0.05),
+        weight_decay=0.01, hed=ch.pop("hed", 0.05), hard_negatives=ch.pop("hard_negatives", 0.0),
     )
     cfg = _config(args)
     return cfg.replace(**ch) if ch else cfg
@@ -186,6 +186,61 @@ def long_check(out: Path, epochs: int) -> dict[str, Any]:
     return rec
 
 
+def seed_rows(seed: int) -> tuple[Row, Row]:
+    """The full-schedule pair at ``seed``: the recipe without mining (the reference) and with mining."""
+    ref = Row(f"seed{seed}_ref", f"recipe without mining, seed {seed}", {"seed": seed})
+    hnm = Row(f"seed{seed}_hard_negatives", f"+ hard-negative mining (alpha {HNM_ALPHA:g}), seed {seed}",
+              {"seed": seed, "hard_negatives": HNM_ALPHA}, ref=ref.name)
+    return ref, hnm
+
+
+def long_seed_check(out: Path, epochs: int, seed: int, part: str) -> list[dict[str, Any]] | None:
+    """Train the pair of ``seed_rows(seed)`` (``part``: ``ref``, ``mining`` or ``both``, so the two
+    trainings can run as two processes) into ``out``; once both are trained, score them on pcam/valid
+    (mining paired against the reference) and save ``OUT/rows.json``. Returns the rows, or None while
+    the other part is still training."""
+    from engine.fileio import atomic_write_json
+    from engine.train.runfolder import read_state
+
+    ref, hnm = seed_rows(seed)
+    (out / "scores").mkdir(parents=True, exist_ok=True)
+    for row in {"ref": (ref,), "mining": (hnm,), "both": (ref, hnm)}[part]:
+        print(f"[{time.strftime('%H:%M:%S')}] long seed {seed}: {row.label}, {epochs} epochs", flush=True)
+        train_row(row, epochs, out)
+    if any((read_state(out / "runs" / r.name) or {}).get("status") != "finished" for r in (ref, hnm)):
+        return None
+    recs = [run_row(r, epochs, out) for r in (ref, hnm)]
+    atomic_write_json(out / "rows.json", recs)
+    return recs
+
+
+def _seed_text(recs: list[dict[str, Any]] | None, seed0: dict[str, Any] | None) -> list[str]:
+    if not recs:
+        return []
+    ref, hnm = recs
+    d, (dl, dh) = hnm["test_auc"] - ref["test_auc"], hnm["delta_ci95"]
+    seed = hnm["changes"]["seed"]
+    ci = lambda r: (  # noqa: E731
+        f"{r['test_auc']:.3f} (95% CI {r['test_auc_ci95'][0]:.3f}-{r['test_auc_ci95'][1]:.3f}, best epoch {r['best_epoch']})")
+    s0 = ""
+    verdict = ("held on a second seed" if dl > 0 else "reversed on the second seed" if dh < 0
+               else "did not hold on a second seed")
+    if seed0 is not None:
+        d0 = seed0["test_auc"] - seed0["shipped"]["test_auc"]
+        s0 = f"seed 0 gave {d0:+.4f} (paired CI {seed0['delta_ci95'][0]:+.4f} to {seed0['delta_ci95'][1]:+.4f}) and "
+    why = "its paired CI excludes 0" if dl > 0 or dh < 0 else "its paired CI includes 0"
+    reading = f"Reading: {s0}seed {seed} gives {d:+.4f} ({why}), so the gain of mining {verdict}."
+    return [
+        "",
+        f"Full schedule, second seed ({hnm['finished'][:10]}): both trained for {hnm['epochs']} epochs with seed {seed} "
+        f"(its own grouped 10 % validation split, as the seed drives the split; recipe otherwise as above), "
+        f"side by side as two processes: without mining pcam/valid AUC {ci(ref)}, "
+        f"with mining (alpha {HNM_ALPHA:g}) {ci(hnm)}: delta {d:+.4f} (paired 95% CI "
+        f"{dl:+.4f} to {dh:+.4f}); train {ref['train_s'] / 60:.0f} and {hnm['train_s'] / 60:.0f} min, load average "
+        f"{ref['load_avg_1min']:.1f} and {hnm['load_avg_1min']:.1f}. " + reading,
+    ]
+
+
 def _long_text(r: dict[str, Any] | None) -> list[str]:
     if r is None:
         return []
@@ -193,13 +248,14 @@ def _long_text(r: dict[str, Any] | None) -> list[str]:
     return [
         "",
         f"Full schedule: hard-negative mining (alpha {HNM_ALPHA:g}) trained for {r['epochs']} epochs, everything else "
-        "as the run of the starter model shipped at the time (`train_starter.py`, same seed and split, no mining): pcam/valid AUC "
+        "as the previous starter model's run (`train_starter.py`, same seed and split, no mining): pcam/valid AUC "
         f"{r['test_auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}, best epoch {r['best_epoch']}, validation AUC "
-        f"{r['val_auc']:.4f}) vs that shipped model's {sh['test_auc']:.3f} (95% CI {sh['test_auc_ci95'][0]:.3f}-"
+        f"{r['val_auc']:.4f}) vs the previous shipped model's {sh['test_auc']:.3f} (95% CI {sh['test_auc_ci95'][0]:.3f}-"
         f"{sh['test_auc_ci95'][1]:.3f}): delta {r['test_auc'] - sh['test_auc']:+.4f} (paired 95% CI {dl:+.4f} to "
         f"{dh:+.4f}); {r['train_s'] / 60:.0f} min, load average {r['load_avg_1min']:.1f}. Validation AUC by epoch: "
-        f"{', '.join(f'{v:.3f}' for v in r['val_auc_by_epoch'])}. (That model was trained earlier by the same "
-        "trainer; plain AUC, no TTA, both packages scored here. One seed each: the run-to-run noise was measured "
+        f"{', '.join(f'{v:.3f}' for v in r['val_auc_by_epoch'])}. (The previous model was trained earlier by the same "
+        "trainer; plain AUC, no TTA, both packages scored here. This run is now the shipped starter model, see "
+        "'PCam starter model (issue 14)'. One seed each: the run-to-run noise was measured "
         "on the short schedule only, so this is one observation, not an established gain.)",
     ]
 
@@ -241,7 +297,8 @@ def _noise(by: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def render(rows: list[dict[str, Any]], epochs: int, machine: str, threads: int, long: dict[str, Any] | None = None) -> str:
+def render(rows: list[dict[str, Any]], epochs: int, machine: str, threads: int, long: dict[str, Any] | None = None,
+           seeds: list[dict[str, Any]] | None = None) -> str:
     """The RESULTS.md section (rows in ``ROWS`` order; rows not run yet are listed as such)."""
     by = {r["name"]: r for r in rows}
     lines = [
@@ -284,7 +341,7 @@ def render(rows: list[dict[str, Any]], epochs: int, machine: str, threads: int, 
             f"{', '.join(f'{v:.3f}' for v in r['val_auc_by_epoch'])} | {train_min} | {r['load_avg_1min']:.1f} |"
         )
     verdict = _verdict(by)
-    return "\n".join(lines + ([""] + [verdict] if verdict else []) + _long_text(long)) + "\n"
+    return "\n".join(lines + ([""] + [verdict] if verdict else []) + _long_text(long) + _seed_text(seeds, long)) + "\n"
 
 
 def main() -> int:
@@ -297,6 +354,11 @@ def main() -> int:
     ap.add_argument("--long-epochs", type=int, default=0,
                     help="then train hard-negative mining for this many epochs into OUT/long and test it against the "
                          "shipped model (12 = its schedule; 0 = skip)")
+    ap.add_argument("--long-seed", type=int, default=None,
+                    help="instead: train the recipe without and with mining for --long-epochs epochs at this seed "
+                         "into OUT/long-seedN and compare them (paired)")
+    ap.add_argument("--long-part", choices=("both", "ref", "mining"), default="both",
+                    help="with --long-seed: which of the two trainings this process runs (two processes in parallel)")
     args = ap.parse_args()
 
     import torch
@@ -325,11 +387,19 @@ def main() -> int:
         if args.write_results:
             write_results_section(SECTION, render(rows, args.epochs, machine, torch.get_num_threads()))
     long_path = out / "long" / "rows.json"
-    if args.long_epochs and not args.report_only and not long_path.is_file():
+    if args.long_seed is not None:
+        sdir = out / f"long-seed{args.long_seed}"
+        if not args.long_epochs and not args.report_only:
+            raise SystemExit("error: --long-seed needs --long-epochs")
+        todo = not args.report_only and not (sdir / "rows.json").is_file()
+        if todo and long_seed_check(sdir, args.long_epochs, args.long_seed, args.long_part) is None:
+            return 0  # the other part is still training; its process scores both
+    elif args.long_epochs and not args.report_only and not long_path.is_file():
         print(f"[{time.strftime('%H:%M:%S')}] long: hard negatives, {args.long_epochs} epochs", flush=True)
         long_check(out / "long", args.long_epochs)
     long = json.loads(long_path.read_text())[0] if long_path.is_file() else None
-    text = render(rows, args.epochs, machine, torch.get_num_threads(), long)
+    seeds = [json.loads(p.read_text()) for p in sorted(out.glob("long-seed*/rows.json"))]
+    text = render(rows, args.epochs, machine, torch.get_num_threads(), long, seeds[0] if seeds else None)
     return publish(SECTION, text, args.write_results)
 
 
