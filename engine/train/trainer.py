@@ -544,7 +544,7 @@ def _loop(
         if miner.mining(epoch):
             events.write("hard_negatives", epoch=epoch + 1, **miner.stats)
         mined_pos: list[np.ndarray] = []
-        mined_loss: list[np.ndarray] = []
+        mined_loss: list[Any] = []
         global_chunks = [order[i : i + cfg.batch_size] for i in range(0, order.size, cfg.batch_size)]
         shares = [dist.share(c.size) for c in global_chunks]
         local_chunks = [c[o : o + k] for c, (o, k) in zip(global_chunks, shares, strict=True)]
@@ -573,7 +573,7 @@ def _loop(
             wsum = (ce * class_w[yb]).sum()
             if miner.enabled:
                 mined_pos.append(local_chunks[step])
-                mined_loss.append(ce.detach().cpu().numpy())
+                mined_loss.append(ce.detach())  # kept on the device: no synchronisation per step
             # sum / global batch, times world size: DDP's gradient mean over ranks then equals the
             # gradient of the global-batch mean, also for uneven shards of the last batch
             loss = wsum * (dist.world_size / global_n)
@@ -612,7 +612,8 @@ def _loop(
         total_train_patches += int(train_idx.size)
         tl_sum, tl_n = ddp.sum_scalars(dist, [loss_sum, float(n_seen)], device)
         if miner.enabled:
-            miner.record(*gather_losses(dist, mined_pos, mined_loss))
+            losses = [torch.cat(mined_loss).float().cpu().numpy()] if mined_loss else []
+            miner.record(*gather_losses(dist, mined_pos, losses))
         train_loss = tl_sum / max(tl_n, 1.0)
 
         eval_net = ema.module if ema is not None else net
