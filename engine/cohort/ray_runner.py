@@ -6,7 +6,8 @@ straight from the worker to the output folder, written atomically, so that folde
 storage every node sees. Ray retries a slide whose worker died (or that raised an unexpected
 exception) up to ``max_retries`` times; after that the slide is reported as failed and the
 others go on. Workers report tile progress to a small actor that the driver polls for its
-progress bar. Cancel (or Ctrl+C) cancels every task not yet finished.
+progress bar. Cancel (or Ctrl+C) raises the cohort's cancel flag, which every slide task polls;
+tasks still running after a grace period are cancelled with their workers killed.
 
 ``ray`` is imported inside these functions only: without ``--ray`` nothing imports it.
 """
@@ -26,6 +27,8 @@ from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, report
 INSTALL_HINT = "install the distributed extra: pip install -e '.[distributed]'"
 #: seconds between two progress reports of a worker, and between two polls of the driver
 PROGRESS_INTERVAL_S = 0.5
+#: seconds a cancelled cohort's running slides get to stop by themselves before their workers are killed
+CANCEL_GRACE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +98,18 @@ def connect(settings: RaySettings) -> bool:
 
 
 class _Board:
-    """Actor: the tile progress of the slides running now (label -> (step, total))."""
+    """Actor: the tile progress of the slides running now (label -> (step, total)) and the
+    cohort's cancel flag, which the slide tasks poll."""
 
     def __init__(self) -> None:
         self.running: dict[str, tuple[int, int]] = {}
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled
 
     def update(self, label: str, step: int, total: int) -> None:
         self.running[label] = (step, total)
@@ -124,10 +135,47 @@ class _BoardProgress:
             self.board.update.remote(self.label, int(ev.step), int(ev.total))
 
 
-def _run_slide(fn: Callable[..., SlideOutcome], job: Any, item: Any, label: str, board: Any) -> SlideOutcome:
-    """The body of one slide task on a worker."""
+class _BoardCancel(CancelToken):
+    """A worker's cancel token: set once the driver raised the board's cancel flag (polled at most
+    every :data:`PROGRESS_INTERVAL_S`; a board that no longer answers means the cohort is over)."""
+
+    __slots__ = ("board", "last")
+
+    def __init__(self, board: Any) -> None:
+        super().__init__()
+        self.board, self.last = board, -math.inf
+
+    @property
+    def cancelled(self) -> bool:
+        now = time.monotonic()
+        if not self._event.is_set() and now - self.last >= PROGRESS_INTERVAL_S:
+            self.last = now
+            import ray
+
+            try:
+                if ray.get(self.board.is_cancelled.remote(), timeout=PROGRESS_INTERVAL_S * 4):
+                    self._event.set()
+            except ray.exceptions.GetTimeoutError:
+                pass  # a busy board: ask again later
+            except ray.exceptions.RayError:
+                self._event.set()  # the driver is gone or killed the board
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled:
+            raise Cancelled("cancelled by user")
+
+
+def _run_slide(fn: Callable[..., SlideOutcome], job: Any, item: Any, label: str, board: Any) -> SlideOutcome | None:
+    """The body of one slide task on a worker; None when the cohort was cancelled before or
+    during this slide (nothing of it is written: results are written atomically)."""
+    cancel = _BoardCancel(board)
     try:
-        return fn(job, item, progress=_BoardProgress(board, label), cancel=None)
+        if cancel.cancelled:
+            return None
+        return fn(job, item, progress=_BoardProgress(board, label), cancel=cancel)
+    except Cancelled:
+        return None
     finally:
         board.finish.remote(label)
 
@@ -175,14 +223,35 @@ def run_on_ray(
             pending[task.remote(fn, job_ref, item, label, board)] = (i, label)
         _collect(ray, pending, board, len(items), settings, on_outcome, progress, cancel)
     except BaseException:
-        for ref in pending:  # Cancel, Ctrl+C or a driver error: stop the cohort
-            ray.cancel(ref, force=True)
+        _cancel_all(ray, board, list(pending))  # Cancel, Ctrl+C or a driver error: stop the cohort
         raise
     finally:
         if board is not None:
             ray.kill(board)
         if started:
             ray.shutdown()
+
+
+def _cancel_all(ray: Any, board: Any, refs: list[Any]) -> None:
+    """Stop every unfinished slide task.
+
+    The board's cancel flag goes up first: a running slide stops at its next tile batch (it writes
+    nothing: results are written atomically) and a queued one returns as soon as it starts. Only
+    the tasks still unfinished after :data:`CANCEL_GRACE_S` are cancelled by Ray, with their
+    workers killed. Ray's own soft cancel is not used: it raises KeyboardInterrupt wherever the
+    worker is, which can be half-way through an import and leave that worker unable to import the
+    module again for the next cohort.
+    """
+    if not refs:
+        return
+    if board is not None:
+        board.cancel.remote()
+        try:
+            _, refs = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
+        except Exception:  # noqa: BLE001 - the cluster went away: nothing left to stop
+            return
+    for ref in refs:
+        ray.cancel(ref, force=True)
 
 
 def _check_resources(ray: Any, settings: RaySettings) -> None:

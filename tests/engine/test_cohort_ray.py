@@ -155,12 +155,75 @@ def test_cancel_stops_the_cohort(cluster, slides: list[Path], demo_onnx: Path, t
         run_on_ray(heatmap_slide, job, named_slides(list(map(str, slides))), [s.name for s in slides], RaySettings(),
                    lambda _i, o: finished.append(o.slide), cancel=cancel)
     assert not finished
-    deadline = time.monotonic() + 60  # the cancelled tasks give their CPUs back
+    deadline = time.monotonic() + 120  # the cancelled tasks give their CPUs back (waits on state)
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert ray.available_resources().get("CPU", 0) == 2
+    assert ray.available_resources().get("CPU", 0) == 2, ray.available_resources()
     for folder in (tmp_path / "out").glob("*"):  # a slide is written whole or not at all
         assert (folder / "heatmap.json").is_file()
+
+    # what a user does next: run the cohort again on the same cluster; it finishes every slide
+    run_on_ray(heatmap_slide, job, named_slides(list(map(str, slides))), [s.name for s in slides], RaySettings(),
+               lambda _i, o: finished.append(o.slide) if o.status == "done" else None)
+    assert sorted(Path(f).name for f in finished) == sorted(s.name for s in slides)  # each once
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["slide0", "slide1", "slide2"]
+
+
+def _hold_until_cancelled(job, item, progress=None, cancel=None):  # type: ignore[no-untyped-def]
+    """The real per-slide function, except that after its first tile batch it waits for the cohort's
+    Cancel (at most 2 minutes), so the cancel surely arrives mid-slide."""
+    import time
+
+    from engine.cohort.tasks import heatmap_slide
+
+    def holding_progress(ev):  # type: ignore[no-untyped-def]
+        if progress is not None:
+            progress(ev)
+        if ev.stage == "heatmap" and ev.step > 0:
+            deadline = time.monotonic() + 120
+            while not cancel.cancelled and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    return heatmap_slide(job, item, holding_progress, cancel)
+
+
+def test_cancel_mid_slide_stops_the_workers_cleanly(cluster, slides: list[Path], demo_onnx: Path, tmp_path: Path) -> None:
+    import time
+
+    from engine.cohort.ray_runner import RaySettings, run_on_ray
+    from engine.cohort.tasks import HeatmapJob, heatmap_slide, named_slides
+    from engine.errors import Cancelled
+    from engine.infer.pipeline import InferenceConfig
+    from engine.jobs import CancelToken
+
+    cancel = CancelToken()
+    seen: list[str] = []
+
+    def driver_progress(ev) -> None:  # type: ignore[no-untyped-def]
+        seen.append(ev.message)
+        if "running" in ev.message:  # a worker is part-way through a slide: press Cancel
+            cancel.cancel()
+
+    job = HeatmapJob(str(demo_onnx), "cpu", InferenceConfig(slide_mpp=0.5), tmp_path / "out", skip_existing=True)
+    items, labels = named_slides(list(map(str, slides))), [s.name for s in slides]
+    finished: list[str] = []
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    try:
+        with pytest.raises(Cancelled):
+            run_on_ray(_hold_until_cancelled, job, items, labels, RaySettings(), lambda _i, o: finished.append(o.slide),
+                       progress=driver_progress, cancel=cancel)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert not finished and any("running" in m for m in seen)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
+    deadline = time.monotonic() + 120  # waits on state: the stopped tasks give their CPUs back
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2, ray.available_resources()
+    # the same workers run the next cohort: every slide done, none failed
+    outcomes: list[str] = []
+    run_on_ray(heatmap_slide, job, items, labels, RaySettings(), lambda _i, o: outcomes.append(o.status))
+    assert outcomes == ["done"] * 3
 
 
 def test_a_slide_no_node_can_take_is_an_error_not_a_hang(cluster, slides: list[Path], demo_onnx, tmp_path, capsys) -> None:
