@@ -8,7 +8,6 @@ continues from it with the same shuffling, augmentations and RNG state.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -19,29 +18,44 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
-from engine.errors import Cancelled, ConfigError, DatasetError
+from engine.errors import Cancelled, ConfigError
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, report
 from engine.train import runfolder as rf
 from engine.train.config import TrainConfig
 from engine.train.ddp import DistInfo, env_dist_info
+from engine.train.epoch_validation import _calibrate, _epoch_msg, _validate
+from engine.train.loop_tools import _autocast_dtype, _Ema, _get_rng, _set_rng, _softmax, lr_factor
 from engine.train.metrics import classification_metrics
+from engine.train.prepare import (
+    STAIN_FIT_PATCHES,
+    _describe,
+    _fit_stain,
+    _jsonable,
+    _open_dataset,
+    _positive_index,
+    check_trainable,
+    data_fingerprint,
+    run_validation_split,
+    training_split,
+)
+
+__all__ = [
+    "RESUME_MUTABLE",
+    "STAIN_FIT_PATCHES",
+    "TrainResult",
+    "check_trainable",
+    "data_fingerprint",
+    "lr_factor",
+    "run_validation_split",
+    "train",
+    "training_split",
+]
 
 # fields a resumed run may change; anything else must match the stored config
 RESUME_MUTABLE = (
     "epochs", "device", "num_workers", "cache", "cache_limit_gb", "log_every", "patience", "validate_data",
     "calibration", "threshold_rule", "threshold_target", "precision",
 )
-
-
-def _autocast_dtype(precision: str, use_cuda: bool, torch: Any) -> Any:
-    """The autocast dtype for ``TrainConfig.precision`` on this device, or ``None`` (float32)."""
-    if precision == "fp16" and not use_cuda:
-        raise ConfigError("--precision fp16 needs a CUDA GPU (use bf16 or fp32 on the CPU)")
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16" or (precision == "auto" and use_cuda):
-        return torch.float16
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,128 +83,6 @@ class TrainResult:
     @property
     def best_checkpoint(self) -> Path:
         return self.run_dir / rf.BEST_NAME
-
-
-# --------------------------------------------------------------------------------------------
-# data preparation
-
-
-def data_fingerprint(ds: Any) -> str:
-    """sha256 over patch ids and labels: identifies "the same data" for resume."""
-    h = hashlib.sha256()
-    h.update(str(len(ds)).encode())
-    for i in ds.ids:
-        h.update(str(i).encode("utf-8", "replace") + b"\0")
-    h.update(np.asarray(ds.labels, dtype=np.int64).tobytes())
-    h.update("\0".join(ds.class_names).encode())
-    return h.hexdigest()
-
-
-def _open_dataset(cfg: TrainConfig) -> Any:
-    from engine.data import open_dataset
-
-    opts = {} if cfg.resize is None else {"resize": (cfg.resize, cfg.resize)}
-    return open_dataset(cfg.data, fmt=cfg.fmt, mpp=cfg.mpp, labelled=True, **opts)
-
-
-def check_trainable(ds: Any) -> None:
-    """Reject datasets a classifier cannot learn from.
-
-    Raises:
-        DatasetError: empty, unlabelled patches, fewer than two classes with patches.
-    """
-    if len(ds) == 0:
-        raise DatasetError("the dataset is empty: no patches found")
-    labels = np.asarray(ds.labels, dtype=np.int64)
-    if (labels < 0).any():
-        raise DatasetError(f"{int((labels < 0).sum())} patches have no label; training needs every patch labelled")
-    names = tuple(ds.class_names)
-    if len(names) < 2:
-        raise DatasetError(f"the dataset has one class only ({', '.join(names) or 'none'}); a classifier needs two or more")
-    present = np.unique(labels)
-    if present.size < 2:
-        raise DatasetError(
-            f"all {labels.size} patches are of class {names[int(present[0])]!r}; a classifier needs patches of two or more classes"
-        )
-    h, w = ds.patch_size
-    if h != w:
-        raise DatasetError(f"patches must be square, got {w}x{h} px")
-
-
-def training_split(cfg: TrainConfig, ds: Any) -> tuple[np.ndarray, np.ndarray, str]:
-    """The run's ``(train_idx, val_idx, strategy)``: deterministic in the config and the data.
-
-    Raises:
-        DatasetError: a split too small to train or validate on.
-    """
-    from engine.data import split_dataset
-
-    strategy = cfg.split
-    if strategy == "auto":
-        strategy = "grouped" if ds.groups is not None else "stratified"
-    train_idx, val_idx = split_dataset(ds, cfg.val_fraction, strategy=strategy, seed=cfg.seed)
-    train_idx = np.asarray(train_idx, dtype=np.int64)
-    val_idx = np.asarray(val_idx, dtype=np.int64)
-    if train_idx.size == 0 or val_idx.size == 0:
-        raise DatasetError(
-            f"the dataset is too small to hold out {cfg.val_fraction:.0%} for validation "
-            f"({len(ds)} patches: {train_idx.size} train, {val_idx.size} validation)"
-        )
-    if np.unique(np.asarray(ds.labels)[train_idx]).size < 2:
-        raise DatasetError("the training split holds one class only; add patches or lower the validation fraction")
-    return train_idx, val_idx, strategy
-
-
-def run_validation_split(run_dir: str | os.PathLike[str]) -> tuple[TrainConfig, Any, np.ndarray, str]:
-    """A finished run's config, its dataset opened as the trainer opened it (``--resize`` too),
-    and its validation rows and split strategy, rebuilt exactly as the trainer made them.
-
-    Raises:
-        DatasetError: the data changed since the run was trained (its fingerprint differs).
-    """
-    stored = rf.load_run_config(Path(run_dir))
-    cfg = TrainConfig.from_dict(stored["config"])
-    ds = _open_dataset(cfg)
-    if stored.get("fingerprint") not in (None, data_fingerprint(ds)):
-        raise DatasetError(
-            f"the data at {cfg.data} changed since run {run_dir} was trained; cannot rebuild its validation split"
-        )
-    _, val_idx, strategy = training_split(cfg, ds)
-    return cfg, ds, val_idx, strategy
-
-
-def _positive_index(cfg: TrainConfig, class_names: tuple[str, ...], ds: Any = None) -> int:
-    if cfg.positive_class is None:
-        # the dataset infers it from the names ("tumor", "1", "metastasis", ...)
-        inferred = getattr(ds, "positive_class", None)
-        if isinstance(inferred, (int, np.integer)) and 0 <= int(inferred) < len(class_names):
-            return int(inferred)
-        return 1 if len(class_names) == 2 else len(class_names) - 1
-    if cfg.positive_class not in class_names:
-        raise ConfigError(f"positive class {cfg.positive_class!r} is not a class of the dataset ({', '.join(class_names)})")
-    return class_names.index(cfg.positive_class)
-
-
-# --------------------------------------------------------------------------------------------
-# schedule
-
-
-def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
-    """Learning-rate multiplier at optimisation ``step`` of ``total`` (``warmup`` steps of warmup)."""
-    if schedule == "onecycle":
-        # torch's OneCycleLR shape: cosine from lr/25 up to lr over 30 %, then cosine to lr/25e4
-        up = max(1, int(0.3 * total))
-        lo, end = 1.0 / 25.0, 1.0 / 25e4
-        if step < up:
-            return lo + (1.0 - lo) * (1 - math.cos(math.pi * step / up)) / 2
-        t = min(1.0, (step - up) / max(1, total - up))
-        return end + (1.0 - end) * (1 + math.cos(math.pi * t)) / 2
-    if warmup > 0 and step < warmup:
-        return 0.01 + 0.99 * step / warmup
-    if schedule == "constant":
-        return 1.0
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * t))
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,28 +279,6 @@ def _completed_epochs(path: Path) -> int:
         return int(rf.load_checkpoint(path)["epoch"]) if path.is_file() else 0
     except ConfigError:
         return 0
-
-
-def _describe(ds: Any) -> dict[str, Any]:
-    try:
-        d = ds.describe()
-    except (AttributeError, TypeError):
-        return {}
-    return _jsonable(d) if isinstance(d, dict) else {}
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 def _loop(
@@ -684,154 +554,3 @@ def _loop(
     )
     run.state("finished", epoch=epochs_done, best_epoch=best_epoch, best_val_auc=best_metrics.get("val_auc"), result=status)
     return TrainResult(run.run_dir, status, epochs_done, best_epoch, best_metrics, history, duration)
-
-
-def _epoch_msg(rec: dict[str, Any]) -> str:
-    return (
-        f"epoch {rec['epoch']}: train loss {rec['train_loss']:.4f}, val loss {rec['val_loss']:.4f}, "
-        f"val AUC {rec['val_auc']:.4f}, acc {rec['accuracy']:.4f}"
-    )
-
-
-#: training patches the stain-normalisation target is fitted on (a fixed-seed sample)
-STAIN_FIT_PATCHES = 2048
-
-
-def _fit_stain(cfg: TrainConfig, ds: Any, train_idx: np.ndarray, ckpt: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The run's stain-normalisation target: from the checkpoint on resume, else fitted on up to
-    :data:`STAIN_FIT_PATCHES` training patches (a fixed-seed sample)."""
-    if cfg.stain_norm == "none":
-        return None
-    if ckpt is not None and ckpt.get("stain_norm"):
-        return dict(ckpt["stain_norm"])
-    from engine.infer.stain import fit_target
-
-    rng = np.random.default_rng([cfg.seed, 7])
-    pick = np.sort(rng.choice(train_idx, size=min(STAIN_FIT_PATCHES, train_idx.size), replace=False))
-    read_many = getattr(ds, "read_many", None)
-    tiles = read_many(pick) if read_many is not None else np.stack([ds.read(int(i)) for i in pick])
-    return _jsonable(fit_target(np.asarray(tiles, dtype=np.uint8), cfg.stain_norm))
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def _calibrate(run: _Run, logits: np.ndarray, y: np.ndarray, positive: int, epoch: int) -> dict[str, Any] | None:
-    """Fit the calibration and operating threshold on the validation logits of a new best epoch.
-
-    Returns the package ``extra`` entries (``operating_threshold``, ``calibration``,
-    ``threshold_rule``), also written to ``RUN_DIR/calibration.json``; ``None`` when the
-    validation split cannot define them (one class only).
-    """
-    from engine.train.calibration import CALIBRATION_FILE, fit_calibration
-
-    cfg = run.cfg
-    try:
-        res = fit_calibration(logits, y, positive, method=cfg.calibration, rule=cfg.threshold_rule,
-                              target=cfg.threshold_target, kind="logits")
-    except (DatasetError, ConfigError) as exc:
-        run.events.write("calibration_skipped", epoch=epoch, message=str(exc))
-        return None
-    extra = _jsonable({**res.extra(), "epoch": epoch})  # plain types: best.pt loads with weights_only
-    if run.dist.is_main:
-        from engine.fileio import atomic_write_json
-
-        atomic_write_json(run.run_dir / CALIBRATION_FILE, extra)
-    t = res.threshold
-    run.events.write(
-        "calibrated", epoch=epoch, method=res.calibration["method"], temperature=res.calibration["temperature"],
-        threshold=t.threshold, rule=t.rule, target=t.target, sensitivity=t.sensitivity, specificity=t.specificity,
-    )
-    return extra
-
-
-class _Ema:
-    """Exponential moving average of a model's weights (buffers such as batch-norm statistics are
-    copied). The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so
-    early averages are not dominated by the random initialisation."""
-
-    def __init__(self, model: Any, decay: float, torch: Any) -> None:
-        import copy
-
-        self.torch = torch
-        self.decay = float(decay)
-        self.updates = 0
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
-    def update(self, model: Any) -> None:
-        torch = self.torch
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        with torch.no_grad():
-            ema_p = [p for p in self.module.parameters()]
-            src_p = [p.detach() for p in model.parameters()]
-            torch._foreach_mul_(ema_p, d)
-            torch._foreach_add_(ema_p, src_p, alpha=1.0 - d)
-            for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
-                b_ema.copy_(b)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["module"])
-        self.updates = int(state.get("updates", 0))
-
-
-def _validate(run: _Run, net: Any, src: Any, labels: np.ndarray, to_input: Any, normalise: Any, torch: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Class logits ``(n, C)`` float32 of this rank's validation shard, and its labels."""
-    bs = max(run.cfg.batch_size, 128)
-    positions = [np.arange(i, min(i + bs, len(src))) for i in range(0, len(src), bs)]
-    out = []
-    net.eval()
-    with torch.no_grad():
-        for k, xb in enumerate(src.batches(positions)):
-            if run.cancel is not None and run.cancel.cancelled and not run.dist.distributed:
-                raise Cancelled("cancelled by user")
-            with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype or torch.float16, enabled=run.amp):
-                # the DDP wrapper is bypassed for inference: no gradient sync needed
-                module = net.module if hasattr(net, "module") else net
-                logits = module(normalise(to_input(xb)))
-            out.append(logits.float().cpu().numpy())
-            report(run.progress, ProgressEvent("validate", k + 1, len(positions), "validating"))
-    logits = np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
-    return logits.astype(np.float32), labels
-
-
-def _get_rng(torch: Any) -> dict[str, Any]:
-    import random
-
-    st = np.random.get_state()
-    rng: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"key": torch.from_numpy(np.asarray(st[1], dtype=np.int64)), "pos": int(st[2]),
-                  "has_gauss": int(st[3]), "cached": float(st[4])},
-        "python": [_py(v) for v in random.getstate()],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def _py(v: Any) -> Any:
-    return [_py(x) for x in v] if isinstance(v, tuple) else v
-
-
-def _set_rng(rng: dict[str, Any], torch: Any) -> None:
-    import random
-
-    if "torch" in rng:
-        torch.set_rng_state(rng["torch"])
-    if "numpy" in rng:
-        n = rng["numpy"]
-        np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "python" in rng:
-        v = rng["python"]
-        random.setstate((v[0], tuple(v[1]), v[2]))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
