@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "engine.cli.synthetic",  # expression deg / generate / realism, WGAN-GP
     "engine.cli.evaluate_slides",  # heatmaps vs tumour annotations: tile AUC, FROC, slide AUC
     "engine.cli.review",  # an evaluation's patches, errors first
+    "engine.cli.pn_stage",  # patient-level pN category from a heatmap folder
 )
 
 
