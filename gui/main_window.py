@@ -132,6 +132,18 @@ class MainWindow(QMainWindow):
         self.show_view("Patch review")
         return self.patch_review_view.load(path)
 
+    def open_pn_stage_dialog(self) -> QWidget:
+        """Show the pN stage dialog (File > pN Stage of a Heatmap Folder…); one per window."""
+        from gui.pn_stage_dialog import PnStageDialog
+
+        dialog = self.findChild(PnStageDialog)
+        if dialog is None:
+            dialog = PnStageDialog(self.settings, self)
+        dialog.show()
+        dialog.raise_()
+        dialog.activateWindow()
+        return dialog
+
     def _on_datasets_view_train_requested(self, dataset: dict) -> None:
         if self.training_view is None:
             return
@@ -187,6 +199,10 @@ class MainWindow(QMainWindow):
         file_menu.addMenu(self.recent_menu)
         file_menu.addSeparator()
         file_menu.addAction(self.slide_view.export_action)
+        self.pn_stage_action = QAction(icon("label"), "&pN Stage of a Heatmap Folder…", self)
+        self.pn_stage_action.setStatusTip("Each patient's pN category from a heatmap folder (one slide per lymph node)")
+        self.pn_stage_action.triggered.connect(self.open_pn_stage_dialog)
+        file_menu.addAction(self.pn_stage_action)
         file_menu.addSeparator()
         quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)

@@ -47,6 +47,8 @@ CAMELYON17_NAME = re.compile(r"^(patient_\d+)_node_\d+$", re.IGNORECASE)
 CSV_COLUMNS = (
     "patient", "pn_stage", "nodes", "nodes_with_metastasis", "largest_lesion_mm", "node_categories", "note",
 )
+# How an unknown node is named in a note
+_UNKNOWN_WORDS = {CATEGORY_UNKNOWN: "no mpp", NO_RESULT: "no result"}
 # How a stage may be spelt in a reference CSV (lower case, spaces removed) -> the stage
 _SPELLINGS = {s.lower(): s for s in (*STAGES, PNX)}
 
@@ -146,8 +148,10 @@ def stage_of(categories: Iterable[str]) -> tuple[str, int, str]:
     metastatic = macro + micro  # ITC nodes do not count
     why = ""
     if unknown:
-        kinds = sorted(set(unknown))
-        why = f"{len(unknown)} node(s) unknown: " + ", ".join(f"{unknown.count(k)} {k}" for k in kinds)
+        kinds = sorted({_UNKNOWN_WORDS.get(c, c) for c in unknown})
+        words = [_UNKNOWN_WORDS.get(c, c) for c in unknown]
+        detail = kinds[0] if len(kinds) == 1 else ", ".join(f"{words.count(k)} {k}" for k in kinds)
+        why = f"{len(unknown)} node{'s' if len(unknown) > 1 else ''} unknown ({detail})"
     if macro:
         stage = "pN1" if metastatic <= 3 else "pN2" if metastatic <= 9 else "pN3"
         note = f"{why}; the count of nodes with metastasis is a lower bound" if why else ""
@@ -162,6 +166,10 @@ def stage_of(categories: Iterable[str]) -> tuple[str, int, str]:
 def stage_patient(patient: str, nodes: Sequence[Node]) -> PatientStage:
     nodes = tuple(sorted(nodes, key=lambda n: natural_key(n.slide)))
     stage, metastatic, note = stage_of(n.category for n in nodes)
+    unknown = [n.slide for n in nodes if n.category not in SIZE_CATEGORIES]
+    if unknown:  # the note names them: "1 node unknown (no mpp): slideB[; the count ... lower bound]"
+        head, sep, tail = note.partition("; ")
+        note = f"{head}: {', '.join(unknown)}{sep}{tail}"
     return PatientStage(patient, stage, nodes, metastatic, note)
 
 
