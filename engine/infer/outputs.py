@@ -31,6 +31,9 @@ FORMAT_VERSION = 2
 FILES = ("heatmap.npy", "heatmap.json", "overlay.png", "tiles.csv", "tiles.geojson", "lesions.geojson", "lesions.csv")
 COLORMAP = "turbo"
 OVERLAY_MAX_SIZE = 2048
+# zlib level of overlay.png: lossless at any level; 1 encodes a 2048 px overlay in about half
+# the time of PIL's default 6 for a file about 6 % larger.
+OVERLAY_PNG_LEVEL = 1
 # Blend weight of the colour: low probabilities stay see-through so the tissue remains readable.
 OVERLAY_ALPHA_MIN = 0.2
 OVERLAY_ALPHA_MAX = 0.65
@@ -204,7 +207,9 @@ def render_overlay(thumbnail: np.ndarray, result: HeatmapResult, slide_size: tup
 def write_overlay(path: Path, thumbnail: np.ndarray, result: HeatmapResult, slide_size: tuple[int, int]) -> None:
     from PIL import Image
 
-    Image.fromarray(render_overlay(thumbnail, result, slide_size)).save(path, format="PNG", optimize=False)
+    Image.fromarray(render_overlay(thumbnail, result, slide_size)).save(
+        path, format="PNG", optimize=False, compress_level=OVERLAY_PNG_LEVEL
+    )
 
 
 def write_tiles_csv(path: Path, result: HeatmapResult) -> None:

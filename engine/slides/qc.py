@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ConfigError
+from engine.slides import morph
 
 # Reason codes of the QC mask (0 = analysed tissue); names in REASONS order.
 OK, BACKGROUND, PEN, FOLD, BUBBLE, BLUR, UNREADABLE = range(7)
@@ -274,9 +275,12 @@ def artefact_map(
     mx, mn = _channel_max_min(img)
     sat = ((mx - mn) / np.maximum(mx, 1.0)).astype(np.float32)
     od = _channel_mean(rgb_to_od(img))
+    check_fold = settings.fold and tissue is not None and tissue.any()
+    # the smoothed saturation both the bubble and the fold checks use, computed once
+    smooth_sat = ndimage.uniform_filter(sat, 3) if colour and (settings.bubble or check_fold) else None
     if settings.bubble and colour:
-        out[_bubbles(img, sat, od)] = BUBBLE
-    if settings.fold and tissue is not None and tissue.any():
+        out[_bubbles(img, smooth_sat, od)] = BUBBLE
+    if check_fold:
         t_od = od[tissue]
         ref = float(np.median(t_od))
         ref_sat = float(np.median(sat[tissue]))
@@ -285,7 +289,7 @@ def artefact_map(
         texture = np.sqrt(np.maximum(sq - mean * mean, 0.0)) / np.maximum(mean, 1e-3)
         dark = mean > max(FOLD_OD_MIN, FOLD_OD_RATIO * ref)
         if colour:
-            dark &= ndimage.uniform_filter(sat, 3) >= ref_sat
+            dark &= smooth_sat >= ref_sat
         fold = dark & (texture < FOLD_TEXTURE_MAX)
         out[fold] = FOLD
     if settings.pen and colour:
@@ -293,12 +297,12 @@ def artefact_map(
         red_ink = (r > g + RED_INK_MARGIN) & (r > b + RED_INK_MARGIN)
         pen = (g > r + PEN_MARGIN) | ((r <= g) & (b > r + 3 * PEN_MARGIN)) | dark_ink | red_ink
         pen &= od > 0.05
-        pen = ndimage.binary_opening(pen, structure=np.ones((2, 2), bool))
+        pen = morph.binary_opening(pen, morph.SQUARE2)
         out[pen] = PEN
     return out
 
 
-def _bubbles(img: np.ndarray, sat: np.ndarray, od: np.ndarray) -> np.ndarray:
+def _bubbles(img: np.ndarray, smooth_sat: np.ndarray, od: np.ndarray) -> np.ndarray:
     """Air bubbles and coverslip edges on a white-balanced colour thumbnail: bool ``(H, W)``.
 
     A bubble pushes the stained tissue aside and leaves a grey, unstained disc (darker than
@@ -308,30 +312,29 @@ def _bubbles(img: np.ndarray, sat: np.ndarray, od: np.ndarray) -> np.ndarray:
     """
     from scipy import ndimage
 
-    smooth_sat = ndimage.uniform_filter(sat, 3)
     neutral = smooth_sat < NEUTRAL_SAT_MAX
     unstained = neutral & (od > UNSTAINED_OD_MIN) & (od < 0.6)
     stained = smooth_sat > 0.15
     glass = od <= UNSTAINED_OD_MIN
-    out = np.zeros(sat.shape, dtype=bool)
-    labels, n = ndimage.label(ndimage.binary_opening(unstained, iterations=1))
+    out = np.zeros(smooth_sat.shape, dtype=bool)
+    labels, n = ndimage.label(morph.binary_opening(unstained))
     if n:
         sizes = np.bincount(labels.ravel())
         big = np.flatnonzero(sizes >= BUBBLE_MIN_PX)
         big = big[big > 0]
         if big.size:
-            touch = np.bincount(labels[ndimage.binary_dilation(stained, iterations=3)].ravel(), minlength=n + 1)
+            touch = np.bincount(labels[morph.binary_dilation(stained, iterations=3)].ravel(), minlength=n + 1)
             keep = np.zeros(n + 1, dtype=bool)
             keep[big] = touch[big] > 0
             out |= keep[labels]
     gy, gx = np.gradient(ndimage.uniform_filter(_channel_mean(img), 2))
-    edges = neutral & (np.hypot(gx, gy) > EDGE_GRADIENT_MIN) & ~ndimage.binary_dilation(glass, iterations=2)
+    edges = neutral & (np.hypot(gx, gy) > EDGE_GRADIENT_MIN) & ~morph.binary_dilation(glass, iterations=2)
     labels, n = ndimage.label(edges, structure=np.ones((3, 3), bool))
     if n:
         sizes = np.bincount(labels.ravel())
         long_ = sizes >= EDGE_MIN_PX
         long_[0] = False
-        out |= ndimage.binary_dilation(long_[labels], iterations=1)
+        out |= morph.binary_dilation(long_[labels])
     return out
 
 
@@ -487,12 +490,13 @@ class PlanQC:
 
 
 def thumbnail_qc(
-    rgb: np.ndarray, tissue: np.ndarray | None, settings: QCSettings
+    rgb: np.ndarray, tissue: np.ndarray | None, settings: QCSettings, glass: np.ndarray | None = None
 ) -> tuple[StainReport, np.ndarray, dict[str, float]]:
-    """Stain report, artefact code map and per-artefact share of the tissue area of a thumbnail."""
+    """Stain report, artefact code map and per-artefact share of the tissue area of a thumbnail
+    (``glass``: its glass colour when tissue detection already found it)."""
     from engine.slides.tissue import glass_colour
 
-    glass = glass_colour(rgb)
+    glass = glass_colour(rgb) if glass is None else glass
     stain = stain_check(rgb, tissue, glass)
     codes = artefact_map(rgb, tissue, settings, stain, glass)
     area = tissue if tissue is not None and tissue.shape == codes.shape else np.ones(codes.shape, bool)
@@ -500,9 +504,7 @@ def thumbnail_qc(
     # ink and folds are left out of the tissue mask by its own rules; count them where they touch it
     near = area
     if tissue is not None and area.any():
-        from scipy import ndimage
-
-        near = ndimage.binary_dilation(area, iterations=2)
+        near = morph.binary_dilation(area, iterations=2)
     fr = {REASONS[c]: round(float(((codes == c) & near).sum()) / n, 6) for c in (PEN, FOLD, BUBBLE)}
     return stain, codes, fr
 
@@ -524,16 +526,16 @@ def apply_qc(reader: Any, plan: Any, settings: QCSettings) -> Any:
     t0 = time.perf_counter()
     tissue = plan.tissue
     if tissue is not None and tissue.thumbnail is not None:
-        rgb, tmask, ds = tissue.thumbnail, tissue.mask, tissue.downsample
+        rgb, tmask, ds, glass = tissue.thumbnail, tissue.mask, tissue.downsample, tissue.glass
     else:
         from engine.slides.damage import tolerant_thumbnail
 
         w0, h0 = reader.info.dimensions
         size = int(min(2048, max(64, 16 * max(w0, h0) / max(plan.tile_size_level0, 1))))
         rgb = tolerant_thumbnail(reader, size).rgb
-        tmask = None
+        tmask, glass = None, None
         ds = max(w0 / rgb.shape[1], h0 / rgb.shape[0])
-    stain, codes, fr = thumbnail_qc(rgb, tmask, settings)
+    stain, codes, fr = thumbnail_qc(rgb, tmask, settings, glass)
     xy = plan.level0_xy
     if settings.enabled and codes.any() and len(xy):
         tile_fr = region_fractions(

@@ -24,11 +24,10 @@ def reason_rgba(codes: np.ndarray, hatch: bool = True) -> np.ndarray:
     codes = np.asarray(codes)
     h, w = codes.shape
     out = np.zeros((h, w, 4), dtype=np.uint8)
-    yy, xx = np.mgrid[0:h, 0:w]
-    stripe = ((xx + yy) % HATCH_PERIOD) < HATCH_ON if hatch else np.ones((h, w), bool)
-    for code in np.unique(codes):
+    # only the flagged pixels are looked at (usually a small share of the image)
+    for code in np.unique(codes[codes > 0]):
         code = int(code)
-        if code <= 0 or code >= len(REASONS):
+        if code >= len(REASONS):
             continue
         m = codes == code
         rgb = REASON_RGB[REASONS[code]]
@@ -37,8 +36,11 @@ def reason_rgba(codes: np.ndarray, hatch: bool = True) -> np.ndarray:
             out[m, 3] = 230
         elif REASONS[code] == "background":
             out[m, 3] = 60
+        elif hatch:
+            ys, xs = np.nonzero(m)  # row-major, the order of out[m]
+            out[m, 3] = np.where((ys + xs) % HATCH_PERIOD < HATCH_ON, 235, 70)
         else:
-            out[m, 3] = np.where(stripe[m], 235, 70)
+            out[m, 3] = 235
     return out
 
 
@@ -46,7 +48,7 @@ def paint_reasons(img: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Blend :func:`reason_rgba` of ``codes`` (float with NaN, or ints) into RGB ``img`` in place."""
     c = np.nan_to_num(np.asarray(codes, dtype=np.float32), nan=0.0).astype(np.int16)
     layer = reason_rgba(c)
-    a = layer[..., 3:4].astype(np.float32) / 255.0
     m = layer[..., 3] > 0
-    img[m] = np.clip(img[m] * (1 - a[m]) + layer[m, :3] * a[m] + 0.5, 0, 255).astype(np.uint8)
+    a = layer[m, 3:4].astype(np.float32) / 255.0
+    img[m] = np.clip(img[m] * (1 - a) + layer[m, :3] * a + 0.5, 0, 255).astype(np.uint8)
     return img

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.slides import morph
 from engine.slides.base import SlideReader
 
 # Saturation threshold bounds (0-1). The floor keeps scanner noise on glass from being split
@@ -69,6 +70,8 @@ class TissueMask:
     thumbnail: np.ndarray | None = None
     #: bool mask of thumbnail pixels whose slide data could not be decoded, or ``None``
     damaged: np.ndarray | None = None
+    #: the glass colour the thumbnail was white-balanced to (:func:`glass_colour`), for slide QC
+    glass: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.mask.ndim != 2 or self.mask.dtype != bool:
@@ -236,10 +239,12 @@ def tissue_from_rgb(
         red_ink = (r > g + RED_INK_MARGIN) & (r > b + RED_INK_MARGIN)
         pen = (g > r + PEN_MARGIN) | ((r <= g) & (b > r + 3 * PEN_MARGIN)) | dark_ink | red_ink
         # smoothing spreads ink colour one pixel onto the glass beside a stroke: drop that fringe
-        pen = ndimage.binary_dilation(pen, structure=np.ones((3, 3), bool))
+        pen = morph.binary_dilation(pen, morph.SQUARE3)
         candidates = not_glass & ~pen
         if not candidates.any():
-            return TissueMask(np.zeros(rgb.shape[:2], dtype=bool), downsample, 0.0, "otsu-saturation(empty)")
+            return TissueMask(
+                np.zeros(rgb.shape[:2], dtype=bool), downsample, 0.0, "otsu-saturation(empty)", glass=glass
+            )
         values = sat[candidates]
         ceiling = min(SAT_THRESHOLD_MAX, CEILING_OF_MEDIAN * float(np.median(values)))
         t = otsu_threshold(values)
@@ -261,11 +266,11 @@ def tissue_from_rgb(
     # and fat inside tissue) and drop specks
     # (padded with the edge values: a zero border would erode tissue cut off at the slide edge)
     padded = np.pad(mask, 1, mode="edge")
-    mask = ndimage.binary_closing(padded, structure=np.ones((3, 3), bool), iterations=1)[1:-1, 1:-1]
+    mask = morph.binary_closing(padded, morph.SQUARE3)[1:-1, 1:-1]
     mask = _fill_small_holes(mask, max_hole)
     mask = _remove_small_objects(mask, min_obj)
     frac = float(mask.mean()) if npx else 0.0
-    return TissueMask(mask, float(downsample), frac, method)
+    return TissueMask(mask, float(downsample), frac, method, glass=glass)
 
 
 def detect_tissue(reader: SlideReader, max_size: int = 2048, *, mask_mpp: float | None = None) -> TissueMask:
@@ -316,11 +321,16 @@ def _fill_small_holes(mask: np.ndarray, max_size: float) -> np.ndarray:
 
     if max_size <= 0 or not mask.any():
         return mask
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    if not holes.any():
+    # the holes of ndimage.binary_fill_holes (4-connected background not reachable from the
+    # image border), found with one labelling of the background instead of its slow flood fill
+    labels, n = ndimage.label(~mask)
+    if n == 0:
         return mask
-    labels, n = ndimage.label(holes)
     sizes = np.bincount(labels.ravel())
     small = sizes <= max_size
     small[0] = False
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        small[edge] = False  # background touching the border is not a hole
+    if not small.any():
+        return mask
     return mask | small[labels]
