@@ -460,7 +460,9 @@ class Agreement:
     confusion: tuple[tuple[int, ...], ...]
 
     def lines(self) -> list[str]:
-        k = "undefined" if self.kappa is None else f"{self.kappa:.3f}"
+        k = "undefined (one stage only)" if self.compared else "undefined"
+        if self.kappa is not None:
+            k = f"{self.kappa:.3f}"
         head = f"quadratic weighted kappa {k} over {self.compared} patients ({self.left_out_pnx} pNX left out"
         if self.missing:
             head += f", {len(self.missing)} reference patient(s) without slides"
