@@ -315,8 +315,11 @@ def read_patients_csv(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
             raise DatasetError(f"{path} line {line}: slide {slide!r} has no patient")
         if not slide:
             raise DatasetError(f"{path} line {line}: patient {patient!r} has no slide")
-        if seen.setdefault(slide, patient) != patient:
-            raise DatasetError(f"{path} line {line}: slide {slide!r} given to patients {seen[slide]!r} and {patient!r}")
+        if slide in seen:
+            if seen[slide] != patient:
+                raise DatasetError(f"{path} line {line}: {slide!r} given to patients {seen[slide]!r} and {patient!r}")
+            continue  # the same row twice
+        seen[slide] = patient
         out.append((slide, patient))
     if not out:
         raise DatasetError(f"{path}: the patients CSV has no rows")

@@ -128,7 +128,7 @@ def test_folder_with_a_patients_csv(tmp_path: Path) -> None:
     assert got["bob"].stage == "pN0(i+)"
     assert any("extra" in n and "not in the patients CSV" in n for n in staging.notes)
 
-    csv_path.write_text("slide,patient\nB1,bob\nB2.tif,bob\n")  # B2 failed: no folder
+    csv_path.write_text("slide,patient\nB1,bob\nB2.tif,bob\nB1,bob\n")  # B2 failed: no folder; a row twice
     bob = stage_patients(hm, csv_path).patients[0]
     assert bob.stage == PNX and "B2.tif: no result" in bob.node_categories
 
@@ -138,6 +138,9 @@ def test_patients_csv_errors(tmp_path: Path) -> None:
     bad = tmp_path / "p.csv"
     bad.write_text("file,case\nA1,anna\n")
     with pytest.raises(DatasetError, match="needs the columns slide, patient"):
+        stage_patients(tmp_path / "hm", bad)
+    bad.write_text("slide,patient\nA1,anna\nA1,bob\n")
+    with pytest.raises(DatasetError, match="'A1' given to patients 'anna' and 'bob'"):
         stage_patients(tmp_path / "hm", bad)
     bad.write_text("slide,patient\nA1,anna\nZ9,zoe\n")
     with pytest.raises(DatasetError, match="patient zoe .* has no slide"):
