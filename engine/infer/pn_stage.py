@@ -368,10 +368,10 @@ def _group_csv(folder: HeatmapFolder, rows: list[tuple[str, str]]) -> tuple[dict
             found[patient] += 1
             node = match.node
         groups.setdefault(patient, []).append(node)
-    for patient, n in found.items():
-        if n == 0:
-            shown = ", ".join(node.slide for node in groups[patient][:3])
-            raise DatasetError(f"patient {patient} of the patients CSV has no slide in {folder.path} (no {shown})")
+    if found and not any(found.values()):  # not one slide of the CSV: the wrong folder or CSV
+        shown = ", ".join(slide for slide, _ in rows[:3])
+        raise DatasetError(f"no slide of the patients CSV has a result in {folder.path} (no {shown})")
+    # a patient none of whose slides has a result stays in the table as pNX (its nodes: no result)
     notes = [
         f"{s.node.slide}: not in the patients CSV, left out"
         for s in folder.slides
