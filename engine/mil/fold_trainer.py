@@ -117,7 +117,6 @@ class _FoldTrainer:
 
     def run(self, n_folds: int, progress: ProgressCallback | None, cancel: CancelToken | None) -> dict[str, Any]:
         import torch
-        from torch import nn
 
         cfg, fold = self.cfg, self.fold
         torch.manual_seed(cfg.seed + fold.index)
@@ -128,24 +127,8 @@ class _FoldTrainer:
         # foreach: one fused update for all (small) parameter tensors instead of a Python loop
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
         rng = np.random.default_rng(cfg.seed * 1000 + fold.index)
-        start_epoch = 0
-        best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "val_auc": None, "val_loss": None}
-        if self.last_path.is_file():
-            ck = load_checkpoint(self.last_path)
-            model.load_state_dict(ck["model"])
-            optimizer.load_state_dict(ck["optimizer_state"])
-            start_epoch, best = int(ck["epoch"]), dict(ck["best"])
-            rng.bit_generator.state = ck["numpy_rng"]
-            torch.set_rng_state(ck["torch_rng"])
-        labels = np.array([self.by_id[s].label for s in fold.train])
-        n_classes = len(self.cohort.class_names)
-        counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-        weights = (
-            np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
-            if cfg.class_weighted
-            else np.ones(n_classes)
-        )
-        loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.device))
+        start_epoch, best = self._restore(model, optimizer, rng)
+        loss_fn = self._loss_fn()
         clinical = self._clinical(fold.train + fold.val + fold.test)
         steps = len(fold.train) if not cfg.bag_size else sum(
             -(-self.store.features(s).shape[0] // cfg.bag_size) for s in fold.train
@@ -167,35 +150,7 @@ class _FoldTrainer:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             self.log.state("running", fold=fold.index, folds=n_folds, epoch=epoch, epochs=cfg.epochs)
             self.log.event("epoch_started", epoch=epoch, epochs=cfg.epochs, steps=steps, fold=fold.index)
-            model.train()
-            items = self._epoch_items(rng)
-            total_loss = 0.0
-            t0 = time.perf_counter()
-            for k, (sid, feats) in enumerate(items, start=1):
-                if cancel is not None:
-                    cancel.raise_if_cancelled()
-                if stop_requested(self.run_dir):
-                    raise Cancelled("stop requested")
-                num, codes = clinical[sid]
-                logits, _ = model(
-                    torch.from_numpy(feats).to(self.device),
-                    torch.from_numpy(num).to(self.device),
-                    torch.from_numpy(codes).to(self.device),
-                )
-                loss = loss_fn(logits, torch.tensor([self.by_id[sid].label], device=self.device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += float(loss.detach())
-                elapsed = time.perf_counter() - t0
-                self.log.step(
-                    epoch=epoch,
-                    step=k,
-                    steps=steps,
-                    loss=float(loss.detach()),
-                    fold=fold.index,
-                    throughput=k / elapsed if elapsed > 0 else None,
-                )
+            total_loss = self._train_epoch(model, optimizer, loss_fn, clinical, rng, epoch, steps, cancel)
             val = self.score(model, fold.val, clinical, loss_fn)
             train_loss = total_loss / max(steps, 1)
             auc = val["auc"]
@@ -235,6 +190,90 @@ class _FoldTrainer:
             )
             if cfg.patience and stale >= cfg.patience:
                 break
+        return self._finish(model, best, clinical, loss_fn)
+
+    def _restore(self, model: Any, optimizer: Any, rng: np.random.Generator) -> tuple[int, dict[str, Any]]:
+        """``(start_epoch, best)``: from the fold's last checkpoint when there is one (model,
+        optimizer and RNG states are restored into the arguments), else a fresh start."""
+        import torch
+
+        start_epoch = 0
+        best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "val_auc": None, "val_loss": None}
+        if self.last_path.is_file():
+            ck = load_checkpoint(self.last_path)
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer_state"])
+            start_epoch, best = int(ck["epoch"]), dict(ck["best"])
+            rng.bit_generator.state = ck["numpy_rng"]
+            torch.set_rng_state(ck["torch_rng"])
+        return start_epoch, best
+
+    def _loss_fn(self) -> Any:
+        """Cross-entropy, class-weighted by the fold's training labels when ``class_weighted``."""
+        import torch
+        from torch import nn
+
+        labels = np.array([self.by_id[s].label for s in self.fold.train])
+        n_classes = len(self.cohort.class_names)
+        counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+        weights = (
+            np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
+            if self.cfg.class_weighted
+            else np.ones(n_classes)
+        )
+        return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.device))
+
+    def _train_epoch(
+        self,
+        model: Any,
+        optimizer: Any,
+        loss_fn: Any,
+        clinical: dict[str, tuple[np.ndarray, np.ndarray]],
+        rng: np.random.Generator,
+        epoch: int,
+        steps: int,
+        cancel: CancelToken | None,
+    ) -> float:
+        """One epoch's optimisation steps; the summed training loss."""
+        import torch
+
+        fold = self.fold
+        model.train()
+        items = self._epoch_items(rng)
+        total_loss = 0.0
+        t0 = time.perf_counter()
+        for k, (sid, feats) in enumerate(items, start=1):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            if stop_requested(self.run_dir):
+                raise Cancelled("stop requested")
+            num, codes = clinical[sid]
+            logits, _ = model(
+                torch.from_numpy(feats).to(self.device),
+                torch.from_numpy(num).to(self.device),
+                torch.from_numpy(codes).to(self.device),
+            )
+            loss = loss_fn(logits, torch.tensor([self.by_id[sid].label], device=self.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach())
+            elapsed = time.perf_counter() - t0
+            self.log.step(
+                epoch=epoch,
+                step=k,
+                steps=steps,
+                loss=float(loss.detach()),
+                fold=fold.index,
+                throughput=k / elapsed if elapsed > 0 else None,
+            )
+        return total_loss
+
+    def _finish(
+        self, model: Any, best: dict[str, Any], clinical: dict[str, tuple[np.ndarray, np.ndarray]], loss_fn: Any
+    ) -> dict[str, Any]:
+        """Score validation and test slides with the best weights; write ``fold_K.json``."""
+        fold = self.fold
         model.load_state_dict(load_checkpoint(self.best_path)["model"])
         val = self.score(model, fold.val, clinical, loss_fn)
         test = self.score(model, fold.test, clinical, loss_fn) if fold.test else {"probs": [], "auc": None}

@@ -197,19 +197,7 @@ def _train_locked(
     cohort.check_columns(cfg.clinical)
     features_dir = Path(cfg.features_dir)
     entries, bag_notes, extraction = check_bags(cohort, features_dir)
-    if (run / "splits.json").is_file() and resume:
-        folds = [Fold.from_dict(d) for d in json.loads((run / "splits.json").read_text(encoding="utf-8"))["folds"]]
-    else:
-        folds = (
-            kfold_splits(entries, cfg.folds, cfg.val_fraction, cfg.seed)
-            if cfg.n_folds > 1
-            else [single_split(entries, cfg.val_fraction, cfg.test_fraction, cfg.seed)]
-        )
-        atomic_write_json(run / CONFIG_NAME, {"kind": RUN_KIND, "config": cfg.to_dict()})
-        atomic_write_json(
-            run / "splits.json",
-            {"folds": [f.to_dict() for f in folds], "excluded": bag_notes, "problems": cohort.to_dict()["problems"]},
-        )
+    folds = _load_or_make_folds(cfg, run, resume, entries, bag_notes, cohort)
     device = resolve_device(cfg.device)
     by_id = {e.slide_id: e for e in entries}
     store = BagStore(features_dir)
@@ -272,3 +260,23 @@ def _train_locked(
             return TrainResult(run, metrics, int(best["fold"]))
     finally:
         torch.set_num_threads(threads_before)
+
+
+def _load_or_make_folds(
+    cfg: MILTrainConfig, run: Path, resume: bool, entries: list[CohortEntry], bag_notes: list[str], cohort: Cohort
+) -> list[Fold]:
+    """The run's folds: read back from ``splits.json`` on resume, else made and written (with
+    ``config.json``)."""
+    if (run / "splits.json").is_file() and resume:
+        return [Fold.from_dict(d) for d in json.loads((run / "splits.json").read_text(encoding="utf-8"))["folds"]]
+    folds = (
+        kfold_splits(entries, cfg.folds, cfg.val_fraction, cfg.seed)
+        if cfg.n_folds > 1
+        else [single_split(entries, cfg.val_fraction, cfg.test_fraction, cfg.seed)]
+    )
+    atomic_write_json(run / CONFIG_NAME, {"kind": RUN_KIND, "config": cfg.to_dict()})
+    atomic_write_json(
+        run / "splits.json",
+        {"folds": [f.to_dict() for f in folds], "excluded": bag_notes, "problems": cohort.to_dict()["problems"]},
+    )
+    return folds
