@@ -132,8 +132,11 @@ class TissueMask:
 
     def _summed_area_table(self) -> np.ndarray:
         h, w = self.shape
-        sat = np.zeros((h + 1, w + 1), dtype=np.float64)
-        np.cumsum(np.cumsum(self.mask, axis=0, dtype=np.float64), axis=1, out=sat[1:, 1:])
+        # pixel counts: integer sums are exact (as float64 ones were) and several times faster
+        dtype = np.int32 if h * w < 2**31 else np.int64
+        sat = np.zeros((h + 1, w + 1), dtype=dtype)
+        np.cumsum(self.mask, axis=1, dtype=dtype, out=sat[1:, 1:])
+        np.cumsum(sat[1:, 1:], axis=0, out=sat[1:, 1:])
         return sat
 
 

@@ -1,7 +1,7 @@
 """The cheaper per-slide steps (issue 15) change nothing a user sees.
 
 Tissue detection and slide QC use the fast morphology of ``engine/slides/morph.py``, one
-labelling for small holes and the glass colour tissue detection found; the overlay paints QC
+labelling for small holes, integer summed-area tables and the glass colour tissue detection found; the overlay paints QC
 reasons from the flagged pixels only and encodes overlay.png at a faster zlib level. Here the
 same generated slide (pen, fold, bubble, holes) goes through the previous implementations (scipy
 morphology, scipy's flood fill, a per-image coordinate grid) and the current ones: tissue mask,
@@ -61,7 +61,30 @@ def _reference(monkeypatch: pytest.MonkeyPatch) -> None:
         return mask | small[labels]
 
     monkeypatch.setattr(tissue, "_fill_small_holes", fill_small_holes)
+    monkeypatch.setattr(tissue.TissueMask, "_summed_area_table", _float_summed_area_table)
     monkeypatch.setattr(qc_render, "reason_rgba", _reason_rgba_grid)
+
+
+def _float_summed_area_table(self: tissue.TissueMask) -> np.ndarray:
+    """The previous summed-area table, in float64."""
+    h, w = self.shape
+    sat = np.zeros((h + 1, w + 1), dtype=np.float64)
+    np.cumsum(np.cumsum(self.mask, axis=0, dtype=np.float64), axis=1, out=sat[1:, 1:])
+    return sat
+
+
+def test_tissue_fractions_are_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    for shape in ((1, 1), (3, 40), (57, 31)):
+        mask = tissue.TissueMask(rng.random(shape) < 0.4, 3.7, 0.4, "test")
+        x0, y0 = rng.uniform(-20, 220, (2, 500))
+        x1, y1 = x0 + rng.uniform(0, 60, 500), y0 + rng.uniform(0, 60, 500)
+        got = mask.fraction_in_rects(x0, y0, x1, y1)
+        np.testing.assert_array_equal(mask._summed_area_table(), _float_summed_area_table(mask))
+        with monkeypatch.context() as m:
+            m.setattr(tissue.TissueMask, "_summed_area_table", _float_summed_area_table)
+            want = mask.fraction_in_rects(x0, y0, x1, y1)
+        np.testing.assert_array_equal(got, want)
 
 
 def _reason_rgba_grid(codes: np.ndarray, hatch: bool = True) -> np.ndarray:
