@@ -286,47 +286,17 @@ def _loop(
     class_names: tuple[str, ...], positive: int, size: int, data_summary: dict[str, Any], fingerprint: str,
     checked: dict[str, Any] | None, torch: Any,
 ) -> TrainResult:
-    from engine.models import build_model
     from engine.train import ddp
     from engine.train.augment import augment_batch, batch_generator
     from engine.train.hard_negatives import HardNegativeSampler, gather_losses
-    from engine.train.loader import PatchSource, cache_fits, cache_patches_on_machine
 
     cfg, dist, events, device = run.cfg, run.dist, run.events, run.device
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
     num_classes = len(class_names)
-    # resuming from a checkpoint: its weights replace these right away; skip a weights file
-    model = build_model(cfg.arch, num_classes, size, weights=None if ckpt else cfg.weights, dropout=cfg.dropout)
-    model = model.to(device, memory_format=torch.channels_last) if run.use_cuda else model.to(device)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-    if dist.distributed and run.use_cuda and not cfg.freeze_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ema = _Ema(model, cfg.ema, torch) if cfg.ema > 0 else None
-    if ema is not None and ckpt is not None and ckpt.get("ema") is not None:
-        ema.load_state_dict(ckpt["ema"])
-    net = model
-    if dist.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[dist.local_rank] if run.use_cuda else None)
-
-    decay, no_decay = [], []
-    for p in model.parameters():
-        # no weight decay on biases and norm scales (standard AdamW practice)
-        (decay if p.ndim > 1 else no_decay).append(p)
-    if cfg.optimizer == "adam":  # the published seed run: plain Adam (Keras defaults)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-        )
+    model, ema, net = _build_net(run, ckpt, num_classes, size, torch)
     steps_per_epoch = max(1, math.ceil(train_idx.size / cfg.batch_size))
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, total_steps, warmup))
-    scaler = torch.amp.GradScaler("cuda", enabled=run.loss_scaling)
+    opt, sched, scaler = _build_optimiser(run, model, steps_per_epoch, torch)
 
     labels_all = np.asarray(ds.labels, dtype=np.int64)
     counts = np.bincount(labels_all[train_idx], minlength=num_classes).astype(np.float64)
@@ -354,21 +324,7 @@ def _loop(
         stale = int(ckpt.get("stale", 0))
         _set_rng(ckpt.get("rng", {}), torch)
 
-    # every rank needs all training patches (global batches are split across ranks each step):
-    # the ranks of one machine share one decoded copy where a shared folder has room, else the
-    # memory check counts one copy per rank; each rank keeps its own validation shard
-    sharing, copies = None, 1
-    wants_cache = cfg.cache in ("memory", "auto")
-    if wants_cache and dist.distributed:
-        nbytes = int(train_idx.size) * int(np.prod(ds.patch_size)) * 3
-        sharing, copies = ddp.cache_sharing(dist, run.run_dir, nbytes, device)
-    n_cache = cache_patches_on_machine(int(train_idx.size), int(val_idx.size), copies)
-    use_cache = cfg.cache == "memory" or (cfg.cache == "auto" and cache_fits(n_cache, ds.patch_size, cfg.cache_limit_gb))
-    val_local = val_idx[dist.rank :: dist.world_size]
-    train_src = PatchSource(
-        ds, train_idx, use_cache, cfg.num_workers, run.use_cuda, run.progress, run.cancel, "cache", sharing=sharing
-    )
-    val_src = PatchSource(ds, val_local, use_cache, cfg.num_workers, run.use_cuda, run.progress, run.cancel, "cache_val")
+    train_src, val_src, val_local, use_cache = _patch_sources(run, ds, train_idx, val_idx)
     train_labels = torch.from_numpy(labels_all[train_idx])
     miner = HardNegativeSampler(labels_all[train_idx], positive, cfg.hard_negatives, cfg.seed)
     if ckpt is not None:
@@ -554,3 +510,72 @@ def _loop(
     )
     run.state("finished", epoch=epochs_done, best_epoch=best_epoch, best_val_auc=best_metrics.get("val_auc"), result=status)
     return TrainResult(run.run_dir, status, epochs_done, best_epoch, best_metrics, history, duration)
+
+
+def _build_net(run: _Run, ckpt: dict[str, Any] | None, num_classes: int, size: int, torch: Any) -> tuple[Any, Any, Any]:
+    """``(model, ema, net)``: the model on the run's device (checkpoint weights on resume), its
+    weight EMA (``None`` when off) and what the steps call (the DDP wrapper when distributed)."""
+    from engine.models import build_model
+
+    cfg, dist, device = run.cfg, run.dist, run.device
+    # resuming from a checkpoint: its weights replace these right away; skip a weights file
+    model = build_model(cfg.arch, num_classes, size, weights=None if ckpt else cfg.weights, dropout=cfg.dropout)
+    model = model.to(device, memory_format=torch.channels_last) if run.use_cuda else model.to(device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    if dist.distributed and run.use_cuda and not cfg.freeze_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ema = _Ema(model, cfg.ema, torch) if cfg.ema > 0 else None
+    if ema is not None and ckpt is not None and ckpt.get("ema") is not None:
+        ema.load_state_dict(ckpt["ema"])
+    net = model
+    if dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dist.local_rank] if run.use_cuda else None)
+    return model, ema, net
+
+
+def _build_optimiser(run: _Run, model: Any, steps_per_epoch: int, torch: Any) -> tuple[Any, Any, Any]:
+    """``(optimizer, scheduler, grad_scaler)`` of the run (states restored later on resume)."""
+    cfg = run.cfg
+    decay, no_decay = [], []
+    for p in model.parameters():
+        # no weight decay on biases and norm scales (standard AdamW practice)
+        (decay if p.ndim > 1 else no_decay).append(p)
+    if cfg.optimizer == "adam":  # the published seed run: plain Adam (Keras defaults)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        )
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, total_steps, warmup))
+    scaler = torch.amp.GradScaler("cuda", enabled=run.loss_scaling)
+    return opt, sched, scaler
+
+
+def _patch_sources(run: _Run, ds: Any, train_idx: np.ndarray, val_idx: np.ndarray) -> tuple[Any, Any, np.ndarray, bool]:
+    """``(train_src, val_src, val_local, use_cache)``: the patch readers of this rank, its
+    validation shard, and whether patches are cached in memory."""
+    from engine.train import ddp
+    from engine.train.loader import PatchSource, cache_fits, cache_patches_on_machine
+
+    cfg, dist, device = run.cfg, run.dist, run.device
+    # every rank needs all training patches (global batches are split across ranks each step):
+    # the ranks of one machine share one decoded copy where a shared folder has room, else the
+    # memory check counts one copy per rank; each rank keeps its own validation shard
+    sharing, copies = None, 1
+    wants_cache = cfg.cache in ("memory", "auto")
+    if wants_cache and dist.distributed:
+        nbytes = int(train_idx.size) * int(np.prod(ds.patch_size)) * 3
+        sharing, copies = ddp.cache_sharing(dist, run.run_dir, nbytes, device)
+    n_cache = cache_patches_on_machine(int(train_idx.size), int(val_idx.size), copies)
+    use_cache = cfg.cache == "memory" or (cfg.cache == "auto" and cache_fits(n_cache, ds.patch_size, cfg.cache_limit_gb))
+    val_local = val_idx[dist.rank :: dist.world_size]
+    train_src = PatchSource(
+        ds, train_idx, use_cache, cfg.num_workers, run.use_cuda, run.progress, run.cancel, "cache", sharing=sharing
+    )
+    val_src = PatchSource(ds, val_local, use_cache, cfg.num_workers, run.use_cuda, run.progress, run.cancel, "cache_val")
+    return train_src, val_src, val_local, use_cache
