@@ -410,6 +410,8 @@ def run_summary(m: dict[str, Any]) -> str:
         f"TIAToolbox {tia:.0f} tiles/s, **{ratio:.2f}x** ({'met' if ratio >= 3.5 else 'missed'}), a {_med(rows, 'parts', 'a'):.0f} "
         f"(OpenSlide {_med(rows, 'parts', 'a_os'):.0f}), b {_med(rows, 'parts', 'b'):.0f}, c/L **{c_l:.2f}** "
         f"({'met' if c_l >= 0.9 else 'missed'})"
+        + (f"; MetaScope full {_med(rows, 'ms', 'fixed_s'):.2f} s per slide outside the heatmap stage"
+           if "fixed_s" in rows[0]["ms"] else "")
     )
 
 
@@ -494,7 +496,8 @@ def report_markdown(m: dict[str, Any], versions: dict[str, str], note: str,
         "Per repeat: " + "; ".join(
             f"MetaScope {r['ms']['tiles_per_s']:.0f}, TIA {r['tia0']['tiles_per_s']:.0f} / {r['tia2']['tiles_per_s']:.0f}, "
             f"ratio {r['ratio']:.2f}, a {r['parts']['a']:.0f}, b {r['parts']['b']:.0f}, c {r['parts']['c']:.0f}, "
-            f"c/L {r['parts']['c_L']:.2f}" for r in rows),
+            f"c/L {r['parts']['c_L']:.2f}" + (f", fixed {r['ms']['fixed_s']:.2f} s" if "fixed_s" in r["ms"] else "")
+            for r in rows),
         "",
         f"Mean tumour probability over the slide (same weights, a sanity check that both ran the model): MetaScope "
         f"{r0['ms']['mean_p1']:.4f}, TIAToolbox {r0['tia0']['mean_p1']:.4f}.",
