@@ -27,20 +27,20 @@ from PySide6.QtWidgets import (
 
 from engine.errors import MetaScopeError
 from engine.jobs import ProgressEvent
-from engine.paths import models_dir
 from engine.slides.base import SlideReader
 from gui import heatmap_job as hj
 from gui.dialogs import confirm, show_error, show_warning
 from gui.icons import icon
 from gui.settings import Settings
 from gui.views.slide_mil import SlidePredictionMixin
+from gui.views.slide_models import SlideModelsMixin
 from gui.views.slide_open import SlideOpeningMixin
+from gui.views.slide_result import SlideResultMixin
 from gui.widgets.heatmap_overlay import GridGeometry, HeatmapOverlay
-from gui.widgets.heatmap_panel import BROWSE, HeatmapPanel, format_eta
-from gui.widgets.lesion_panel import LesionOutlines, LesionPanel, category_html, compute_lesions
+from gui.widgets.heatmap_panel import HeatmapPanel, format_eta
+from gui.widgets.lesion_panel import LesionOutlines, LesionPanel
 from gui.widgets.overview_map import OverviewMap
 from gui.widgets.properties_panel import PropertiesPanel
-from gui.widgets.qc_layer import QCLayer, qc_html
 from gui.widgets.slide_viewer import SlideViewer
 from gui.widgets.tiles import TileScheduler, rgb_to_qimage
 from gui.workers import ProcessWorker, Worker
@@ -57,8 +57,14 @@ SIDE_PANEL_WIDTH = 340
 EMPTY_TEXT = "Open a slide with File > Open, or drop a slide file here."
 
 
-class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
-    """The "load a slide and see a heatmap" journey in one view (and slide-level MIL prediction)."""
+class SlideView(SlideOpeningMixin, SlidePredictionMixin, SlideModelsMixin, SlideResultMixin, QWidget):
+    """The "load a slide and see a heatmap" journey in one view (and slide-level MIL prediction).
+
+    Split by responsibility into mixins: opening slides (:mod:`gui.views.slide_open`), the model
+    list and choice (:mod:`gui.views.slide_models`), the result on screen: overlay, regions,
+    lesions, QC mask, hover text (:mod:`gui.views.slide_result`), and slide-level prediction
+    (:mod:`gui.views.slide_mil`); the heatmap run, export and label images stay here.
+    """
 
     status_message = Signal(str, int)
     slide_opened = Signal(str)  # path ("" when closed)
@@ -247,95 +253,6 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
         QThreadPool.globalInstance().start(worker)
         return worker
 
-    # -- models ----------------------------------------------------------------------------
-    def refresh_models(self) -> None:
-        """Re-read the model library (and the demo/starter models) in the background."""
-        extra = [p for p in self._models if not self._models[p].in_library]
-        worker = Worker(hj.list_models, extra)
-        worker.signals.finished.connect(self._on_models_listed)
-        worker.signals.failed.connect(lambda msg, *_: self.status_message.emit(f"Could not list models: {msg}", 8000))
-        self._start_misc(worker)
-        folder = models_dir()
-        if folder.is_dir() and str(folder) not in self._models_watcher.directories():
-            self._models_watcher.addPath(str(folder))
-
-    def _on_models_listed(self, models: list[hj.ModelChoice]) -> None:
-        listed = {m.path: m for m in models}
-        # models chosen with Browse (or described while the list was read) stay selectable
-        for path, old in self._models.items():
-            if path not in listed and not old.in_library and Path(path).is_file():
-                listed[path] = old
-        self._models = listed
-        wanted = self._pending_run_model or self.heatmap_panel.current_model() or self.settings.get("heatmap/model")
-        self.heatmap_panel.set_models([(m.label, m.path, m.tooltip) for m in listed.values()], wanted)
-        current = self._current_choice()
-        self.heatmap_panel.model_info.setText(current.description if current else "")
-        self._apply_model_mode(current)
-        self._update_enabled()
-        self.models_refreshed.emit()
-        if self._pending_run_model in listed:
-            self._start_pending_run()
-        else:
-            self._try_load_cached()
-
-    def _start_pending_run(self) -> None:
-        """The demo journey: once its model is known, show the cached heatmap or compute it."""
-        self._pending_run_model = None
-        self._run_or_load_cached()
-
-    def select_model(self, path: str) -> None:
-        """Choose a model file (adds it to the list if needed)."""
-        p = str(Path(path).resolve())
-        if p not in self._models:
-            worker = Worker(hj.describe_model, p)
-            worker.signals.finished.connect(self._on_model_described)
-            worker.signals.failed.connect(self._on_model_describe_failed)
-            self._start_misc(worker)
-            return
-        self.heatmap_panel.add_and_select_model(self._models[p].label, p, self._models[p].tooltip)
-        self._on_model_selected(p)
-
-    def _on_model_described(self, choice: hj.ModelChoice) -> None:
-        self._models[choice.path] = choice
-        self.heatmap_panel.add_and_select_model(choice.label, choice.path, choice.tooltip)
-        self._on_model_selected(choice.path)
-        if self._pending_run_model == choice.path:
-            self._start_pending_run()
-
-    def _on_model_describe_failed(self, message: str, user_error: bool, details: str) -> None:
-        self._pending_run_model = None
-        self.heatmap_panel.set_models([(m.label, m.path, m.tooltip) for m in self._models.values()],
-                                      self.settings.get("heatmap/model"))
-        show_error(self, "Cannot use this model", message, "" if user_error else details)
-
-    def _on_heatmap_panel_model_changed(self, path: str) -> None:
-        if path == BROWSE:
-            start = self.settings.get("dialogs/last_model_dir") or str(models_dir())
-            chosen, _ = QFileDialog.getOpenFileName(self, "Choose a model", start, "ONNX models (*.onnx);;All files (*)")
-            if chosen:
-                self.settings.set("dialogs/last_model_dir", str(Path(chosen).parent))
-                self.select_model(chosen)
-            else:
-                self.heatmap_panel.set_models([(m.label, m.path, m.tooltip) for m in self._models.values()],
-                                              self.settings.get("heatmap/model"))
-            return
-        self._on_model_selected(path)
-
-    def _on_model_selected(self, path: str) -> None:
-        self.settings.set("heatmap/model", path)
-        choice = self._models.get(path)
-        self.heatmap_panel.model_info.setText(choice.description if choice else "")
-        self._apply_model_mode(choice)
-        if choice is not None and not choice.is_mil:
-            # the display threshold starts at the model's operating threshold (the one its
-            # heatmaps, lesions and `metascope heatmap` use); the slider still moves it
-            panel = self.heatmap_panel
-            panel.set_overlay_settings(panel.colormap, panel.opacity, choice.threshold, panel.overlay_visible)
-        self._update_enabled()
-        if not self.running:
-            self._show_result(None)
-            self._try_load_cached()
-
     # -- opening slides --------------------------------------------------------------------
     def open_dialog(self) -> None:
         start = self.settings.get("dialogs/last_open_dir") or str(Path.home())
@@ -371,9 +288,6 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
         self.slide_opened.emit("")
 
     # -- heatmap ---------------------------------------------------------------------------
-    def _current_choice(self) -> hj.ModelChoice | None:
-        return self._models.get(self.heatmap_panel.current_model())
-
     def _try_load_cached(self, announce_missing: bool = True) -> bool:
         """Show the cached heatmap of (slide, model) if there is one; True when shown."""
         choice = self._current_choice()
@@ -575,138 +489,7 @@ class SlideView(SlideOpeningMixin, SlidePredictionMixin, QWidget):
         self.heatmap_cancelled.emit()
         self._try_load_cached(announce_missing=False)
 
-    def _show_result(self, data: hj.HeatmapData | None) -> None:
-        """Show a complete result (or clear the overlay, summary and region list)."""
-        self.result = data
-        self._clear_prediction()
-        self._show_qc(data)
-        self._show_lesions(data)
-        if data is None:
-            self.viewer.set_overlay(None)
-            self.viewer.highlight = None
-            self.heatmap_panel.set_summary_html("Predict the slide to see its class probabilities."
-                                                if self.heatmap_panel.mil_mode
-                                                else "Run a heatmap to see the slide-level result.")
-            self.heatmap_panel.set_regions([])
-            self._regions = []
-        else:
-            overlay = HeatmapOverlay(data.grid, GridGeometry(data.origin_xy, data.stride, data.tile_size))
-            self._apply_overlay_settings(overlay)
-            self.viewer.set_overlay(overlay)
-            self.heatmap_panel.set_summary_html(self._summary_html(data, self.heatmap_panel.threshold))
-            self._refresh_regions()
-            self.heatmap_loaded.emit()
-        self.overview.update()
-        self._update_enabled()
-
-    def _refresh_regions(self) -> None:
-        """The region list: the highest distinct cells at or above the display threshold."""
-        overlay = self.viewer.overlay
-        panel = self.heatmap_panel
-        if overlay is None:
-            self._regions = []
-            panel.set_regions([])
-            return
-        self._regions = [r for r in overlay.top_regions(10) if r[0] >= panel.threshold]
-        attention = self.prediction is not None
-        panel.set_regions(
-            [(v, "x {:,}, y {:,}".format(*(int(t) for t in overlay.geometry.tile_rect(r, c)[:2])))
-             for v, r, c in self._regions],
-            value_name="attention" if attention else "p =",
-            empty_text=f"No tile at or above {panel.threshold:.2f}.")
-
-    # -- overlay controls ------------------------------------------------------------------
-    def _apply_overlay_settings(self, overlay: HeatmapOverlay) -> None:
-        panel = self.heatmap_panel
-        overlay.colormap, overlay.opacity = panel.colormap, panel.opacity
-        overlay.threshold, overlay.visible = panel.threshold, panel.overlay_visible
-        overlay.invalidate()
-
-    def _on_heatmap_panel_overlay_settings_changed(self) -> None:
-        panel = self.heatmap_panel
-        self.settings.set("heatmap/colormap", panel.colormap)
-        self.settings.set("heatmap/opacity", panel.opacity)
-        self.settings.set("heatmap/threshold", panel.threshold)
-        self.settings.set("heatmap/visible", panel.overlay_visible)
-        self.overlay_action.setChecked(panel.overlay_visible)
-        if self.viewer.overlay is not None:
-            threshold_changed = self.viewer.overlay.threshold != panel.threshold
-            self._apply_overlay_settings(self.viewer.overlay)
-            self.viewer.update()
-            self.overview.update()
-            if threshold_changed and not self.running:
-                self._refresh_regions()
-        if self.result is not None:
-            self.heatmap_panel.set_summary_html(self._summary_html(self.result, panel.threshold))
-
-    def _on_overlay_action_toggled(self) -> None:
-        self.heatmap_panel.show_check.setChecked(self.overlay_action.isChecked())
-
-    # -- slide QC --------------------------------------------------------------------------
-    def _summary_html(self, data: hj.HeatmapData, threshold: float) -> str:
-        extras = [e for e in (category_html(self._lesion_summary), qc_html(data.summary)) if e]
-        return hj.summary_html(data, threshold) + "".join(f"<br>{e}" for e in extras)
-
-    # -- lesions ---------------------------------------------------------------------------
-    def _show_lesions(self, data: hj.HeatmapData | None) -> None:
-        """The lesions of a heatmap (at its operating threshold) in the list and over the slide."""
-        model_path = str(data.model.path) if data is not None and getattr(data.model, "path", None) else None
-        lesions, summary = compute_lesions(data.result, model_path) if data is not None else ([], None)
-        self._lesion_summary = summary
-        self.lesion_panel.set_lesions(lesions, summary)
-        self.lesion_outlines.set_lesions(lesions)
-        self.lesion_panel.setVisible(not self.heatmap_panel.mil_mode)
-
-    def _on_lesion_panel_lesion_activated(self, index: int) -> None:
-        lesions = self.lesion_panel.lesions
-        if not 0 <= index < len(lesions):
-            return
-        x0, y0, x1, y1 = lesions[index].bbox
-        self.viewer.show_region(x0, y0, x1 - x0, y1 - y0, highlight=False)
-        self.lesion_outlines.select(index)
-        self.viewer.setFocus()
-
-    def _show_qc(self, data: hj.HeatmapData | None) -> None:
-        """The QC mask layer of a result (flagged and unreadable tiles) and its warnings."""
-        layer = None
-        if data is not None:
-            geometry = GridGeometry(data.origin_xy, data.stride, data.tile_size)
-            layer = QCLayer.from_summary(data.summary, tuple(data.grid.shape), geometry)
-            for warning in data.summary.get("warnings", []) or []:
-                self.status_message.emit(f"Warning: {warning}", 0)
-        if layer is not None:
-            layer.visible = self.qc_action.isChecked()
-        self.viewer.set_qc_layer(layer)
-
-    def _on_qc_action_toggled(self) -> None:
-        if self.viewer.qc_layer is not None:
-            self.viewer.qc_layer.visible = self.qc_action.isChecked()
-            self.viewer.update()
-
-    def _on_heatmap_panel_region_activated(self, index: int) -> None:
-        if self.viewer.overlay is None or not 0 <= index < len(self._regions):
-            return
-        _, row, col = self._regions[index]
-        x, y, w, h = self.viewer.overlay.geometry.tile_rect(row, col)
-        self.viewer.show_region(x, y, w, h)
-        self.viewer.setFocus()
-
     # -- viewer feedback -------------------------------------------------------------------
-    def _on_viewer_hovered(self, info: object) -> None:
-        if info is None:
-            self.hover_text_changed.emit("")
-            return
-        x0, y0, prob, _rect = info  # type: ignore[misc]
-        text = f"x {x0:,}  y {y0:,}"
-        if prob is not None:
-            name = "attention" if self.prediction is not None else "p ="
-            text = f"{name} {prob:.2f}  ·  {text}"
-        qc = self.viewer.qc_layer
-        reason = qc.hover_text(x0, y0) if qc is not None and qc.visible else None
-        if reason:
-            text = f"{text}  ·  {reason}"
-        self.hover_text_changed.emit(text)
-
     def _on_viewer_view_changed(self) -> None:
         self.zoom_text_changed.emit(self.viewer.magnification_text() if self.reader is not None else "")
 
