@@ -1,247 +1,51 @@
-"""The streaming tile pipeline, and the heatmap built on it.
+"""The heatmap of a patch classifier over a slide, built on the streaming tile pipeline.
 
-The pipeline: tile reads on a small thread pool overlapped with batched inference.
-
-Generic over the model: it yields raw model outputs per batch, so the heatmap (patch classifiers)
-and MIL feature extraction (feature extractors) share it.
-
-Design, for throughput on few cores:
-
-- A read job handles a whole batch (read + resample + preprocess into one float32 array), so
-  Python overhead is per batch, not per tile, and the numpy work runs off the inference thread.
-- With the default reader, neighbouring tiles of a batch are read as one region and resized
-  together (:func:`engine.slides.tiling.read_tiles`): fewer backend calls for the same pixels.
-- Batch buffers (uint8 tiles per read thread, float32 model input) are reused, not reallocated:
-  a fresh 7 MB array per batch costs page faults on every batch.
-- At most ``read_workers + 1`` batches are in flight: memory is bounded by the batch size, never
-  by the slide size.
-- Inference runs on the calling thread; onnxruntime and the tile decoders release the GIL, so
-  reading the next batches overlaps inference of the current one on the same cores.
-- Batches come back in plan order, so results are deterministic.
-- ``cancel`` is checked per tile inside the read jobs and per batch here; on cancel (or any
-  error, or the consumer closing the generator) queued jobs are dropped and the pool is shut down
-  before control returns.
+The pipeline itself (tile reads overlapped with batched inference) is
+:func:`engine.infer.stream.iter_tile_outputs`, re-exported here with its types.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, fields
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.errors import Cancelled, ConfigError, ModelPackageError, NoTissueError, SlideOpenError
-from engine.infer.preprocess import Preprocessor, to_probabilities
+from engine.errors import ConfigError, ModelPackageError, NoTissueError
+from engine.infer.preprocess import to_probabilities
 from engine.infer.session import DEVICES, ModelSession, available_cores, load_model
+from engine.infer.stream import TileReadFn, TileScreen, iter_tile_outputs
 from engine.jobs import CancelToken, ProgressCallback, ProgressEvent, check_cancel, report
 from engine.slides.damage import (
     DEFAULT_MAX_UNREADABLE,
     UnreadableLog,
-    read_tiles_tolerant,
     record_damaged_cells,
     validate_max_unreadable,
 )
 from engine.slides.qc import BlurScreen, QCSettings
 from engine.slides.qc_summary import qc_summary, stain_warnings
-from engine.slides.tiling import TilePlan, TissueSettings, plan_slide, read_tiles, slide_tissue
+from engine.slides.tiling import TilePlan, TissueSettings, plan_slide, slide_tissue
 
 if TYPE_CHECKING:
     from engine.slides.base import SlideInfo, SlideReader
 
-
-class _Plan(Protocol):
-    level0_xy: np.ndarray
-
-
-TileReadFn = Callable[[Any, Any, np.ndarray], np.ndarray]
-#: ``fn(tiles uint8 (B, S, S, 3), plan rows (B,)) -> bool (B,)``: which tiles to analyse.
-TileScreen = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-class _Stopped(Exception):
-    """Raised inside a read job when the pipeline is stopped or cancelled."""
-
-
-def iter_tile_outputs(
-    reader: SlideReader,
-    plan: _Plan,
-    session: ModelSession,
-    batch_size: int = 64,
-    read_workers: int = 2,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-    indices: np.ndarray | None = None,
-    stage: str = "inference",
-    read_tile: TileReadFn | None = None,
-    unreadable: UnreadableLog | None = None,
-    screen: TileScreen | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Run ``session`` over the tiles of ``plan``, batch by batch.
-
-    Args:
-        reader: open slide (``read_region`` must be thread-safe, as the interface requires).
-        plan: a :class:`engine.slides.tiling.TilePlan` (anything with ``level0_xy`` ``(N, 2)``).
-        session: loaded model; its metadata drives preprocessing.
-        batch_size: tiles per inference call.
-        read_workers: threads reading and preprocessing tiles (>= 1).
-        progress: receives ``ProgressEvent(stage, tiles_done, tiles_total)`` after each batch.
-        cancel: checked per tile (read jobs) and per batch.
-        indices: subset of plan rows to process, in this order (default: all).
-        stage: stage name in progress events.
-        read_tile: ``fn(reader, plan, level0_xy) -> uint8 (S, S, 3)``; default
-            :func:`engine.slides.tiling.read_tiles` on the whole batch (neighbours read together).
-        unreadable: when given, a tile that cannot be decoded is recorded there and left out
-            (the log raises once too many are unreadable); without it such a tile is fatal.
-        screen: ``fn(tiles, rows) -> keep`` called on every batch of tiles as read (e.g. the
-            blur check of :mod:`engine.slides.qc`); tiles it drops are left out.
-
-    Yields:
-        ``(idx, outputs)``: ``idx`` int64 ``(B,)`` rows of the plan, ``outputs`` the raw model
-        output ``(B, C)`` for those tiles (unreadable or screened-out tiles are not in ``idx``,
-        so ``B`` may be smaller than the batch; a batch with no tile left is not yielded).
-
-    Raises:
-        Cancelled: ``cancel`` was set (the pool is already shut down when this propagates).
-    """
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    if read_workers < 1:
-        raise ValueError("read_workers must be >= 1")
-    xy = np.asarray(plan.level0_xy, dtype=np.int64).reshape(-1, 2)
-    order = np.arange(len(xy), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-    total = int(order.size)
-    preprocess = Preprocessor(session.metadata)
-    stop = threading.Event()
-    # uint8 tiles are private to a read thread; float32 batches go back to the free list once
-    # inference has used them (at most read_workers + 1 are in flight, plus one being run)
-    local = threading.local()
-    free: list[np.ndarray] = []
-    free_lock = threading.Lock()
-    new_buffer = getattr(session, "input_buffer", None)  # sessions that quack (MIL extractors) have none
-
-    def stopped() -> bool:
-        return stop.is_set() or (cancel is not None and cancel.cancelled)
-
-    def check() -> None:
-        if stopped():
-            raise _Stopped
-
-    def tile_buffer(n: int, shape: tuple[int, ...]) -> np.ndarray:
-        buf = getattr(local, "tiles", None)
-        if buf is None or buf.shape[1:] != shape or buf.shape[0] < n:
-            buf = local.tiles = np.empty((max(n, batch_size), *shape), dtype=np.uint8)
-        return buf[:n]
-
-    def read_batch(idx: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        ok = np.ones(len(idx), dtype=bool)
-        if read_tile is None:
-            tp = cast(TilePlan, plan)
-            s = tp.config.tile_size_px
-            buf = tile_buffer(len(idx), (s, s, 3))
-            if unreadable is None:
-                return read_tiles(reader, tp, xy[idx], out=buf, check=check), ok
-            return read_tiles_tolerant(reader, tp, xy[idx], idx, unreadable, out=buf, check=check)
-        tiles = None
-        for j, i in enumerate(idx):
-            check()
-            try:
-                tile = read_tile(reader, plan, xy[i])
-            except SlideOpenError as exc:
-                if unreadable is None:
-                    raise
-                unreadable.add(int(i), int(xy[i, 0]), int(xy[i, 1]), exc)
-                ok[j] = False
-                continue
-            if tiles is None:
-                tiles = tile_buffer(len(idx), tile.shape)
-            tiles[j] = tile
-        if tiles is not None and not ok.all():
-            tiles[~ok] = 255
-        return tiles, ok
-
-    def load(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        try:
-            tiles, ok = read_batch(idx)
-        except _Stopped:
-            return None
-        if tiles is None:  # every tile of the batch unreadable
-            return np.empty((0,), dtype=np.float32), ok
-        if screen is not None and ok.any():
-            sel = np.flatnonzero(ok)
-            ok[sel] = np.asarray(screen(tiles[sel], idx[sel]), dtype=bool)
-        buf = None
-        if len(idx) == batch_size:  # recycled buffers all come from full batches of this model
-            with free_lock:
-                buf = free.pop() if free else None
-            if buf is None and new_buffer is not None:  # pinned host memory on CUDA; None on the CPU
-                buf = new_buffer(batch_size)
-        return preprocess(tiles, out=buf), ok
-
-    starts = iter(range(0, total, batch_size))
-    pool = ThreadPoolExecutor(max_workers=read_workers, thread_name_prefix="metascope-tiles")
-    pending: deque[tuple[np.ndarray, Future[tuple[np.ndarray, np.ndarray] | None]]] = deque()
-
-    def submit_next() -> None:
-        start = next(starts, None)
-        if start is not None:
-            idx = order[start : start + batch_size]
-            pending.append((idx, pool.submit(load, idx)))
-
-    done = 0
-    t0 = time.perf_counter()
-    try:
-        for _ in range(read_workers + 1):
-            submit_next()
-        report(progress, ProgressEvent(stage, 0, total, "reading tiles"))
-        while pending:
-            check_cancel(cancel)
-            idx, fut = pending.popleft()
-            loaded = fut.result()
-            check_cancel(cancel)
-            if loaded is None:  # only when stopped; keep the contract explicit
-                raise Cancelled("cancelled by user")
-            batch, ok = loaded
-            submit_next()
-            if ok.any():
-                outputs = session.run(batch)
-                if batch.shape[0] == batch_size:
-                    with free_lock:
-                        free.append(batch)
-            else:
-                outputs = None
-            done += len(idx)
-            elapsed = time.perf_counter() - t0
-            rate = done / elapsed if elapsed > 0 else 0.0
-            report(
-                progress,
-                ProgressEvent(
-                    stage,
-                    done,
-                    total,
-                    f"{rate:.0f} tiles/s",
-                    MappingProxyType({"tiles_per_s": rate, "eta_s": (total - done) / rate if rate else None}),
-                ),
-            )
-            if outputs is None:
-                continue  # nothing of this batch could be analysed
-            if ok.all():
-                yield idx, outputs
-            else:
-                yield idx[ok], outputs[ok]
-    finally:
-        stop.set()
-        for _, fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+__all__ = [
+    "BatchCallback",
+    "HeatmapResult",
+    "HeatmapStartCallback",
+    "InferenceConfig",
+    "TileReadFn",
+    "TileScreen",
+    "compute_heatmap",
+    "device_batching",
+    "iter_tile_outputs",
+    "summarize",
+]
 
 
 # ------------------------------------------------------------------------------------ heatmap

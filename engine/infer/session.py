@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,6 +97,8 @@ class ModelSession:
         self.intra_op_threads = intra_op_threads
         self.provider = session.get_providers()[0]
         self.io_binding = io_binding
+        self._single: ModelSession | None | bool = None  # False: no one-thread copy possible
+        self._single_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -162,6 +165,35 @@ class ModelSession:
         s = self.input.size
         shape = (n, 3, s, s) if self.input.layout == "NCHW" else (n, s, s, 3)
         return self.io_binding.host_buffer(shape)
+
+    def single_threaded(self) -> ModelSession | None:
+        """This model on a one-thread onnxruntime session, to run several batches at once (one
+        per core) instead of one batch on all cores; loaded on first use and kept.
+
+        ``None`` on CUDA, when this session already runs on one thread, for a model without an
+        image input, or when the file no longer has the verified sha256.
+        """
+        if self.io_binding is not None or self.provider != _CPU or self.intra_op_threads <= 1 or self.input is None:
+            return None
+        with self._single_lock:
+            if self._single is None:
+                self._single = self._load_single() or False
+        return self._single or None
+
+    def _load_single(self) -> ModelSession | None:
+        from engine.infer.external import uses_external_data
+
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            return None  # changed since it was verified: only the loaded session runs
+        source: bytes | str = str(self.path.resolve()) if uses_external_data(data) else data
+        session = _create_session(self.path, source, "cpu", 1, False)
+        return ModelSession(
+            self.path, self.metadata, self.sha256, session, self.input, self.input_name, self.output_name, 1
+        )
 
     def describe(self) -> dict[str, Any]:
         """Model identity for result files: name, file, sha256, provider."""

@@ -147,8 +147,9 @@ def test_cancel_from_another_thread_interrupts_slow_reads(array_slide, demo_onnx
         for _ in iter_tile_outputs(array_slide, plan, session, batch_size=64, read_workers=2, cancel=cancel,
                                    read_tile=stalled_read):
             pass
-    # a batch is 64 tiles; each of the two readers stops at its next tile instead
-    assert 1 <= len(reads) <= 2
+    # a batch is 64 tiles; each of the workers (two readers, or one per onnxruntime thread when
+    # batches run on one-thread copies of the session) stops at its next tile instead
+    assert 1 <= len(reads) <= max(2, session.intra_op_threads)
     assert _pipeline_threads() == []
 
 
