@@ -160,6 +160,16 @@ class Extractor:
             out = self.session.session.run([self.output_name], {self.session.input_name: batch})[0]
         return np.asarray(out, dtype=np.float32).reshape(batch.shape[0], -1)
 
+    @property
+    def intra_op_threads(self) -> int:
+        return self.session.intra_op_threads
+
+    def single_threaded(self) -> Extractor | None:
+        """This backbone on a one-thread onnxruntime session (:meth:`ModelSession.single_threaded`):
+        the pipeline then runs one batch per core; ``None`` where that does not apply."""
+        single = self.session.single_threaded()
+        return None if single is None else Extractor(single, self.output_name)
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "sha256": self.sha256, "output": self.output_name, "feature_dim": self.feature_dim}
 

@@ -5,6 +5,7 @@ model objects without ``single_threaded``)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def cnn_onnx(demo_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 class _Quacks:
     """The same session without ``single_threaded``: the pipeline runs it the old way."""
 
-    def __init__(self, session: ModelSession) -> None:
+    def __init__(self, session: Any) -> None:
         self.metadata = session.metadata
         self._session = session
 
@@ -163,3 +164,22 @@ def test_single_threaded_copy_is_kept_and_only_where_it_applies(cnn_onnx: Path, 
     session = load_model(changed, "cpu", intra_op_threads=2)
     changed.write_bytes(cnn_onnx.read_bytes() + b"\0")  # no longer the verified bytes
     assert session.single_threaded() is None
+
+
+def test_mil_features_are_bit_identical_on_one_thread_copies(array_slide, cnn_onnx: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from engine.mil.features import load_extractor
+    from engine.modelpkg import read_metadata, write_metadata
+
+    meta = replace(read_metadata(cnn_onnx), task="feature_extractor", class_names=(), feature_dim=2)
+    extractor = load_extractor(write_metadata(cnn_onnx, meta, out_path=tmp_path / "fe.onnx"), "cpu", 2)
+    single = extractor.single_threaded()
+    assert single is not None and single.intra_op_threads == 1
+    plan = plan_tiles(array_slide, TilingConfig(96, 0.972, min_tissue_fraction=0.0), None)
+    got = {}
+    for name, model in (("new", extractor), ("old", _Quacks(extractor))):
+        rows, outs = zip(*iter_tile_outputs(array_slide, plan, model, batch_size=16), strict=True)
+        got[name] = (np.concatenate(rows), np.concatenate(outs))
+    assert got["new"][0].tolist() == got["old"][0].tolist() == list(range(plan.n_tiles))
+    assert got["new"][1].tobytes() == got["old"][1].tobytes()
