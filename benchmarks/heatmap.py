@@ -192,16 +192,16 @@ def _inference_only(session: ModelSession, batches: list[np.ndarray]) -> tuple[f
 
 def _inference_parallel(session: ModelSession, batches: list[np.ndarray]) -> tuple[float, float]:
     """Inference only the way the pipeline runs it on the CPU: one batch per core at once, each on a
-    one-thread copy of the session (:meth:`ModelSession.single_threaded`); as
-    :func:`_inference_only` where the session has no such copy."""
+    one-thread copy of the session (:meth:`ModelSession.worker_copy`); as :func:`_inference_only`
+    where the session has no such copy."""
     from concurrent.futures import ThreadPoolExecutor
 
-    single = session.single_threaded()
-    if single is None:
+    copy = session.worker_copy()
+    if copy is None:
         return _inference_only(session, batches)
-    with ThreadPoolExecutor(session.intra_op_threads) as pool:
+    with ThreadPoolExecutor(session.intra_op_threads // copy.intra_op_threads) as pool:
         t0, c0 = time.perf_counter(), time.process_time()
-        n = sum(out.shape[0] for out in pool.map(single.run, batches))
+        n = sum(out.shape[0] for out in pool.map(copy.run, batches))
         return n / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / n
 
 

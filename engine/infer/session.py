@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from engine.infer.gpu import BoundRunner
 
 DEVICES = ("auto", "cpu", "cuda")
+#: most batches the heatmap pipeline runs at once on copies of a CPU session
+#: (:meth:`ModelSession.worker_copy`): each holds its own activations in memory
+MAX_PARALLEL_BATCHES = 4
 IMAGE_TASKS = ("patch_classification", "feature_extractor")
 
 _CUDA = "CUDAExecutionProvider"
@@ -97,8 +100,8 @@ class ModelSession:
         self.intra_op_threads = intra_op_threads
         self.provider = session.get_providers()[0]
         self.io_binding = io_binding
-        self._single: ModelSession | None | bool = None  # False: no one-thread copy possible
-        self._single_lock = threading.Lock()
+        self._copy: ModelSession | None | bool = None  # False: no worker copy possible
+        self._copy_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -166,21 +169,26 @@ class ModelSession:
         shape = (n, 3, s, s) if self.input.layout == "NCHW" else (n, s, s, 3)
         return self.io_binding.host_buffer(shape)
 
-    def single_threaded(self) -> ModelSession | None:
-        """This model on a one-thread onnxruntime session, to run several batches at once (one
-        per core) instead of one batch on all cores; loaded on first use and kept.
+    def worker_copy(self) -> ModelSession | None:
+        """This model on fewer onnxruntime threads, for the heatmap pipeline to run several batches
+        at once on such copies instead of one batch on all of this session's threads (see
+        :mod:`engine.infer.stream`); loaded on first use and kept.
 
-        ``None`` on CUDA, when this session already runs on one thread, for a model without an
-        image input, or when the file no longer has the verified sha256.
+        One thread per copy, ``intra_op_threads`` batches at once, up to
+        :data:`MAX_PARALLEL_BATCHES` of them; beyond that each copy gets a share of the threads
+        (8 threads: 4 batches at once on 2 threads each), because every batch in flight holds its
+        own activations in memory. ``None`` on CUDA, for a session on one thread, for a model
+        without an image input, or when the file no longer has the verified sha256.
         """
         if self.io_binding is not None or self.provider != _CPU or self.intra_op_threads <= 1 or self.input is None:
             return None
-        with self._single_lock:
-            if self._single is None:
-                self._single = self._load_single() or False
-        return self._single or None
+        with self._copy_lock:
+            if self._copy is None:
+                threads = -(-self.intra_op_threads // MAX_PARALLEL_BATCHES)  # per copy
+                self._copy = self._load_copy(threads) or False
+        return self._copy or None
 
-    def _load_single(self) -> ModelSession | None:
+    def _load_copy(self, threads: int) -> ModelSession | None:
         from engine.infer.external import uses_external_data
 
         try:
@@ -190,9 +198,12 @@ class ModelSession:
         if hashlib.sha256(data).hexdigest() != self.sha256:
             return None  # changed since it was verified: only the loaded session runs
         source: bytes | str = str(self.path.resolve()) if uses_external_data(data) else data
-        session = _create_session(self.path, source, "cpu", 1, False)
+        try:
+            session = _create_session(self.path, source, "cpu", threads, False)
+        except ModelPackageError:
+            return None  # it loaded once: the loaded session runs, as it would have without copies
         return ModelSession(
-            self.path, self.metadata, self.sha256, session, self.input, self.input_name, self.output_name, 1
+            self.path, self.metadata, self.sha256, session, self.input, self.input_name, self.output_name, threads
         )
 
     def describe(self) -> dict[str, Any]:

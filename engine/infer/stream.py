@@ -12,13 +12,15 @@ Design, for throughput on few cores:
   together (:func:`engine.slides.tiling.read_tiles`): fewer backend calls for the same pixels.
 - On the CPU, with a :class:`~engine.infer.session.ModelSession` of ``T > 1`` onnxruntime threads,
   ``T`` workers each take a whole batch from reading to model output on a one-thread copy of the
-  session (:meth:`ModelSession.single_threaded`): ``T`` batches at once, one per core, instead of
-  one batch split over ``T`` cores while reads compete with it for the same cores. Split over threads, every inference waits for its slowest thread, and
+  session (:meth:`ModelSession.worker_copy`): ``T`` batches at once, one per core, instead of one
+  batch split over ``T`` cores while reads compete with it for the same cores. (Above
+  :data:`~engine.infer.session.MAX_PARALLEL_BATCHES` cores the copies get several threads each:
+  every batch in flight holds its own activations.) Split over threads, every inference waits for its slowest thread, and
   a read job that takes a core from one of them leaves the others idle; one thread per batch has
   no such barrier and costs about 15 % less CPU per tile. onnxruntime's CPU kernels split the
   work of a batch over threads without changing any sum's order, so the outputs are the same
   bits (the tests compare).
-- Otherwise (CUDA, a one-thread session, a model object without ``single_threaded``) the reads
+- Otherwise (CUDA, a one-thread session, a model object without ``worker_copy``) the reads
   run on ``read_workers`` threads and inference on the calling thread; onnxruntime and the tile
   decoders release the GIL, so they overlap.
 - Buffers (uint8 tiles and float32 model input per worker thread; float32 batches handed to the
@@ -212,8 +214,8 @@ def iter_tile_outputs(
         session: loaded model; its metadata drives preprocessing.
         batch_size: tiles per inference call.
         read_workers: threads reading and preprocessing tiles (>= 1); not used when batches run
-            on one-thread copies of the session (see the module docstring): then the session's
-            ``intra_op_threads`` workers each read and infer whole batches.
+            on copies of the session (see the module docstring): then one worker per copy's
+            share of the session's ``intra_op_threads`` reads and infers whole batches.
         progress: receives ``ProgressEvent(stage, tiles_done, tiles_total)`` after each batch.
         cancel: checked per tile (read jobs) and per batch.
         indices: subset of plan rows to process, in this order (default: all).
@@ -239,13 +241,13 @@ def iter_tile_outputs(
         raise ValueError("read_workers must be >= 1")
     jobs = _BatchJobs(reader, plan, session, batch_size, cancel, read_tile, unreadable, screen)
     order = np.arange(len(jobs.xy), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-    make_single = getattr(session, "single_threaded", None)
-    single = make_single() if callable(make_single) else None
-    if single is not None:
-        workers = int(session.intra_op_threads)
+    make_copy = getattr(session, "worker_copy", None)
+    copy = make_copy() if callable(make_copy) else None
+    if copy is not None:
+        workers = max(1, int(session.intra_op_threads) // int(copy.intra_op_threads))
 
         def job(idx: np.ndarray) -> _Done:
-            return jobs.infer(idx, single)
+            return jobs.infer(idx, copy)
 
         def finish(done: tuple[np.ndarray | None, np.ndarray]) -> np.ndarray | None:
             return done[0]  # already the outputs

@@ -164,11 +164,11 @@ class Extractor:
     def intra_op_threads(self) -> int:
         return self.session.intra_op_threads
 
-    def single_threaded(self) -> Extractor | None:
-        """This backbone on a one-thread onnxruntime session (:meth:`ModelSession.single_threaded`):
-        the pipeline then runs one batch per core; ``None`` where that does not apply."""
-        single = self.session.single_threaded()
-        return None if single is None else Extractor(single, self.output_name)
+    def worker_copy(self) -> Extractor | None:
+        """This backbone on fewer onnxruntime threads (:meth:`ModelSession.worker_copy`): the
+        pipeline then runs one batch per core; ``None`` where that does not apply."""
+        copy = self.session.worker_copy()
+        return None if copy is None else Extractor(copy, self.output_name)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "sha256": self.sha256, "output": self.output_name, "feature_dim": self.feature_dim}

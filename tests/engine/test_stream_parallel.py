@@ -1,6 +1,6 @@
 """Batches on one-thread copies of the session (one per core) give the same bits as one batch on
 all cores with the reads on their own threads (the pipeline before; still the path for CUDA and
-model objects without ``single_threaded``)."""
+model objects without ``worker_copy``)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def cnn_onnx(demo_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class _Quacks:
-    """The same session without ``single_threaded``: the pipeline runs it the old way."""
+    """The same session without ``worker_copy``: the pipeline runs it the old way."""
 
     def __init__(self, session: Any) -> None:
         self.metadata = session.metadata
@@ -79,18 +79,18 @@ class _Quacks:
         return self._session.run(batch)
 
 
-def _spy_single(session: ModelSession) -> list[int]:
-    """Count the batches the one-thread copy runs (proof the parallel path was taken)."""
-    single = session.single_threaded()
-    assert single is not None
+def _spy_copy(session: ModelSession) -> list[int]:
+    """Count the batches the worker copy runs (proof the parallel path was taken)."""
+    copy = session.worker_copy()
+    assert copy is not None
     calls: list[int] = []
-    run = single.run
+    run = copy.run
 
     def counted(batch: np.ndarray) -> np.ndarray:
         calls.append(batch.shape[0])
         return run(batch)
 
-    single.run = counted  # type: ignore[method-assign]
+    copy.run = counted  # type: ignore[method-assign]
     return calls
 
 
@@ -99,10 +99,10 @@ def test_heatmap_is_bit_identical_on_one_thread_copies(
 ) -> None:
     cfg = InferenceConfig(batch_size=24, read_workers=2, device="cpu", max_tiles=150)
     session = load_model(cnn_onnx, "cpu", intra_op_threads=2)
-    calls = _spy_single(session)
+    calls = _spy_copy(session)
     new = compute_heatmap(synthetic_svs.path, session, cfg)
     assert sum(calls) == len(new.level0_xy) and len(calls) == -(-len(new.level0_xy) // 24)
-    monkeypatch.setattr(ModelSession, "single_threaded", lambda self: None)
+    monkeypatch.setattr(ModelSession, "worker_copy", lambda self: None)
     old = compute_heatmap(synthetic_svs.path, load_model(cnn_onnx, "cpu", intra_op_threads=2), cfg)
     assert new.grid.tobytes() == old.grid.tobytes()
     assert new.probabilities.tobytes() == old.probabilities.tobytes()
@@ -114,7 +114,7 @@ def test_heatmap_is_bit_identical_on_one_thread_copies(
 
 def test_unreadable_and_screened_tiles_are_left_out_the_same_way(synthetic_svs: SyntheticSlide, cnn_onnx: Path) -> None:
     session = load_model(cnn_onnx, "cpu", intra_op_threads=2)
-    calls = _spy_single(session)
+    calls = _spy_copy(session)
     with open_slide(synthetic_svs.path) as reader:
         plan = plan_tiles(reader, TilingConfig(96, 0.972, min_tissue_fraction=0.0), None)
         idx = np.arange(0, min(plan.n_tiles, 90), dtype=np.int64)
@@ -153,17 +153,37 @@ def test_unreadable_and_screened_tiles_are_left_out_the_same_way(synthetic_svs: 
     assert got["new"][1].tobytes() == got["old"][1].tobytes()
 
 
-def test_single_threaded_copy_is_kept_and_only_where_it_applies(cnn_onnx: Path, tmp_path: Path) -> None:
+def test_worker_copy_is_kept_and_only_where_it_applies(cnn_onnx: Path, tmp_path: Path) -> None:
     two = load_model(cnn_onnx, "cpu", intra_op_threads=2)
-    single = two.single_threaded()
-    assert single is not None and single.intra_op_threads == 1 and single.sha256 == two.sha256
-    assert two.single_threaded() is single
-    assert load_model(cnn_onnx, "cpu", intra_op_threads=1).single_threaded() is None
+    copy = two.worker_copy()
+    assert copy is not None and copy.intra_op_threads == 1 and copy.sha256 == two.sha256
+    assert two.worker_copy() is copy
+    assert load_model(cnn_onnx, "cpu", intra_op_threads=1).worker_copy() is None
     changed = tmp_path / "m.onnx"
     changed.write_bytes(cnn_onnx.read_bytes())
     session = load_model(changed, "cpu", intra_op_threads=2)
     changed.write_bytes(cnn_onnx.read_bytes() + b"\0")  # no longer the verified bytes
-    assert session.single_threaded() is None
+    assert session.worker_copy() is None
+
+
+@pytest.mark.parametrize(("threads", "per_copy"), [(3, 1), (6, 2), (8, 2), (9, 3)])
+def test_many_threads_share_out_at_most_four_batches_at_once(
+    array_slide, cnn_onnx: Path, threads: int, per_copy: int
+) -> None:
+    """Every batch in flight holds its own activations: above 4 threads the copies get several."""
+    session = load_model(cnn_onnx, "cpu", intra_op_threads=threads)
+    copy = session.worker_copy()
+    assert copy is not None and copy.intra_op_threads == per_copy
+    calls = _spy_copy(session)
+    plan = plan_tiles(array_slide, TilingConfig(96, 0.972, min_tissue_fraction=0.0), None)
+    idx = np.arange(min(plan.n_tiles, 40))
+    got = {}
+    for name, model in (("new", session), ("old", _Quacks(session))):
+        rows, outs = zip(*iter_tile_outputs(array_slide, plan, model, batch_size=8, indices=idx), strict=True)
+        got[name] = (np.concatenate(rows), np.concatenate(outs))
+    assert sum(calls) == len(idx)
+    assert got["new"][0].tolist() == got["old"][0].tolist() == idx.tolist()
+    assert got["new"][1].tobytes() == got["old"][1].tobytes()
 
 
 def test_mil_features_are_bit_identical_on_one_thread_copies(array_slide, cnn_onnx: Path, tmp_path: Path) -> None:
@@ -174,8 +194,8 @@ def test_mil_features_are_bit_identical_on_one_thread_copies(array_slide, cnn_on
 
     meta = replace(read_metadata(cnn_onnx), task="feature_extractor", class_names=(), feature_dim=2)
     extractor = load_extractor(write_metadata(cnn_onnx, meta, out_path=tmp_path / "fe.onnx"), "cpu", 2)
-    single = extractor.single_threaded()
-    assert single is not None and single.intra_op_threads == 1
+    copy = extractor.worker_copy()
+    assert copy is not None and copy.intra_op_threads == 1
     plan = plan_tiles(array_slide, TilingConfig(96, 0.972, min_tissue_fraction=0.0), None)
     got = {}
     for name, model in (("new", extractor), ("old", _Quacks(extractor))):
