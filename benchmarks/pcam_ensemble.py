@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("packages", nargs="+", type=Path)
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args(argv)
+    from pcam_ablation import paired_delta_ci
     from sklearn.metrics import roc_auc_score
 
     from engine.train.metrics import bootstrap_auc_ci
-    from pcam_ablation import paired_delta_ci
 
     t0 = time.perf_counter()
     y = _labels()
