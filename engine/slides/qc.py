@@ -36,6 +36,7 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.slides import morph
+from engine.slides.colour import balanced_od_planes, balanced_planes
 
 # Reason codes of the QC mask (0 = analysed tissue); names in REASONS order.
 OK, BACKGROUND, PEN, FOLD, BUBBLE, BLUR, UNREADABLE = range(7)
@@ -158,6 +159,21 @@ def rgb_to_od(rgb: np.ndarray) -> np.ndarray:
     return -np.log10(np.maximum(rgb.astype(np.float32), 1.0) / 255.0)
 
 
+# Rows per matrix product in :func:`_rows_matmul`: 16,384 x 3 x 3 stays under OpenBLAS's
+# threshold for splitting a product over threads (65,536 x 4 multiply-adds).
+MATMUL_ROWS = 16_384
+
+
+def _rows_matmul(a: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``a @ m`` for ``(N, 3)`` pixels, in blocks of :data:`MATMUL_ROWS` rows: the same bits (each
+    row's products are the same kernel's), but every block runs on the calling thread. Split over
+    threads, a product this thin waited ~30-40 ms for a second thread on a loaded 2-core machine."""
+    out = np.empty((a.shape[0], m.shape[1]), dtype=np.result_type(a, m))
+    for s in range(0, a.shape[0], MATMUL_ROWS):
+        np.matmul(a[s : s + MATMUL_ROWS], m, out=out[s : s + MATMUL_ROWS])
+    return out
+
+
 def rgb2hed(rgb: np.ndarray) -> np.ndarray:
     """Colour deconvolution (Ruifrok-Johnston): ``(..., 3)`` RGB -> ``(..., 3)`` H, E, DAB densities."""
     return rgb_to_od(rgb) @ HED_FROM_RGB
@@ -168,12 +184,6 @@ def _channel_max_min(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     last axis of 3)."""
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
     return np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
-
-
-def _channel_mean(img: np.ndarray) -> np.ndarray:
-    """Per-pixel mean over the 3 channels of a float image, bit-identical to ``img.mean(axis=-1)``
-    (same order of additions) without its slow reduce over a last axis of 3."""
-    return (img[..., 0] + img[..., 1] + img[..., 2]) / 3
 
 
 def _saturation(img: np.ndarray) -> np.ndarray:
@@ -214,7 +224,7 @@ def stain_check(rgb: np.ndarray, tissue: np.ndarray | None = None, glass: np.nda
         return StainReport("empty", {"background_luminance": round(background, 1)}, "")
     img, od = img[stained], od[stained]
     coloured = float((_saturation(img) > COLOUR_SAT_MIN).mean())
-    hed = np.clip(od @ HED_FROM_RGB, 0.0, None)
+    hed = np.clip(_rows_matmul(od, HED_FROM_RGB), 0.0, None)
     total = hed.sum(axis=0)
     shares = total / max(float(total.sum()), 1e-9)
     scores = {
@@ -270,16 +280,17 @@ def artefact_map(
         if (y1 - y0) * (x1 - x0) < 0.8 * h * w:
             out[y0:y1, x0:x1] = artefact_map(rgb[y0:y1, x0:x1], tissue[y0:y1, x0:x1], settings, stain, glass)
             return out
-    img = np.minimum(rgb.astype(np.float32) * (255.0 / glass), 255.0)
-    r, g, b = img[..., 0], img[..., 1], img[..., 2]
-    mx, mn = _channel_max_min(img)
+    # the white-balanced image and its optical density, as planes from per-level tables
+    r, g, b = balanced_planes(rgb, glass)
+    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     sat = ((mx - mn) / np.maximum(mx, 1.0)).astype(np.float32)
-    od = _channel_mean(rgb_to_od(img))
+    od_r, od_g, od_b = balanced_od_planes(rgb, glass)
+    od = (od_r + od_g + od_b) / 3  # the channel mean, added in the same order as before
     check_fold = settings.fold and tissue is not None and tissue.any()
     # the smoothed saturation both the bubble and the fold checks use, computed once
     smooth_sat = ndimage.uniform_filter(sat, 3) if colour and (settings.bubble or check_fold) else None
     if settings.bubble and colour:
-        out[_bubbles(img, smooth_sat, od)] = BUBBLE
+        out[_bubbles((r + g + b) / 3, smooth_sat, od)] = BUBBLE
     if check_fold:
         t_od = od[tissue]
         ref = float(np.median(t_od))
@@ -302,8 +313,9 @@ def artefact_map(
     return out
 
 
-def _bubbles(img: np.ndarray, smooth_sat: np.ndarray, od: np.ndarray) -> np.ndarray:
-    """Air bubbles and coverslip edges on a white-balanced colour thumbnail: bool ``(H, W)``.
+def _bubbles(grey: np.ndarray, smooth_sat: np.ndarray, od: np.ndarray) -> np.ndarray:
+    """Air bubbles and coverslip edges on a white-balanced colour thumbnail (``grey``: its channel
+    mean): bool ``(H, W)``.
 
     A bubble pushes the stained tissue aside and leaves a grey, unstained disc (darker than
     glass, no colour) outlined by a rim: large unstained regions touching stained tissue are
@@ -327,7 +339,7 @@ def _bubbles(img: np.ndarray, smooth_sat: np.ndarray, od: np.ndarray) -> np.ndar
             keep = np.zeros(n + 1, dtype=bool)
             keep[big] = touch[big] > 0
             out |= keep[labels]
-    gy, gx = np.gradient(ndimage.uniform_filter(_channel_mean(img), 2))
+    gy, gx = np.gradient(ndimage.uniform_filter(grey, 2))
     edges = neutral & (np.hypot(gx, gy) > EDGE_GRADIENT_MIN) & ~morph.binary_dilation(glass, iterations=2)
     labels, n = ndimage.label(edges, structure=np.ones((3, 3), bool))
     if n:

@@ -13,6 +13,7 @@ import numpy as np
 
 from engine.slides import morph
 from engine.slides.base import SlideReader
+from engine.slides.colour import balanced_planes
 
 # Saturation threshold bounds (0-1). The floor keeps scanner noise on glass from being split
 # into "tissue"; the ceiling keeps pale stroma when the slide is mostly dense tissue and Otsu
@@ -215,11 +216,9 @@ def tissue_from_rgb(
     """
     from scipy import ndimage
 
-    raw = rgb.astype(np.float32)
     glass = glass_colour(rgb)
-    img = np.minimum(raw * (255.0 / glass), 255.0)
-    r, g, b = img[..., 0], img[..., 1], img[..., 2]
-    # elementwise over the 3 channels: a reduce over a last axis of 3 is several times slower
+    # the white-balanced image as planes from per-level tables (engine.slides.colour)
+    r, g, b = balanced_planes(rgb, glass)
     mx = np.maximum(np.maximum(r, g), b)
     mn = np.minimum(np.minimum(r, g), b)
     sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0).astype(np.float32)
