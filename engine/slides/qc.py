@@ -36,7 +36,7 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.slides import morph
-from engine.slides.colour import balanced_od_planes, balanced_planes
+from engine.slides.colour import balanced_od_planes, balanced_planes, sample_pixels
 
 # Reason codes of the QC mask (0 = analysed tissue); names in REASONS order.
 OK, BACKGROUND, PEN, FOLD, BUBBLE, BLUR, UNREADABLE = range(7)
@@ -201,10 +201,7 @@ def stain_check(rgb: np.ndarray, tissue: np.ndarray | None = None, glass: np.nda
     """
     from engine.slides.tissue import glass_colour
 
-    pix = rgb.reshape(-1, 3)
-    if pix.shape[0] > 400_000:
-        pix = pix[:: pix.shape[0] // 400_000 + 1]
-    p32 = pix.astype(np.float32)
+    p32 = sample_pixels(rgb, None, 400_000).astype(np.float32)
     lum = (p32[:, 0] + p32[:, 1] + p32[:, 2]) / 3.0
     background = float(np.percentile(lum, 90)) if lum.size else 255.0
     if background < FLUO_BACKGROUND_MAX:
@@ -214,9 +211,8 @@ def stain_check(rgb: np.ndarray, tissue: np.ndarray | None = None, glass: np.nda
             "the slide has a dark background: a fluorescence image, not brightfield H&E",
         )
     glass = glass_colour(rgb) if glass is None else glass
-    sel = rgb[tissue] if tissue is not None and tissue.shape == rgb.shape[:2] and tissue.any() else rgb.reshape(-1, 3)
-    if sel.shape[0] > 200_000:
-        sel = sel[:: sel.shape[0] // 200_000 + 1]
+    use = tissue is not None and tissue.shape == rgb.shape[:2] and tissue.any()
+    sel = sample_pixels(rgb, tissue if use else None, 200_000)
     img = np.minimum(sel.astype(np.float32) * (255.0 / glass), 255.0)
     od = rgb_to_od(img)
     stained = np.maximum(np.maximum(od[:, 0], od[:, 1]), od[:, 2]) > GLASS_OD_MAX
@@ -250,6 +246,7 @@ def artefact_map(
     settings: QCSettings,
     stain: StainReport,
     glass: np.ndarray | None = None,
+    smooth_sat: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per thumbnail pixel artefact code (``OK``, ``PEN``, ``FOLD``, ``BUBBLE``), uint8 ``(H, W)``.
 
@@ -259,6 +256,8 @@ def artefact_map(
         settings: which checks run.
         stain: the slide's stain report (colour rules need a colour slide).
         glass: the glass colour (:func:`engine.slides.tissue.glass_colour`), if known.
+        smooth_sat: the 3x3 mean of the white-balanced thumbnail's saturation, if known
+            (:attr:`engine.slides.tissue.TissueMask.saturation`, with the same ``glass``).
     """
     from scipy import ndimage
 
@@ -288,7 +287,10 @@ def artefact_map(
     od = (od_r + od_g + od_b) / 3  # the channel mean, added in the same order as before
     check_fold = settings.fold and tissue is not None and tissue.any()
     # the smoothed saturation both the bubble and the fold checks use, computed once
-    smooth_sat = ndimage.uniform_filter(sat, 3) if colour and (settings.bubble or check_fold) else None
+    if not (colour and (settings.bubble or check_fold)):
+        smooth_sat = None
+    elif smooth_sat is None or smooth_sat.shape != (h, w):  # (a crop is smoothed at its own edges)
+        smooth_sat = ndimage.uniform_filter(sat, 3)
     if settings.bubble and colour:
         out[_bubbles((r + g + b) / 3, smooth_sat, od)] = BUBBLE
     if check_fold:
@@ -502,15 +504,20 @@ class PlanQC:
 
 
 def thumbnail_qc(
-    rgb: np.ndarray, tissue: np.ndarray | None, settings: QCSettings, glass: np.ndarray | None = None
+    rgb: np.ndarray,
+    tissue: np.ndarray | None,
+    settings: QCSettings,
+    glass: np.ndarray | None = None,
+    smooth_sat: np.ndarray | None = None,
 ) -> tuple[StainReport, np.ndarray, dict[str, float]]:
     """Stain report, artefact code map and per-artefact share of the tissue area of a thumbnail
-    (``glass``: its glass colour when tissue detection already found it)."""
+    (``glass``, ``smooth_sat``: its glass colour and smoothed saturation when tissue detection
+    already found them)."""
     from engine.slides.tissue import glass_colour
 
     glass = glass_colour(rgb) if glass is None else glass
     stain = stain_check(rgb, tissue, glass)
-    codes = artefact_map(rgb, tissue, settings, stain, glass)
+    codes = artefact_map(rgb, tissue, settings, stain, glass, smooth_sat)
     area = tissue if tissue is not None and tissue.shape == codes.shape else np.ones(codes.shape, bool)
     n = max(int(area.sum()), 1)
     # ink and folds are left out of the tissue mask by its own rules; count them where they touch it
@@ -539,15 +546,16 @@ def apply_qc(reader: Any, plan: Any, settings: QCSettings) -> Any:
     tissue = plan.tissue
     if tissue is not None and tissue.thumbnail is not None:
         rgb, tmask, ds, glass = tissue.thumbnail, tissue.mask, tissue.downsample, tissue.glass
+        smooth_sat = tissue.saturation
     else:
         from engine.slides.damage import tolerant_thumbnail
 
         w0, h0 = reader.info.dimensions
         size = int(min(2048, max(64, 16 * max(w0, h0) / max(plan.tile_size_level0, 1))))
         rgb = tolerant_thumbnail(reader, size).rgb
-        tmask, glass = None, None
+        tmask, glass, smooth_sat = None, None, None
         ds = max(w0 / rgb.shape[1], h0 / rgb.shape[0])
-    stain, codes, fr = thumbnail_qc(rgb, tmask, settings, glass)
+    stain, codes, fr = thumbnail_qc(rgb, tmask, settings, glass, smooth_sat)
     xy = plan.level0_xy
     if settings.enabled and codes.any() and len(xy):
         tile_fr = region_fractions(

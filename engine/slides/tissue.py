@@ -73,6 +73,8 @@ class TissueMask:
     damaged: np.ndarray | None = None
     #: the glass colour the thumbnail was white-balanced to (:func:`glass_colour`), for slide QC
     glass: np.ndarray | None = None
+    #: the smoothed saturation of the white-balanced thumbnail (3x3 mean), for slide QC
+    saturation: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.mask.ndim != 2 or self.mask.dtype != bool:
@@ -245,7 +247,12 @@ def tissue_from_rgb(
         candidates = not_glass & ~pen
         if not candidates.any():
             return TissueMask(
-                np.zeros(rgb.shape[:2], dtype=bool), downsample, 0.0, "otsu-saturation(empty)", glass=glass
+                np.zeros(rgb.shape[:2], dtype=bool),
+                downsample,
+                0.0,
+                "otsu-saturation(empty)",
+                glass=glass,
+                saturation=sat,
             )
         values = sat[candidates]
         ceiling = min(SAT_THRESHOLD_MAX, CEILING_OF_MEDIAN * float(np.median(values)))
@@ -272,7 +279,7 @@ def tissue_from_rgb(
     mask = _fill_small_holes(mask, max_hole)
     mask = _remove_small_objects(mask, min_obj)
     frac = float(mask.mean()) if npx else 0.0
-    return TissueMask(mask, float(downsample), frac, method, glass=glass)
+    return TissueMask(mask, float(downsample), frac, method, glass=glass, saturation=sat)
 
 
 def detect_tissue(reader: SlideReader, max_size: int = 2048, *, mask_mpp: float | None = None) -> TissueMask:

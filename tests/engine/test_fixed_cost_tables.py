@@ -1,14 +1,16 @@
 """Lookup tables, channel planes and one-thread colour products change nothing (issue 15).
 
 Tissue detection and slide QC take the white-balanced thumbnail and its optical density from
-256-entry tables per channel as contiguous planes (``engine/slides/colour.py``), and the stain
-check multiplies by the stain matrix in blocks of rows that OpenBLAS runs on one thread. Here
-each piece is compared with the expression it replaced, and a generated slide with artefacts
-(and its greyscale and DAB versions) goes through tissue detection, QC and the heatmap both ways.
+256-entry tables per channel as contiguous planes (``engine/slides/colour.py``), the stain check
+gathers only the tissue pixels it samples and multiplies by the stain matrix in blocks of rows
+that OpenBLAS runs on one thread, and QC reuses tissue detection's smoothed saturation. Here each
+piece is compared with the expression it replaced, and a generated slide with artefacts (and its
+greyscale and DAB versions) goes through tissue detection, QC and the heatmap both ways.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,11 @@ def _old_od_planes(rgb: np.ndarray, glass: np.ndarray) -> tuple[np.ndarray, np.n
     return od[..., 0], od[..., 1], od[..., 2]
 
 
+def _old_sample(rgb: np.ndarray, mask: np.ndarray | None, limit: int) -> np.ndarray:
+    sel = rgb[mask] if mask is not None else rgb.reshape(-1, 3)
+    return sel[:: sel.shape[0] // limit + 1] if sel.shape[0] > limit else sel
+
+
 def _every_level(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
     flat = rgb.reshape(-1)
@@ -57,6 +64,20 @@ def test_planes_equal_the_per_pixel_expressions(dtype: type) -> None:
             np.testing.assert_array_equal(got, want)
 
 
+def test_sampled_pixels_equal_all_then_every_kth() -> None:
+    rng = np.random.default_rng(3)
+    for shape, p, limit in (
+        ((300, 500), 0.7, 20_000),
+        ((300, 500), 0.05, 20_000),
+        ((40, 50), 1.0, 2000),
+        ((9, 9), 0.0, 5),
+    ):
+        rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        mask = rng.random(shape) < p
+        for m in (mask, None):
+            np.testing.assert_array_equal(colour.sample_pixels(rgb, m, limit), _old_sample(rgb, m, limit))
+
+
 def test_blocked_stain_product_equals_one_product() -> None:
     rng = np.random.default_rng(2)
     for n in (0, 1, 5, qc.MATMUL_ROWS - 1, qc.MATMUL_ROWS, qc.MATMUL_ROWS + 3, 2 * qc.MATMUL_ROWS + 17):
@@ -77,10 +98,15 @@ def artefact_rgb() -> np.ndarray:
 
 
 def _old_way(m: pytest.MonkeyPatch) -> None:
+    """The previous computations: per-pixel expressions on the interleaved image, one product,
+    all tissue pixels gathered, and QC smoothing its own saturation."""
     m.setattr(tissue, "balanced_planes", _old_planes)
     m.setattr(qc, "balanced_planes", _old_planes)
     m.setattr(qc, "balanced_od_planes", _old_od_planes)
     m.setattr(qc, "_rows_matmul", lambda a, b: a @ b)
+    m.setattr(qc, "sample_pixels", _old_sample)
+    detect = tissue.tissue_from_rgb
+    m.setattr(tissue, "tissue_from_rgb", lambda *a, **k: dataclasses.replace(detect(*a, **k), saturation=None))
 
 
 @pytest.mark.parametrize("variant", ["he", "greyscale", "dab"])
@@ -89,13 +115,15 @@ def test_tissue_and_qc_are_unchanged(artefact_rgb: np.ndarray, variant: str, mon
 
     def run():  # type: ignore[no-untyped-def]
         mask = tissue.tissue_from_rgb(rgb, 4.0, 0.5)
-        # glass given (as the planner does) and found here; the full image and the tissue crop
+        # glass given (as the planner does) and found here; the tissue's box and a crop of it
         crop = np.zeros(mask.mask.shape, bool)
         crop[100:700, 150:800] = mask.mask[100:700, 150:800]
         return (
             mask,
-            qc.thumbnail_qc(rgb, mask.mask, qc.QCSettings(), mask.glass),
+            qc.thumbnail_qc(rgb, mask.mask, qc.QCSettings(), mask.glass, mask.saturation),
             qc.thumbnail_qc(rgb, crop, qc.QCSettings()),
+            # tissue everywhere: the whole thumbnail is checked (no crop), with the saturation given
+            qc.thumbnail_qc(rgb, np.ones(mask.mask.shape, bool), qc.QCSettings(), mask.glass, mask.saturation),
         )
 
     new = run()
