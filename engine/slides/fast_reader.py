@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -145,6 +146,11 @@ class FastTiffReader(SlideReader):
 
     def thumbnail(self, max_size: int) -> np.ndarray:
         return striped_thumbnail(self, max_size)
+
+    def prefetch_level(self, level: int, stop: threading.Event) -> None:
+        """See :meth:`TiffFileReader.prefetch_level` (levels read with tifffile only)."""
+        if self._exact[level]:
+            self._fast.prefetch_level(level, stop)
 
     def associated_image(self, name: str) -> np.ndarray:
         return self._slow.associated_image(name)

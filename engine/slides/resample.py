@@ -50,7 +50,11 @@ def striped_thumbnail(reader: SlideReader, max_size: int, strip_budget_bytes: in
     lw, lh = info.level_dimensions[level]
     level_ds = info.level_downsamples[level]
     if lw * lh <= WHOLE_LEVEL_MAX_PIXELS:
-        region = reader.read_region((0, 0), level, (lw, lh))
+        from engine.slides.prefetch import prefetching
+
+        # the stored tiles are decoded from both ends at once where the reader can
+        with prefetching(reader, level):
+            region = reader.read_region((0, 0), level, (lw, lh))
         if (lw, lh) == (tw, th):
             return region
         return np.asarray(Image.fromarray(region).resize((tw, th), Image.BOX))

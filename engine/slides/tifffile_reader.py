@@ -325,6 +325,31 @@ class TiffFileReader(SlideReader):
             done.set()
         return seg
 
+    def prefetch_level(self, level: int, stop: threading.Event) -> None:
+        """Decode ``level``'s stored tiles into the cache, the last first, while another thread
+        reads the whole level from the first (:func:`engine.slides.prefetch.prefetching`).
+
+        Each tile is decoded once, by whichever thread gets to it first (:meth:`_segment`): tiles
+        decoded already or being decoded are passed over, and this returns when ``stop`` is set or
+        at the first tile. It does nothing for an uncompressed level or one larger than half the
+        cache, and a tile that cannot be decoded ends it quietly: the reading thread meets it and
+        reports it.
+        """
+        lv = self._levels[level]
+        if lv.memmap is not None or lv.width * lv.height * lv.samples * lv.page.dtype.itemsize > self._cache_limit // 2:
+            return
+        for index in range(lv.per_plane * (lv.samples if lv.separate else 1) - 1, -1, -1):
+            key = (level, index)
+            with self._lock:
+                if stop.is_set():
+                    return
+                if key in self._cache or key in self._decoding:
+                    continue
+            try:
+                self._segment(level, index)
+            except SlideOpenError:
+                return
+
     def _raw_region(self, lv: _Level, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Stored samples of ``[x, x+w) x [y, y+h)`` (inside the level): ``(h, w, samples)``."""
         if lv.memmap is not None:
