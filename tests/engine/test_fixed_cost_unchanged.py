@@ -24,6 +24,7 @@ from engine.slides.artefacts import add_bubble, add_fold, draw_pen
 from engine.slides.base import ArrayReader
 from engine.slides.qc import REASON_RGB, REASONS, UNREADABLE
 from engine.slides.synthetic import make_texture
+from tests.engine.test_morph import _fill_small_holes_flood
 
 STRUCTURES = {morph.CROSS: None, morph.SQUARE3: np.ones((3, 3), bool), morph.SQUARE2: np.ones((2, 2), bool)}
 
@@ -49,18 +50,7 @@ def _reference(monkeypatch: pytest.MonkeyPatch) -> None:
 
         monkeypatch.setattr(morph, name, op)
 
-    def fill_small_holes(mask: np.ndarray, max_size: float) -> np.ndarray:
-        if max_size <= 0 or not mask.any():
-            return mask
-        holes = ndimage.binary_fill_holes(mask) & ~mask
-        if not holes.any():
-            return mask
-        labels, _ = ndimage.label(holes)
-        small = np.bincount(labels.ravel()) <= max_size
-        small[0] = False
-        return mask | small[labels]
-
-    monkeypatch.setattr(tissue, "_fill_small_holes", fill_small_holes)
+    monkeypatch.setattr(tissue, "_fill_small_holes", _fill_small_holes_flood)
     monkeypatch.setattr(tissue.TissueMask, "_summed_area_table", _float_summed_area_table)
     monkeypatch.setattr(qc_render, "reason_rgba", _reason_rgba_grid)
 
