@@ -25,20 +25,11 @@ SECTION = "## PCam starter: averaging seeds (issue 14)"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam" / "valid"
 
 
-def _scores(paths: list[Path], tta: bool) -> list[np.ndarray]:
-    from engine.data.open import open_dataset
+def _scores(ds, paths: list[Path], tta: bool) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
     from engine.infer.session import load_model
     from engine.train.evaluate import predict_probabilities
 
-    ds = open_dataset(str(DATA))
     return [predict_probabilities(load_model(str(p), "cpu"), ds, tta=tta)[:, 1] for p in paths]
-
-
-def _labels() -> np.ndarray:
-    from engine.data.open import open_dataset
-
-    ds = open_dataset(str(DATA))
-    return np.asarray(ds.labels, dtype=np.int64)
 
 
 def render(paths: list[Path], rows: list[dict], seconds: float) -> str:
@@ -74,13 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     from pcam_ablation import paired_delta_ci
     from sklearn.metrics import roc_auc_score
 
+    from engine.data.open import open_dataset
     from engine.train.metrics import bootstrap_auc_ci
 
     t0 = time.perf_counter()
-    y = _labels()
+    ds = open_dataset(str(DATA))  # opened once: labels and every package's scores
+    y = np.asarray(ds.labels, dtype=np.int64)
     rows = []
     for tta in (False, True):
-        scores = _scores(args.packages, tta)
+        scores = _scores(ds, args.packages, tta)
         mean = np.mean(scores, axis=0)
         every = [*scores, mean]
         rows.append({
