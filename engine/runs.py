@@ -38,12 +38,8 @@ from engine.procs import pid_alive
 # following events lives in engine.run_history; re-exported because the views import it from here
 from engine.run_history import (  # noqa: F401
     EVENTS_NAME,
-    NOT_METRICS,
-    VAL_METRICS,
     EventFollower,
     RunHistory,
-    _is_extra_metric,
-    _num,
     event_kind,
 )
 
