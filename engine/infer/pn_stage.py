@@ -356,8 +356,9 @@ def _group_csv(folder: HeatmapFolder, rows: list[tuple[str, str]]) -> tuple[dict
     groups: dict[str, list[Node]] = {}
     found: dict[str, int] = {}  # patient -> slides with a result folder
     used: set[str] = set()
+    index = _index_slides(folder)
     for slide, patient in rows:
-        match = _match_slide(folder, slide)
+        match = _match_slide(folder, index, slide)
         found.setdefault(patient, 0)
         if match is None:
             node = Node(slide, NO_RESULT, reason=f"no result folder in {folder.path.name}")
@@ -380,18 +381,34 @@ def _group_csv(folder: HeatmapFolder, rows: list[tuple[str, str]]) -> tuple[dict
     return groups, notes
 
 
-def _match_slide(folder: HeatmapFolder, slide: str) -> SlideFolder | None:
+def _index_slides(folder: HeatmapFolder) -> tuple[dict[str, list[int]], ...]:
+    """The positions of ``folder.slides`` by folder name, by slide file name and by slide stem
+    (built once, so matching a CSV row does not scan every folder)."""
+    by_name: dict[str, list[int]] = {}
+    by_file: dict[str, list[int]] = {}
+    by_stem: dict[str, list[int]] = {}
+    for i, s in enumerate(folder.slides):
+        by_name.setdefault(s.node.slide, []).append(i)
+        if s.slide_file:
+            by_file.setdefault(s.slide_file, []).append(i)
+        if s.slide_stem:
+            by_stem.setdefault(s.slide_stem, []).append(i)
+    return by_name, by_file, by_stem
+
+
+def _match_slide(folder: HeatmapFolder, index: tuple[dict[str, list[int]], ...], slide: str) -> SlideFolder | None:
     """The result folder of a CSV ``slide``: by folder name, else slide file name, else stem."""
     from engine.infer.outputs import safe_name
 
+    by_name, by_file, by_stem = index
     p = Path(slide.replace("\\", "/"))
     levels = (
-        lambda s: s.node.slide in (slide, p.name),
-        lambda s: bool(s.slide_file) and s.slide_file == p.name,
-        lambda s: s.node.slide == safe_name(p.stem) or (bool(s.slide_stem) and s.slide_stem == p.stem),
+        by_name.get(slide, []) + by_name.get(p.name, []),
+        by_file.get(p.name, []),
+        by_name.get(safe_name(p.stem), []) + by_stem.get(p.stem, []),
     )
-    for test in levels:
-        found = [s for s in folder.slides if test(s)]
+    for hits in levels:
+        found = [folder.slides[i] for i in sorted(set(hits))]  # in folder order, each once
         if len(found) > 1:
             names = ", ".join(s.node.slide for s in found)
             raise DatasetError(f"patients CSV: slide {slide!r} matches several result folders ({names})")
