@@ -32,7 +32,7 @@ from engine.mil.bags import BAG_SETTING_KEYS, bag_info, bag_path, read_bag, stor
 from engine.mil.cohort import Cohort, CohortEntry, load_cohort
 from engine.mil.fold_trainer import _FoldTrainer
 from engine.mil.splits import Fold, kfold_splits, single_split
-from engine.mil.train_config import DEVICES, RUN_KIND, MILTrainConfig, load_mil_config
+from engine.mil.train_config import RUN_KIND, MILTrainConfig, load_mil_config
 from engine.train.runfolder import (
     CONFIG_NAME,
     RunLog,
@@ -43,7 +43,6 @@ from engine.train.runfolder import (
 )
 
 __all__ = [
-    "DEVICES",
     "RUN_KIND",
     "BagStore",
     "MILTrainConfig",
