@@ -127,12 +127,13 @@ class Staging:
 # -- the rule -----------------------------------------------------------------------------------
 
 
-def stage_of(categories: Iterable[str]) -> tuple[str, int, str]:
+def stage_of(categories: Iterable[str], slides: Sequence[str] | None = None) -> tuple[str, int, str]:
     """The pN category of one patient's node categories (one per slide).
 
     Args:
         categories: each node's slide category (:mod:`engine.infer.lesions`); anything else
             (``unknown (no mpp)``, :data:`NO_RESULT`) is an unknown node.
+        slides: each node's slide name, in the same order: the note then names the unknown ones.
 
     Returns:
         ``(stage, nodes with metastasis, note)``; the note says why a stage is pNX or that the
@@ -152,6 +153,8 @@ def stage_of(categories: Iterable[str]) -> tuple[str, int, str]:
         words = [_UNKNOWN_WORDS.get(c, c) for c in unknown]
         detail = kinds[0] if len(kinds) == 1 else ", ".join(f"{words.count(k)} {k}" for k in kinds)
         why = f"{len(unknown)} node{'s' if len(unknown) > 1 else ''} unknown ({detail})"
+        if slides is not None:  # "1 node unknown (no mpp): slideB"
+            why += ": " + ", ".join(n for n, c in zip(slides, cats, strict=True) if c not in SIZE_CATEGORIES)
     if macro:
         stage = "pN1" if metastatic <= 3 else "pN2" if metastatic <= 9 else "pN3"
         note = f"{why}; the count of nodes with metastasis is a lower bound" if why else ""
@@ -165,11 +168,7 @@ def stage_of(categories: Iterable[str]) -> tuple[str, int, str]:
 
 def stage_patient(patient: str, nodes: Sequence[Node]) -> PatientStage:
     nodes = tuple(sorted(nodes, key=lambda n: natural_key(n.slide)))
-    stage, metastatic, note = stage_of(n.category for n in nodes)
-    unknown = [n.slide for n in nodes if n.category not in SIZE_CATEGORIES]
-    if unknown:  # the note names them: "1 node unknown (no mpp): slideB[; the count ... lower bound]"
-        head, sep, tail = note.partition("; ")
-        note = f"{head}: {', '.join(unknown)}{sep}{tail}"
+    stage, metastatic, note = stage_of([n.category for n in nodes], [n.slide for n in nodes])
     return PatientStage(patient, stage, nodes, metastatic, note)
 
 
