@@ -48,6 +48,14 @@ def balanced_od_planes(rgb: np.ndarray, glass: np.ndarray) -> tuple[np.ndarray, 
     return _lookup(rgb, tables)
 
 
+def max_min_saturation(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel ``(max, min, (max - min) / max(max, 1))`` of three channel planes (elementwise:
+    much faster than a reduce over a last axis of 3); the dtype follows the planes'."""
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
+    return mx, mn, (mx - mn) / np.maximum(mx, 1.0)
+
+
 def sample_pixels(rgb: np.ndarray, mask: np.ndarray | None, limit: int) -> np.ndarray:
     """``(N, 3)`` pixels of ``rgb`` (those under ``mask`` when given, in row-major order), every
     k-th of them when there are more than ``limit`` (``k = n // limit + 1``).

@@ -36,7 +36,7 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.slides import morph
-from engine.slides.colour import balanced_od_planes, balanced_planes, sample_pixels
+from engine.slides.colour import balanced_od_planes, balanced_planes, max_min_saturation, sample_pixels
 
 # Reason codes of the QC mask (0 = analysed tissue); names in REASONS order.
 OK, BACKGROUND, PEN, FOLD, BUBBLE, BLUR, UNREADABLE = range(7)
@@ -179,16 +179,8 @@ def rgb2hed(rgb: np.ndarray) -> np.ndarray:
     return rgb_to_od(rgb) @ HED_FROM_RGB
 
 
-def _channel_max_min(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel max and min over the 3 channels (elementwise: much faster than a reduce over a
-    last axis of 3)."""
-    r, g, b = img[..., 0], img[..., 1], img[..., 2]
-    return np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
-
-
 def _saturation(img: np.ndarray) -> np.ndarray:
-    mx, mn = _channel_max_min(img)
-    return ((mx - mn) / np.maximum(mx, 1.0)).astype(np.float32, copy=False)
+    return max_min_saturation(img[..., 0], img[..., 1], img[..., 2])[2].astype(np.float32, copy=False)
 
 
 def stain_check(rgb: np.ndarray, tissue: np.ndarray | None = None, glass: np.ndarray | None = None) -> StainReport:
@@ -281,8 +273,8 @@ def artefact_map(
             return out
     # the white-balanced image and its optical density, as planes from per-level tables
     r, g, b = balanced_planes(rgb, glass)
-    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
-    sat = ((mx - mn) / np.maximum(mx, 1.0)).astype(np.float32)
+    mx, _, sat = max_min_saturation(r, g, b)
+    sat = sat.astype(np.float32)
     od_r, od_g, od_b = balanced_od_planes(rgb, glass)
     od = (od_r + od_g + od_b) / 3  # the channel mean, added in the same order as before
     check_fold = settings.fold and tissue is not None and tissue.any()
