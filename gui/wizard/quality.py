@@ -11,11 +11,12 @@ from typing import Any
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QLabel, QWidget
 
+from engine.train.calibration import check_rule
 from engine.train.config import DEFAULT_HARD_NEGATIVES, MAX_HARD_NEGATIVES, STAIN_NORMS, THRESHOLD_RULES
 
 DEFAULT_EMA = 0.999
-#: the rule's target when none is given (engine.train.calibration.check_rule: 0.95, 0.5 for "fixed")
-DEFAULT_TARGETS = {"specificity": 0.95, "sensitivity": 0.95, "fixed": 0.5}
+#: the target each rule with one takes when none is given (the engine's own defaults: 0.95, 0.5 for "fixed")
+DEFAULT_TARGETS = {rule: check_rule(rule, None) for rule in ("specificity", "sensitivity", "fixed")}
 STAIN_LABELS = {"none": "None", "reinhard": "Reinhard", "macenko": "Macenko"}
 RULE_LABELS = {
     "specificity": "Specificity at least",
