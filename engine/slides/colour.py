@@ -14,6 +14,13 @@ import numpy as np
 
 _LEVELS = np.arange(256, dtype=np.float32)
 
+# Marker ink (tissue detection and slide QC): in H&E (pink eosin, purple hematoxylin) green is
+# the weakest channel and red is never the weakest by a margin; green ink has green above red,
+# blue ink red far below blue.
+PEN_MARGIN = 15
+# Red marker: red far above both green and blue (eosin has blue well above green).
+RED_INK_MARGIN = 90
+
 
 def _lookup(rgb: np.ndarray, tables: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # (indexing with the uint8 plane gathers faster than np.take)
@@ -54,6 +61,13 @@ def max_min_saturation(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> tuple[np.
     mx = np.maximum(np.maximum(r, g), b)
     mn = np.minimum(np.minimum(r, g), b)
     return mx, mn, (mx - mn) / np.maximum(mx, 1.0)
+
+
+def marker_ink(r: np.ndarray, g: np.ndarray, b: np.ndarray, dark_ink: np.ndarray) -> np.ndarray:
+    """Pixels of green, blue or red marker ink on white-balanced planes, or ``dark_ink`` (the
+    caller's rule for black/grey marker, which tissue detection and QC set differently)."""
+    red_ink = (r > g + RED_INK_MARGIN) & (r > b + RED_INK_MARGIN)
+    return (g > r + PEN_MARGIN) | ((r <= g) & (b > r + 3 * PEN_MARGIN)) | dark_ink | red_ink
 
 
 def sample_pixels(rgb: np.ndarray, mask: np.ndarray | None, limit: int) -> np.ndarray:

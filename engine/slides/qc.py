@@ -36,7 +36,7 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.slides import morph
-from engine.slides.colour import balanced_od_planes, balanced_planes, max_min_saturation, sample_pixels
+from engine.slides.colour import balanced_od_planes, balanced_planes, marker_ink, max_min_saturation, sample_pixels
 
 # Reason codes of the QC mask (0 = analysed tissue); names in REASONS order.
 OK, BACKGROUND, PEN, FOLD, BUBBLE, BLUR, UNREADABLE = range(7)
@@ -68,8 +68,7 @@ GLASS_OD_MAX = 0.06
 CROP_MARGIN_PX = 24
 
 # Artefact thresholds
-PEN_MARGIN = 15
-RED_INK_MARGIN = 90
+# (marker ink: engine.slides.colour.marker_ink, with the dark-ink rule below)
 DARK_INK_MAX = 90
 DARK_INK_SAT = 0.2
 FOLD_OD_RATIO = 1.7
@@ -298,9 +297,7 @@ def artefact_map(
         fold = dark & (texture < FOLD_TEXTURE_MAX)
         out[fold] = FOLD
     if settings.pen and colour:
-        dark_ink = (mx <= DARK_INK_MAX) & (sat < DARK_INK_SAT)
-        red_ink = (r > g + RED_INK_MARGIN) & (r > b + RED_INK_MARGIN)
-        pen = (g > r + PEN_MARGIN) | ((r <= g) & (b > r + 3 * PEN_MARGIN)) | dark_ink | red_ink
+        pen = marker_ink(r, g, b, (mx <= DARK_INK_MAX) & (sat < DARK_INK_SAT))
         pen &= od > 0.05
         pen = morph.binary_opening(pen, morph.SQUARE2)
         out[pen] = PEN

@@ -13,7 +13,7 @@ import numpy as np
 
 from engine.slides import morph
 from engine.slides.base import SlideReader
-from engine.slides.colour import balanced_planes, max_min_saturation, sample_pixels
+from engine.slides.colour import balanced_planes, marker_ink, max_min_saturation, sample_pixels
 
 # Saturation threshold bounds (0-1). The floor keeps scanner noise on glass from being split
 # into "tissue"; the ceiling keeps pale stroma when the slide is mostly dense tissue and Otsu
@@ -27,14 +27,10 @@ CEILING_OF_MEDIAN = 0.5
 GLASS_OD_MAX = 0.025
 # Pixels this dark on every channel are the slide edge, a scanner border or dirt.
 BLACK_MAX = 40
-# Marker ink: in H&E (pink eosin, purple hematoxylin) green is the weakest channel and red is
-# never the weakest by a margin; green ink has green above red, blue ink red far below blue.
-PEN_MARGIN = 15
+# Marker ink: engine.slides.colour.marker_ink (PEN_MARGIN, RED_INK_MARGIN there).
 # Black/grey marker: dark and nearly neutral (dense H&E is dark but strongly purple).
 DARK_INK_MAX = 120
 DARK_INK_SAT = 0.25
-# Red marker: red far above both green and blue (eosin has blue well above green).
-RED_INK_MARGIN = 90
 # Glass estimate: the brightest, nearly neutral pixels. A slide whose glass is tinted or dim
 # (white balance differs between scanners) is normalised so its glass becomes white.
 GLASS_SAT_MAX = 0.12
@@ -233,9 +229,7 @@ def tissue_from_rgb(
         t = 0.0
         method = f"od-greyscale(t={GLASS_OD_MAX:.3f})"
     else:
-        dark_ink = (mx <= DARK_INK_MAX) & (sat < DARK_INK_SAT)
-        red_ink = (r > g + RED_INK_MARGIN) & (r > b + RED_INK_MARGIN)
-        pen = (g > r + PEN_MARGIN) | ((r <= g) & (b > r + 3 * PEN_MARGIN)) | dark_ink | red_ink
+        pen = marker_ink(r, g, b, (mx <= DARK_INK_MAX) & (sat < DARK_INK_SAT))
         # smoothing spreads ink colour one pixel onto the glass beside a stroke: drop that fringe
         pen = morph.binary_dilation(pen, morph.SQUARE3)
         candidates = not_glass & ~pen
