@@ -399,7 +399,7 @@ def _loop(
             wsum = (ce * class_w[yb]).sum()
             if miner.enabled:
                 mined_pos.append(local_chunks[step])
-                mined_loss.append(ce.detach())  # kept on the device: no synchronisation per step
+                mined_loss.append(ce.detach())  # kept on the device: no second host copy per step (lv below is the one)
             # sum / global batch, times world size: DDP's gradient mean over ranks then equals the
             # gradient of the global-batch mean, also for uneven shards of the last batch
             loss = wsum * (dist.world_size / global_n)
