@@ -122,7 +122,11 @@ class MILTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MILTrainConfig:
-        return config_from_dict(cls, d, "MIL", {"clinical": str, "categorical": str})
+        return config_from_dict(cls, d, "MIL", _TUPLE_FIELDS)
+
+
+#: fields stored as JSON lists, with their items' type
+_TUPLE_FIELDS = {"clinical": str, "categorical": str}
 
 
 def load_mil_config(run: Path) -> MILTrainConfig:
@@ -131,4 +135,4 @@ def load_mil_config(run: Path) -> MILTrainConfig:
     Raises:
         RunFolderError: not a run folder; ConfigError: not a MIL run or a damaged config.
     """
-    return load_kind_config(run, RUN_KIND, MILTrainConfig, "MIL", {"clinical": str, "categorical": str})
+    return load_kind_config(run, RUN_KIND, MILTrainConfig, "MIL", _TUPLE_FIELDS)
