@@ -60,7 +60,7 @@ class CancelToken:
         return self._event.is_set()
 
     def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
+        if self.cancelled:  # through the property, so a subclass that polls elsewhere is asked too
             raise Cancelled("cancelled by user")
 
     def wait(self, timeout_s: float | None = None) -> bool:

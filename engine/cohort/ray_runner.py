@@ -161,10 +161,6 @@ class _BoardCancel(CancelToken):
                 self._event.set()  # the driver is gone or killed the board
         return self._event.is_set()
 
-    def raise_if_cancelled(self) -> None:
-        if self.cancelled:
-            raise Cancelled("cancelled by user")
-
 
 def _run_slide(fn: Callable[..., SlideOutcome], job: Any, item: Any, label: str, board: Any) -> SlideOutcome | None:
     """The body of one slide task on a worker; None when the cohort was cancelled before or
